@@ -1,0 +1,138 @@
+"""Typed configuration: dataclass defaults in code, YAML files that override them, and
+``key=value`` overrides from the command line (``--set train.lr=1e-4``).
+
+A config class is a (possibly nested) dataclass. Field types may be ``int``, ``float``,
+``bool``, ``str``, ``Literal[...]``, ``Optional[...]``, ``tuple[T, ...]`` or another config
+dataclass. A class may define ``check(self)`` raising ``ValueError`` for invalid values.
+Every mistake becomes a one-line :class:`UserError` that lists the valid choices.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from .errors import UserError
+
+C = TypeVar("C")
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> C:
+    """Defaults of ``cls``, then the YAML file at ``path``, then each ``key=value`` override."""
+    cfg = cls()
+    if path is not None:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except OSError as e:
+            raise UserError(f"{path}: cannot read config file ({e.strerror})") from e
+        except yaml.YAMLError as e:
+            raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+        if data is not None and not isinstance(data, dict):
+            raise UserError(f"{path}: a config file must be a mapping of keys to values")
+        cfg = _merge(cfg, data or {}, "")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected key=value, e.g. --set train.lr=1e-4")
+        value = yaml.safe_load(raw) if raw else ""
+        nested: Any = value
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        cfg = _merge(cfg, nested, "")
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: Any, prefix: str = "") -> None:
+    """Run every nested ``check()``; a ``ValueError`` becomes a one-line :class:`UserError`."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            check_config(value, f"{prefix}{f.name}.")
+    if hasattr(cfg, "check"):
+        try:
+            cfg.check()
+        except ValueError as e:
+            raise UserError(f"invalid config{' in ' + prefix.rstrip('.') if prefix else ''}: {e}") from e
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """Plain dict (tuples as lists) of a config dataclass, ready for YAML or JSON."""
+    def plain(v):
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+    return plain(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def _merge(cfg: Any, data: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(type(cfg))
+    names = [f.name for f in dataclasses.fields(cfg)]
+    changes = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise UserError(f"unknown config key '{full}'; valid keys here: {', '.join(names)}")
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                sub = ", ".join(f.name for f in dataclasses.fields(current))
+                raise UserError(f"config key '{full}' is a section; set one of its keys: {sub}")
+            changes[key] = _merge(current, value, f"{full}.")
+        else:
+            changes[key] = _coerce(value, hints[key], full)
+    return dataclasses.replace(cfg, **changes)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        if value in args:
+            return value
+        raise UserError(f"config key '{key}': {value!r} is not one of {', '.join(map(str, args))}")
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except UserError as e:
+                errors.append(str(e))
+        raise UserError(errors[0])
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key '{key}' must be a list, e.g. [{', '.join(['…'] * max(len(args), 1))}], got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise UserError(f"config key '{key}' must have {len(args)} items, got {len(value)}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    raise UserError(f"config key '{key}' must be {tp.__name__}, got {value!r}")

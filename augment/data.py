@@ -1,0 +1,299 @@
+"""Datasets of chest X-rays: discovery (class folders or a manifest CSV), a decode-once uint8
+cache on disk, and patient-grouped train/val/test splits."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import sys
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import UserError
+from .imageio import IMAGE_SUFFIXES, UnreadableImage, read_xray
+
+SPLITS = ("train", "val", "test")
+CACHE_VERSION = 1
+
+
+@dataclass
+class DataConfig:
+    """How images become the cached tensor, and how they are split."""
+    size: int = 256
+    resize: Literal["crop", "pad"] = "crop"  # shorter side to size + centre crop, or longer side + black pad
+    classes: tuple[str, ...] = ("covid", "normal", "pneumonia")
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, val, test when none is given
+    split_seed: int = 0
+    cache_dir: str = "runs/cache"
+
+    def check(self):
+        if self.size < 8:
+            raise ValueError(f"data.size must be at least 8, got {self.size}")
+        if len(set(self.classes)) != len(self.classes) or not self.classes:
+            raise ValueError(f"data.classes must be distinct names, got {list(self.classes)}")
+        if any(f < 0 for f in self.split_fractions) or abs(sum(self.split_fractions) - 1) > 1e-6:
+            raise ValueError(f"data.split_fractions must be non-negative and sum to 1, got {list(self.split_fractions)}")
+
+
+@dataclass
+class Record:
+    """One image as the inputs describe it (``path`` relative to the dataset root, or absolute)."""
+    path: str
+    label: str
+    group: str
+    split: str | None = None
+    source: str = ""
+
+
+@dataclass
+class XrayDataset:
+    """Decoded images and their metadata.
+
+    Attributes:
+        images: ``uint8 (N, 1, S, S)``, memory-mapped from the cache.
+        labels: ``int64 (N,)``, indices into ``classes``.
+    """
+    root: Path
+    classes: tuple[str, ...]
+    images: torch.Tensor
+    labels: torch.Tensor
+    paths: list[str]
+    groups: list[str]
+    splits: list[str]
+    sources: list[str]
+    fingerprint: str
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def indices(self, split: str | None = None, label: str | None = None) -> torch.Tensor:
+        """``int64 (M,)`` positions of the images in ``split`` and/or of class ``label``."""
+        keep = np.ones(len(self), dtype=bool)
+        if split is not None:
+            keep &= np.asarray(self.splits) == split
+        if label is not None:
+            keep &= self.labels.numpy() == self.classes.index(label)
+        return torch.from_numpy(np.flatnonzero(keep))
+
+
+# ---------------------------------------------------------------- discovery
+def discover(data: str | Path, classes: Sequence[str]) -> tuple[Path, list[Record], dict[str, str]]:
+    """Records of a class-folder tree or a manifest CSV (``data/manifest.csv`` is used when present).
+
+    Returns ``(root, records, skipped)``; ``skipped`` maps a path to why it was left out.
+    """
+    data = Path(data)
+    if data.is_file():
+        return data.parent, *_read_manifest(data, classes)
+    if (data / "manifest.csv").is_file():
+        return data, *_read_manifest(data / "manifest.csv", classes)
+    if not data.is_dir():
+        raise UserError(f"{data}: no such folder or manifest; give --data a folder of class subfolders "
+                        f"({', '.join(classes)}) or a manifest CSV")
+    records, skipped = [], {}
+    for sub in sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if sub.name not in classes:
+            warn(f"{sub}: folder is not one of the classes ({', '.join(classes)}); its images are ignored")
+            continue
+        for dirpath, dirnames, filenames in os.walk(sub):  # symlinked folders are not followed: no loops
+            dirnames.sort()
+            for name in sorted(filenames):
+                rel = os.path.relpath(os.path.join(dirpath, name), data)
+                if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                    records.append(Record(rel, sub.name, group=rel))
+                elif not name.startswith("."):
+                    skipped[rel] = "not an image suffix (" + ", ".join(sorted(IMAGE_SUFFIXES)) + ")"
+    return data, records, skipped
+
+
+def _read_manifest(path: Path, classes: Sequence[str]) -> tuple[list[Record], dict[str, str]]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path}: cannot read manifest ({e}); it must be a UTF-8 CSV with columns path,label") from e
+    if not rows or not {"path", "label"} <= set(rows[0]):
+        raise UserError(f"{path}: a manifest needs a header with columns path,label "
+                        "(optional: group_id or patient_id, split, source)")
+    records, skipped, seen = [], {}, set()
+    for i, row in enumerate(rows, start=2):
+        p, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+        split = (row.get("split") or "").strip() or None
+        if not p:
+            skipped[f"{path.name}:line {i}"] = "empty path"
+        elif p in seen:
+            skipped[f"{p} (line {i})"] = "repeated in the manifest; the first row is kept"
+        elif label not in classes:
+            skipped[p] = f"unknown label {label!r}; valid labels: {', '.join(classes)}"
+        elif split is not None and split not in SPLITS:
+            skipped[p] = f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}"
+        else:
+            seen.add(p)
+            group = (row.get("group_id") or row.get("patient_id") or "").strip() or p
+            records.append(Record(p, label, group, split, (row.get("source") or "").strip()))
+    return records, skipped
+
+
+# ---------------------------------------------------------------- decoding and cache
+def decode_to_square(path: Path, size: int, resize: str = "crop") -> np.ndarray:
+    """``uint8 (size, size)``: shorter side to ``size`` and centre crop, or longer side and pad."""
+    img = read_xray(path, max_side=size)
+    h, w = img.shape
+    scale = size / (min(h, w) if resize == "crop" else max(h, w))
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.Resampling.BILINEAR))
+    top, left = max(0, (nh - size) // 2), max(0, (nw - size) // 2)
+    img = img[top:top + size, left:left + size]  # crop: the shorter side already equals size
+    out = np.zeros((size, size), np.uint8)
+    oy, ox = (size - img.shape[0]) // 2, (size - img.shape[1]) // 2  # pad: centre on black
+    out[oy:oy + img.shape[0], ox:ox + img.shape[1]] = img
+    return out
+
+
+def _cache_key(root: Path, records: list[Record], cfg: DataConfig) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{cfg.size}|{cfg.resize}".encode())
+    for r in records:
+        p = root / r.path
+        try:
+            st = p.stat()
+            h.update(f"|{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        except OSError:
+            h.update(f"|{p}|missing".encode())
+    return h.hexdigest()[:24]
+
+
+def _build_cache(root: Path, records: list[Record], cfg: DataConfig, npy: Path, meta: Path, quiet: bool) -> None:
+    from tqdm import tqdm
+    size = cfg.size
+
+    def work(r: Record):
+        try:
+            return decode_to_square(root / r.path, size, cfg.resize), None
+        except UnreadableImage as e:
+            return None, str(e)
+
+    out = np.lib.format.open_memmap(str(npy) + ".tmp.npy", mode="w+", dtype=np.uint8,
+                                    shape=(len(records), size, size))
+    ok, skipped = [], {}
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        results = pool.map(work, records)
+        for r, (img, reason) in tqdm(zip(records, results), total=len(records), desc="decoding images",
+                                     unit="img", disable=quiet, file=sys.stderr):
+            if img is None:
+                skipped[r.path] = reason
+            else:
+                out[len(ok)] = img
+                ok.append(r.path)
+    out.flush()
+    del out
+    tmp = str(npy) + ".tmp.npy"
+    if len(ok) < len(records):  # keep only the readable images
+        np.save(str(npy) + ".part.npy", np.load(tmp, mmap_mode="r")[: len(ok)])
+        os.remove(tmp)
+        tmp = str(npy) + ".part.npy"
+    os.replace(tmp, npy)
+    tmp_meta = meta.with_suffix(".json.tmp")
+    tmp_meta.write_text(json.dumps({"paths": ok, "skipped": skipped}))
+    os.replace(tmp_meta, meta)
+
+
+def load_dataset(data: str | Path, cfg: DataConfig, split: str | None = None,
+                 required: Sequence[str] | None = None, quiet: bool = False) -> XrayDataset:
+    """Discover, decode once (or reuse the cache) and split the images under ``data``.
+
+    Args:
+        data: folder of class subfolders, a folder holding ``manifest.csv``, or a manifest CSV.
+        cfg: sizes, classes, split fractions and cache folder.
+        split: force every image into this split (synthetic folders belong to ``train``).
+        required: classes that must have at least one readable image (default: all).
+    """
+    root, records, skipped = discover(data, cfg.classes)
+    key = _cache_key(root, records, cfg)
+    cache = Path(cfg.cache_dir)
+    npy, meta = cache / f"{key}.npy", cache / f"{key}.json"
+    if not (npy.exists() and meta.exists()):
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"{cache}: cannot create the image cache ({e.strerror}); set data.cache_dir") from e
+        if not quiet:
+            print(f"decoding {len(records)} images from {data} into the cache {npy}", file=sys.stderr)
+        _build_cache(root, records, cfg, npy, meta, quiet)
+    info = json.loads(meta.read_text())
+    skipped.update(info["skipped"])
+    kept = set(info["paths"])
+    records = [r for r in records if r.path in kept]
+    _report_skipped(skipped, data, quiet)
+
+    counts = Counter(r.label for r in records)
+    for c in required if required is not None else cfg.classes:
+        if counts[c] == 0:
+            raise UserError(f"{data}: no readable image of class '{c}'; add images under {data}/{c}/ "
+                            f"or rows labelled {c} to the manifest (run `python cli.py inspect --data {data}`)")
+    if split is not None:
+        splits = [split] * len(records)
+    elif all(r.split for r in records):
+        splits = [r.split for r in records]
+    else:
+        splits = grouped_split([r.group for r in records], [r.label for r in records],
+                               cfg.split_fractions, cfg.split_seed)
+    images = torch.from_numpy(np.load(npy, mmap_mode="c")).unsqueeze(1)
+    labels = torch.tensor([cfg.classes.index(r.label) for r in records], dtype=torch.int64)
+    fingerprint = hashlib.sha256((key + json.dumps([[r.label, s] for r, s in zip(records, splits)])).encode())
+    return XrayDataset(root, tuple(cfg.classes), images, labels, [r.path for r in records],
+                       [r.group for r in records], splits, [r.source for r in records],
+                       fingerprint.hexdigest()[:16], skipped)
+
+
+def _report_skipped(skipped: dict[str, str], data, quiet: bool, show: int = 10) -> None:
+    if quiet or not skipped:
+        return
+    for path, reason in list(skipped.items())[:show]:
+        warn(f"skipped {path}: {reason}")
+    if len(skipped) > show:
+        warn(f"... and {len(skipped) - show} more (`python cli.py inspect --data {data}` lists them all)")
+    by_reason = Counter(reason.split(" (")[0].split(";")[0] for reason in skipped.values())
+    warn(f"skipped {len(skipped)} file(s): " + ", ".join(f"{n} {r}" for r, n in by_reason.most_common()))
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- splitting
+def grouped_split(groups: Sequence[str], labels: Sequence[str], fractions: Sequence[float],
+                  seed: int) -> list[str]:
+    """Stratified train/val/test assignment in which no group is in two splits.
+
+    Each group takes its most common label; per label, groups are shuffled (seeded) and filled
+    into train, val and test until each reaches its share of that label's images.
+    """
+    members = defaultdict(list)
+    for i, g in enumerate(groups):
+        members[g].append(i)
+    by_label = defaultdict(list)
+    for g, idx in sorted(members.items()):
+        by_label[Counter(labels[i] for i in idx).most_common(1)[0][0]].append(g)
+    rng = np.random.default_rng(seed)
+    out = [""] * len(groups)
+    for label in sorted(by_label):
+        gs = by_label[label]
+        rng.shuffle(gs)
+        total = sum(len(members[g]) for g in gs)
+        bounds = np.cumsum(fractions) * total
+        done = 0
+        for g in gs:
+            s = SPLITS[min(int(np.searchsorted(bounds, done, side="right")), 2)]
+            for i in members[g]:
+                out[i] = s
+            done += len(members[g])
+    return out

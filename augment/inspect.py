@@ -1,0 +1,108 @@
+"""The data doctor: what training will see in a data folder, and what is wrong with it."""
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from .data import DataConfig, XrayDataset, load_dataset
+from .errors import UserError
+
+
+@dataclass
+class InspectConfig:
+    """``inspect`` reads data as training does; only the ``data`` section applies."""
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+def inspect_data(data: str | Path, cfg: DataConfig) -> dict:
+    """Counts per class, split and source; unreadable files with reasons; exact duplicates;
+    patient groups found in two splits; image size and mode statistics.
+
+    Uses the same reader and dataset code as training. Raises :class:`UserError` (after the
+    report is complete) when a required class has no readable image.
+    """
+    ds = load_dataset(data, cfg, required=(), quiet=True)
+    report = {
+        "data": str(data),
+        "images": len(ds),
+        "per_class": dict(Counter(ds.classes[i] for i in ds.labels.tolist())),
+        "per_split_class": _count(ds, ds.splits),
+        "per_source_class": _count(ds, [s or "(none)" for s in ds.sources]),
+        "skipped": ds.skipped,
+        "duplicates": _duplicates(ds),
+        "groups_in_two_splits": _leaks(ds),
+        "sizes_and_modes": _headers(ds),
+    }
+    report["missing_classes"] = [c for c in cfg.classes if report["per_class"].get(c, 0) == 0]
+    return report
+
+
+def _count(ds: XrayDataset, keys: list[str]) -> dict:
+    out = defaultdict(Counter)
+    for k, y in zip(keys, ds.labels.tolist()):
+        out[k][ds.classes[y]] += 1
+    return {k: dict(v) for k, v in sorted(out.items())}
+
+
+def _duplicates(ds: XrayDataset) -> list[list[str]]:
+    by_hash = defaultdict(list)
+    for p in ds.paths:
+        by_hash[hashlib.sha1((ds.root / p).read_bytes()).hexdigest()].append(p)
+    return [ps for ps in by_hash.values() if len(ps) > 1]
+
+
+def _leaks(ds: XrayDataset) -> dict[str, list[str]]:
+    splits = defaultdict(set)
+    for g, s in zip(ds.groups, ds.splits):
+        splits[g].add(s)
+    return {g: sorted(s) for g, s in sorted(splits.items()) if len(s) > 1}
+
+
+def _headers(ds: XrayDataset) -> dict:
+    modes, widths, heights = Counter(), [], []
+    for p in ds.paths:
+        try:
+            with Image.open(ds.root / p) as im:
+                modes[im.mode] += 1
+                widths.append(im.width)
+                heights.append(im.height)
+        except OSError:
+            modes["(dicom or other)"] += 1
+    stats = {"modes": dict(modes)}
+    if widths:
+        stats.update(width_min=min(widths), width_max=max(widths), height_min=min(heights), height_max=max(heights))
+    return stats
+
+
+def format_report(r: dict) -> str:
+    """Plain-text rendering of :func:`inspect_data`'s report."""
+    lines = [f"{r['data']}: {r['images']} readable images"]
+    classes = sorted({c for v in r["per_split_class"].values() for c in v} | set(r["missing_classes"]))
+    header = f"  {'':<14}" + "".join(f"{c:>11}" for c in classes)
+    for title, table in (("split", r["per_split_class"]), ("source", r["per_source_class"])):
+        lines += [f"by {title}:", header]
+        lines += [f"  {k:<14}" + "".join(f"{v.get(c, 0):>11}" for c in classes) for k, v in table.items()]
+    s = r["sizes_and_modes"]
+    if "width_min" in s:
+        lines.append(f"sizes: width {s['width_min']}–{s['width_max']}, height {s['height_min']}–{s['height_max']}; "
+                     f"modes: " + ", ".join(f"{m} {n}" for m, n in s["modes"].items()))
+    lines.append(f"unreadable or ignored files: {len(r['skipped'])}")
+    lines += [f"  {p}: {why}" for p, why in r["skipped"].items()]
+    lines.append(f"exact duplicates (same bytes): {len(r['duplicates'])} set(s)")
+    lines += ["  " + " = ".join(ps) for ps in r["duplicates"]]
+    lines.append(f"patient groups in two splits: {len(r['groups_in_two_splits'])}")
+    lines += [f"  {g}: {', '.join(s)}" for g, s in r["groups_in_two_splits"].items()]
+    if r["missing_classes"]:
+        lines.append(f"missing classes: {', '.join(r['missing_classes'])}")
+    return "\n".join(lines)
+
+
+def require_classes(r: dict) -> None:
+    if r["missing_classes"]:
+        missing = ", ".join(r["missing_classes"])
+        raise UserError(f"{r['data']}: no readable image of class {missing}; add images under "
+                        f"{r['data']}/<class>/ or rows with that label to the manifest")

@@ -1,0 +1,235 @@
+"""Run machinery shared by both training loops: device and precision, seeding and RNG state,
+atomic checkpoints, distributed set-up from ``torchrun``, run folders and TensorBoard."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import pickle
+import platform
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import save_config
+from .errors import UserError
+
+
+# ---------------------------------------------------------------- device, precision, seeds
+def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` takes the GPU when one is visible; ``cuda`` without one is a user error."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device {name}: choose auto, cpu or cuda")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible; use --device cpu or --device auto")
+    return torch.device("cuda", local_rank)
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA when ``enabled``; a no-op context on the CPU."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+def rng_state() -> dict:
+    """The global RNG states a training step draws from (Python, torch CPU, torch CUDA)."""
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------- checkpoints
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
+
+    A crash or a full disk leaves either the old checkpoint or the new one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{path}: could not write checkpoint ({e.strerror}); free disk space or choose another --out") from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint or state dict with ``weights_only=True``: tensors and plain data only.
+
+    A file holding arbitrary Python objects (a pickle that could run code) is refused.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint file; give a run folder or a .pt file that exists")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{path}: refused to load: it holds Python objects other than tensors and plain data, "
+                        "which could run code; only load checkpoints and state dicts you trust, saved as tensors") from e
+    except (RuntimeError, EOFError, ValueError) as e:
+        raise UserError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0][:200]}); "
+                        "the file is damaged or of another format") from e
+
+
+# ---------------------------------------------------------------- distributed
+@dataclass(frozen=True)
+class Dist:
+    """Where this process stands in a ``torchrun`` job (rank 0 of 1 when run plainly)."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str = "auto") -> Dist:
+    """Join the process group ``torchrun`` describes in the environment (NCCL on GPU, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as td
+    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local)
+    if not td.is_initialized():
+        td.init_process_group("nccl" if use_cuda else "gloo")
+    return Dist(td.get_rank(), td.get_world_size(), local)
+
+
+def close_distributed() -> None:
+    import torch.distributed as td
+    if td.is_available() and td.is_initialized():
+        td.destroy_process_group()
+
+
+# ---------------------------------------------------------------- interruption
+class GracefulStop:
+    """Inside ``with GracefulStop() as stop:``, SIGINT and SIGTERM set ``stop.requested`` so the
+    loop can save a checkpoint and exit cleanly; a second signal stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signals can only be set there
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+# ---------------------------------------------------------------- run folders
+def new_run_dir(out: str | Path, kind: str) -> Path:
+    """A fresh folder ``<out>/<kind>/<YYYYmmdd-HHMMSS>`` (suffixed if that exists)."""
+    base = Path(out) / kind
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run = base / stamp
+    n = 1
+    while run.exists():
+        run = base / f"{stamp}-{n}"
+        n += 1
+    run.mkdir(parents=True)
+    return run
+
+
+def latest_run(out: str | Path, kind: str, marker: str = "run.json") -> Path | None:
+    """The newest run folder of ``kind`` under ``out`` that holds ``marker``, or None."""
+    base = Path(out) / kind
+    runs = sorted(p for p in base.glob("*") if (p / marker).exists()) if base.is_dir() else []
+    return runs[-1] if runs else None
+
+
+def write_run_info(run_dir: str | Path, cfg: Any, seed: int, data_fingerprint: str = "", **extra) -> None:
+    """``config.yaml`` (the resolved config) and ``run.json`` (what it takes to reproduce the run)."""
+    run_dir = Path(run_dir)
+    save_config(cfg, run_dir / "config.yaml")
+    info = {
+        "command": sys.argv,
+        "started": _dt.datetime.now().isoformat(timespec="seconds"),
+        "seed": seed,
+        "data_fingerprint": data_fingerprint,
+        "git_commit": git_commit(),
+        "hostname": socket.gethostname(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "versions": package_versions(),
+        **extra,
+    }
+    (run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+
+
+def package_versions() -> dict:
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("torchvision", "kornia", "numpy", "skimage"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            versions[name] = None
+    return versions
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# ---------------------------------------------------------------- TensorBoard
+class _NullWriter:
+    """Stands in for a SummaryWriter on ranks other than 0."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def tensorboard_writer(run_dir: str | Path, enabled: bool = True):
+    """A TensorBoard ``SummaryWriter`` logging into ``run_dir`` (a no-op writer when disabled)."""
+    if not enabled:
+        return _NullWriter()
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(run_dir))

@@ -1,0 +1,121 @@
+"""Command line of the toolkit: thin click commands over the packages.
+
+    python cli.py gan-train            # CycleGAN normal → covid
+    python cli.py synthesize --n 1000  # synthetic covid images from the latest GAN run
+    python cli.py classify-train       # transfer-learning classifier
+
+Without ``--data`` (and no ``./data`` folder) every command uses the built-in demo data.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from augment.errors import UserError
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+class Toolkit(click.Group):
+    """Turns a :class:`UserError` into one line on stderr and exit status 2 (``--debug``: traceback)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            if ctx.params.get("debug"):
+                traceback.print_exc()
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=Toolkit, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+def cli(debug):
+    """GAN-augmented chest X-ray classification: CycleGAN synthesis, balanced training sets,
+    classifiers with clinical metrics and class activation maps."""
+
+
+def common_options(f):
+    """--data, --config, --out, --device, --seed, --set: the options every job command takes."""
+    options = [
+        click.option("--data", type=click.Path(path_type=Path),
+                     help="Folder of class subfolders or a manifest CSV (default: ./data, else the built-in demo data)."),
+        click.option("--config", type=click.Path(path_type=Path),
+                     help="YAML file overriding the defaults (default: configs/<command>.yaml if present)."),
+        click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True,
+                     help="Folder under which run folders are made."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--set", "set_", multiple=True, metavar="KEY=VALUE",
+                     help="Override one config value, e.g. --set train.lr=1e-4 (repeatable)."),
+    ]
+    return functools.reduce(lambda g, option: option(g), reversed(options), f)
+
+
+def resolve_inputs(command: str, data: Path | None, config: Path | None, out: Path) -> tuple[Path, Path | None, bool]:
+    """``(data, config, is_demo)`` for a command: without ``--data`` and no ``./data``, the built-in
+    demo data and ``configs/<command>-demo.yaml``; otherwise ``configs/<command>.yaml`` if present."""
+    from augment.phantoms import demo_data
+    is_demo = data is None and not Path("data").is_dir()
+    if data is None:
+        data = demo_data(out) if is_demo else Path("data")
+    if config is None:
+        candidate = CONFIGS / f"{command}{'-demo' if is_demo else ''}.yaml"
+        config = candidate if candidate.exists() else None
+    if is_demo:
+        click.echo(f"No --data given and no ./data folder: using the built-in demo data (procedural phantoms) "
+                   f"in {data}" + (f" with the small demo configuration {config.relative_to(CONFIGS.parent)}"
+                                   if config else "") + ". Give --data DIR to use your own images.", err=True)
+    return data, config, is_demo
+
+
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write into.")
+@click.option("--n-per-class", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--size", type=click.IntRange(16), default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Write into a folder that already holds a manifest.")
+def phantoms(out, n_per_class, size, seed, overwrite):
+    """Write procedural chest X-ray phantoms (covid, normal, pneumonia) with a manifest."""
+    from augment.phantoms import write_phantoms
+    if (out / "manifest.csv").exists() and not overwrite:
+        raise UserError(f"{out}: already holds a data set (manifest.csv); pass --overwrite or choose another --out")
+    write_phantoms(out, n_per_class, size, seed)
+    click.echo(f"wrote {3 * n_per_class} phantoms of {size}×{size} px and manifest.csv to {out}")
+
+
+@cli.command()
+@common_options
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def inspect(data, config, out, device, seed, set_, as_json):
+    """Report what training will see in a data folder: counts, unreadable files, duplicates, leaks."""
+    import json
+    from augment.config import load_config
+    from augment.inspect import InspectConfig, format_report, inspect_data, require_classes
+    data, _, _ = resolve_inputs("inspect", data, None, out)
+    cfg = load_config(InspectConfig, config, set_)
+    report = inspect_data(data, cfg.data)
+    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+    require_classes(report)
+
+
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@click.pass_context
+def demo(ctx, out):
+    """Run the whole chain on the built-in demo data and say what was written where."""
+    ctx.invoke(inspect, out=out)
+
+
+# ---- cyclegan commands ----
+
+# ---- classifier commands ----
+
+
+if __name__ == "__main__":
+    cli()

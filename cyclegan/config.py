@@ -1,0 +1,94 @@
+"""Configuration of the CycleGAN stage. The defaults in code are the paper's (Zhu et al. 2017,
+"Unpaired Image-to-Image Translation using Cycle-Consistent Adversarial Networks"); YAML files in
+``configs/`` only override them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from augment.data import DataConfig
+from augment.gpu import AugmentConfig
+
+
+@dataclass
+class ModelConfig:
+    """ResNet generator and PatchGAN discriminator sizes (one channel in and out)."""
+    ngf: int = 64          # generator filters in the first layer
+    ndf: int = 64          # discriminator filters in the first layer
+    n_blocks: int = 9      # residual blocks of the generator
+    n_layers_d: int = 3    # strided layers of the PatchGAN; 3 gives 70x70 receptive fields
+    init_std: float = 0.02  # weights drawn from N(0, init_std)
+
+    def check(self):
+        if min(self.ngf, self.ndf, self.n_layers_d) < 1 or self.n_blocks < 0:
+            raise ValueError("model.ngf, ndf and n_layers_d must be >= 1 and n_blocks >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, logging and checkpoints of ``gan-train``."""
+    domain_a: str = "normal"       # class translated from (domain A)
+    domain_b: str = "covid"        # class translated to (domain B)
+    batch_size: int = 1            # per process
+    epochs: int = 200              # an epoch is max(|A|, |B|) images; ignored when steps is set
+    steps: Optional[int] = None    # total optimisation steps; overrides epochs
+    decay_start: float = 0.5       # share of the run at constant lr before it decays linearly to 0
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    lambda_cycle: float = 10.0     # weight of the cycle-consistency L1 loss
+    lambda_identity: float = 0.5   # identity loss weight, as a share of lambda_cycle
+    pool_size: int = 50            # image history for the discriminators (0: none)
+    bf16: bool = True              # bf16 autocast (CUDA only)
+    channels_last: bool = True     # channels_last memory format (CUDA only)
+    log_every: int = 100           # steps between loss read-outs (the only host syncs)
+    image_every: int = 1000        # steps between TensorBoard image grids
+    checkpoint_every: int = 5000   # steps between checkpoints (one is always written at the end)
+    eval_every: int = 0            # steps between quality measures (gan-eval); 0 turns them off
+    eval_images: int = 200         # domain-A images translated for each periodic measure
+    tensorboard: bool = True
+
+    def check(self):
+        if self.domain_a == self.domain_b:
+            raise ValueError(f"train.domain_a and train.domain_b must differ, both are {self.domain_a!r}")
+        if self.batch_size < 1 or self.epochs < 1 or (self.steps is not None and self.steps < 1):
+            raise ValueError("train.batch_size, epochs and steps must be >= 1")
+        if not 0 <= self.decay_start <= 1:
+            raise ValueError(f"train.decay_start is a share of the run in [0, 1], got {self.decay_start}")
+        if min(self.log_every, self.image_every, self.checkpoint_every) < 1 or self.eval_every < 0:
+            raise ValueError("train.log_every, image_every and checkpoint_every must be >= 1, eval_every >= 0")
+        if self.pool_size < 0 or self.eval_images < 1:
+            raise ValueError("train.pool_size must be >= 0 and eval_images >= 1")
+
+
+def light_augment() -> AugmentConfig:
+    """Small geometric and intensity changes that make repeated translations of one source differ."""
+    return AugmentConfig(crop_scale=(0.9, 1.0), degrees=4.0, translate=0.03, brightness=0.04,
+                         contrast=0.04, gamma=(0.95, 1.05))
+
+
+@dataclass
+class SynthConfig:
+    """``synthesize``: batch size and the augmentation of sources drawn more than once."""
+    batch_size: int = 32
+    augment: AugmentConfig = field(default_factory=light_augment)
+
+    def check(self):
+        if self.batch_size < 1:
+            raise ValueError("synth.batch_size must be >= 1")
+
+
+@dataclass
+class GanConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+    def check(self):
+        if self.data.size % 4:
+            raise ValueError(f"data.size must be a multiple of 4 (the generator halves it twice), got {self.data.size}")
+        for name in (self.train.domain_a, self.train.domain_b):
+            if name not in self.data.classes:
+                raise ValueError(f"train domain {name!r} is not one of data.classes ({', '.join(self.data.classes)})")

@@ -1,0 +1,121 @@
+"""CycleGAN networks: the ResNet generator of Johnson et al. 2016 as used by Zhu et al. 2017, and the
+70x70 PatchGAN discriminator of Isola et al. 2017 ("pix2pix"). Instance norm without affine
+parameters, reflection padding, weights from N(0, 0.02) as in the paper."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+
+
+def _norm(channels: int) -> nn.Module:
+    return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+
+
+class ResidualBlock(nn.Module):
+    """``x + F(x)`` with F = pad, conv3x3, norm, ReLU, pad, conv3x3, norm; ``(B, C, H, W)`` → same."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), _norm(channels), nn.ReLU(inplace=True),
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), _norm(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResnetGenerator(nn.Module):
+    """c7s1-ngf, two stride-2 downsamplings, ``n_blocks`` residual blocks at 4·ngf channels, two
+    transposed-conv upsamplings, c7s1-1 and tanh.
+
+    Input and output ``(B, 1, H, W)`` in [-1, 1]; H and W multiples of 4.
+    """
+
+    def __init__(self, ngf: int = 64, n_blocks: int = 9, channels: int = 1):
+        super().__init__()
+        layers = [nn.ReflectionPad2d(3), nn.Conv2d(channels, ngf, 7), _norm(ngf), nn.ReLU(inplace=True)]
+        for mult in (1, 2):
+            layers += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1), _norm(ngf * mult * 2),
+                       nn.ReLU(inplace=True)]
+        layers += [ResidualBlock(ngf * 4) for _ in range(n_blocks)]
+        for mult in (4, 2):
+            layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1),
+                       _norm(ngf * mult // 2), nn.ReLU(inplace=True)]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, channels, 7), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN: ``n_layers`` stride-2 4x4 convs, one stride-1 conv, then a 1-channel 4x4 conv.
+    With 3 layers each output judges a 70x70 patch.
+
+    Input ``(B, 1, H, W)`` in [-1, 1]; output raw scores ``(B, 1, H', W')`` (30x30 for 256x256).
+    """
+
+    def __init__(self, ndf: int = 64, n_layers: int = 3, channels: int = 1):
+        super().__init__()
+        layers = [nn.Conv2d(channels, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+        mult = 1
+        for i in range(1, n_layers + 1):
+            prev, mult = mult, min(2 ** i, 8)
+            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride=2 if i < n_layers else 1, padding=1),
+                       _norm(ndf * mult), nn.LeakyReLU(0.2, inplace=True)]
+        layers += [nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def init_normal(module: nn.Module, std: float = 0.02) -> nn.Module:
+    """Conv and transposed-conv weights from N(0, std), biases zero (the paper's init)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module
+
+
+class Generators(nn.Module):
+    """Both generators, run together so one call covers the whole cycle (one DDP forward per step).
+
+    ``ab`` maps domain A to B, ``ba`` maps B to A. Identity inputs ride in the same batch as the
+    translation inputs: instance norm works per image, so this changes no number and halves the calls.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ab = init_normal(ResnetGenerator(cfg.ngf, cfg.n_blocks), cfg.init_std)
+        self.ba = init_normal(ResnetGenerator(cfg.ngf, cfg.n_blocks), cfg.init_std)
+
+    def forward(self, real_a: torch.Tensor, real_b: torch.Tensor, identity: bool = True) -> dict[str, torch.Tensor]:
+        """``real_a``, ``real_b``: ``(B, 1, H, W)``. Returns ``fake_b, fake_a, rec_a, rec_b`` and, with
+        ``identity``, ``idt_b = ab(real_b)`` and ``idt_a = ba(real_a)``, each ``(B, 1, H, W)``."""
+        n = real_a.shape[0]
+        out = {}
+        if identity:
+            fake_b, out["idt_b"] = self.ab(torch.cat([real_a, real_b])).split(n)
+            fake_a, out["idt_a"] = self.ba(torch.cat([real_b, real_a])).split(n)
+        else:
+            fake_b, fake_a = self.ab(real_a), self.ba(real_b)
+        out.update(fake_b=fake_b, fake_a=fake_a, rec_a=self.ba(fake_b), rec_b=self.ab(fake_a))
+        return out
+
+
+class Discriminators(nn.Module):
+    """``a`` judges domain-A images, ``b`` domain-B images; one call scores both batches."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.a = init_normal(PatchDiscriminator(cfg.ndf, cfg.n_layers_d), cfg.init_std)
+        self.b = init_normal(PatchDiscriminator(cfg.ndf, cfg.n_layers_d), cfg.init_std)
+
+    def forward(self, images_a: torch.Tensor, images_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores ``(B, 1, H', W')`` of ``images_a`` by ``a`` and of ``images_b`` by ``b``."""
+        return self.a(images_a), self.b(images_b)
