@@ -104,6 +104,29 @@ def inspect(data, config, out, device, seed, set_, as_json):
     require_classes(report)
 
 
+@cli.command("augment")
+@common_options
+@click.option("--synthetic", type=click.Path(path_type=Path), required=True,
+              help="Folder written by synthesize (with manifest.csv).")
+@click.option("--policy", default="match-majority", show_default=True,
+              help="match-majority, ratio:R (synthetic at most R of a class) or count:N.")
+@click.option("--dest", type=click.Path(path_type=Path),
+              help="Manifest to write (default: <out>/augmented/<synthetic folder name>.csv).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing manifest.")
+def augment_command(data, config, out, device, seed, set_, synthetic, policy, dest, overwrite):
+    """Build a balanced training manifest from real training images plus synthetic ones."""
+    from augment.balance import Policy, balance
+    from augment.config import load_config
+    from augment.inspect import InspectConfig
+    data, _, _ = resolve_inputs("augment", data, None, out)
+    cfg = load_config(InspectConfig, config, set_)
+    dest = dest or out / "augmented" / f"{synthetic.name}.csv"
+    summary = balance(data, synthetic, Policy.parse(policy), dest, cfg.data, seed, overwrite)
+    for c, n in summary.items():
+        click.echo(f"{c:>12}: {n['real_train']} real training images + {n['synthetic']} synthetic")
+    click.echo(f"wrote {dest}; train on it with: python cli.py classify-train --data {dest}")
+
+
 @cli.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
 @click.pass_context

@@ -1,0 +1,122 @@
+"""Balanced training sets: real images plus synthetic ones, chosen by a policy.
+
+The output is a manifest CSV listing every real image with its split (validation and test rows
+untouched) and the chosen synthetic images, all in the training split. ``classify-train --data
+MANIFEST`` trains on it; classic augmentation still happens on the GPU in the training loop.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data import DataConfig, discover, load_dataset, warn
+from .errors import UserError
+
+COLUMNS = ["path", "label", "split", "group_id", "source", "origin", "source_image", "checkpoint_sha256"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How many synthetic images a class gets.
+
+    ``match-majority``: every class up to the largest training class; ``ratio:R``: the same, but
+    synthetic images make up at most R of a class; ``count:N``: N synthetic images per class.
+    """
+    kind: str
+    value: float = 0.0
+
+    @staticmethod
+    def parse(text: str) -> "Policy":
+        m = re.fullmatch(r"(match-majority)|ratio:([0-9.]+)|count:([0-9]+)", text.strip())
+        if not m:
+            raise UserError(f"--policy {text!r}: choose match-majority, ratio:R (0 <= R < 1) or count:N")
+        if m.group(2) is not None:
+            r = float(m.group(2))
+            if not 0 <= r < 1:
+                raise UserError(f"--policy {text!r}: R is the largest synthetic share of a class, 0 <= R < 1")
+            return Policy("ratio", r)
+        if m.group(3) is not None:
+            return Policy("count", int(m.group(3)))
+        return Policy("match-majority")
+
+    def wanted(self, real: int, majority: int) -> int:
+        """Synthetic images to add to a class with ``real`` training images."""
+        if self.kind == "count":
+            return int(self.value)
+        gap = max(majority - real, 0)
+        if self.kind == "ratio":
+            return min(gap, int(self.value * real / (1 - self.value)))
+        return gap
+
+
+def balance(data: str | Path, synthetic: str | Path, policy: Policy, dest: str | Path, cfg: DataConfig,
+            seed: int = 0, overwrite: bool = False) -> dict:
+    """Write ``dest`` (a manifest CSV) of all real images plus the synthetic images ``policy`` picks.
+
+    Synthetic images are drawn without replacement (seeded) from ``synthetic``'s manifest; those made
+    from a patient outside the real training split are refused, so no validation or test patient
+    leaks into training through its translation. Returns counts per class.
+    """
+    dest = Path(dest)
+    if dest.exists() and not overwrite:
+        raise UserError(f"{dest}: already exists; pass --overwrite or choose another --dest")
+    real = load_dataset(data, cfg)
+    train_groups = {g for g, s in zip(real.groups, real.splits) if s == "train"}
+    syn_root, syn_records, _ = discover(synthetic, cfg.classes)
+    if not syn_records:
+        raise UserError(f"{synthetic}: no synthetic images found; run `python cli.py synthesize` first")
+    meta = _manifest_rows(syn_root / "manifest.csv")
+    leaking = [r for r in syn_records if r.group not in train_groups]
+    if leaking:
+        warn(f"{synthetic}: refused {len(leaking)} synthetic image(s) made from patients outside the training "
+             f"split (e.g. {leaking[0].path}, group {leaking[0].group})")
+    pool = [r for r in syn_records if r.group in train_groups]
+
+    real_train = Counter(real.classes[y] for y, s in zip(real.labels.tolist(), real.splits) if s == "train")
+    majority = max(real_train.values())
+    rng = np.random.default_rng(seed)
+    rows, summary = [], {}
+    for path, y, g, s, src in zip(real.paths, real.labels.tolist(), real.groups, real.splits, real.sources):
+        rows.append({"path": str((real.root / path).resolve()), "label": real.classes[y], "split": s,
+                     "group_id": g, "source": src, "origin": "real"})
+    for c in real.classes:
+        candidates = [r for r in pool if r.label == c]
+        want = policy.wanted(real_train[c], majority) if candidates else 0
+        take = [candidates[i] for i in sorted(rng.choice(len(candidates), min(want, len(candidates)), replace=False))]
+        if want > len(take):
+            warn(f"class {c}: the policy asks for {want} synthetic images but {synthetic} has {len(candidates)}")
+        for r in take:
+            m = meta.get(r.path, {})
+            rows.append({"path": str((syn_root / r.path).resolve()), "label": c, "split": "train", "group_id": r.group,
+                         "source": r.source or "synthetic", "origin": "synthetic",
+                         "source_image": m.get("source_image", ""), "checkpoint_sha256": m.get("checkpoint_sha256", "")})
+        summary[c] = {"real_train": real_train[c], "synthetic": len(take)}
+    _write_csv(rows, dest)
+    return summary
+
+
+def _manifest_rows(path: Path) -> dict[str, dict]:
+    if not path.exists():
+        return {}
+    with open(path, newline="", encoding="utf-8") as f:
+        return {row["path"]: row for row in csv.DictReader(f)}
+
+
+def _write_csv(rows: list[dict], dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, dest)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{dest}: could not write the manifest ({e.strerror}); free disk space or choose another --dest") from e
