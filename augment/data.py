@@ -21,7 +21,7 @@ from .errors import UserError
 from .imageio import IMAGE_SUFFIXES, UnreadableImage, read_xray
 
 SPLITS = ("train", "val", "test")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -183,16 +183,16 @@ def _build_cache(root: Path, records: list[Record], cfg: DataConfig, npy: Path, 
 
     out = np.lib.format.open_memmap(str(npy) + ".tmp.npy", mode="w+", dtype=np.uint8,
                                     shape=(len(records), size, size))
-    ok, skipped = [], {}
+    ok, skipped = [], {}  # positions in ``records``: the key fixes the files, not how paths are spelled
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         results = pool.map(work, records)
-        for r, (img, reason) in tqdm(zip(records, results), total=len(records), desc="decoding images",
-                                     unit="img", disable=quiet, file=sys.stderr):
+        for i, (img, reason) in enumerate(tqdm(results, total=len(records), desc="decoding images",
+                                               unit="img", disable=quiet, file=sys.stderr)):
             if img is None:
-                skipped[r.path] = reason
+                skipped[i] = reason
             else:
                 out[len(ok)] = img
-                ok.append(r.path)
+                ok.append(i)
     out.flush()
     del out
     tmp = str(npy) + ".tmp.npy"
@@ -202,7 +202,7 @@ def _build_cache(root: Path, records: list[Record], cfg: DataConfig, npy: Path, 
         tmp = str(npy) + ".part.npy"
     os.replace(tmp, npy)
     tmp_meta = meta.with_suffix(".json.tmp")
-    tmp_meta.write_text(json.dumps({"paths": ok, "skipped": skipped}))
+    tmp_meta.write_text(json.dumps({"kept": ok, "skipped": skipped}))
     os.replace(tmp_meta, meta)
 
 
@@ -229,9 +229,8 @@ def load_dataset(data: str | Path, cfg: DataConfig, split: str | None = None,
             print(f"decoding {len(records)} images from {data} into the cache {npy}", file=sys.stderr)
         _build_cache(root, records, cfg, npy, meta, quiet)
     info = json.loads(meta.read_text())
-    skipped.update(info["skipped"])
-    kept = set(info["paths"])
-    records = [r for r in records if r.path in kept]
+    skipped.update({records[int(i)].path: reason for i, reason in info["skipped"].items()})
+    records = [records[i] for i in info["kept"]]
     _report_skipped(skipped, data, quiet)
 
     counts = Counter(r.label for r in records)

@@ -1,0 +1,227 @@
+"""Does adding CycleGAN images help? The ablation that tests it, with honest statistics.
+
+For one backbone and several seeds, classifiers are trained and evaluated on the same held-out split
+under three conditions:
+
+- ``real``: real training images only, no classic augmentation;
+- ``classic``: real images with classic GPU augmentation;
+- ``synthetic``: real + classic + CycleGAN images balancing the minority class.
+
+plus ``tstr`` (train on synthetic minority images, test on real: the minority class's real training
+images are replaced by synthetic ones). With ``minority_fraction`` f, only a seeded fraction f of the
+minority class's training patients is kept, and the CycleGAN is trained on that same subset.
+The CycleGAN is trained once per experiment (seed 0); seeds vary the classifiers. Every finished cell
+is saved as JSON, so a rerun resumes where it stopped.
+
+The model packages are not imported here: the caller passes the stages as callables (:class:`Stages`).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .balance import COLUMNS, Policy, balance
+from .data import DataConfig, load_dataset
+from .errors import UserError
+
+CONDITIONS = ("real", "classic", "synthetic")
+METRICS = ("accuracy", "minority_sensitivity", "minority_f1", "macro_auc")
+# two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+        2.045, 2.042)
+
+
+@dataclass
+class Stages:
+    """The model work an ablation needs, supplied by the caller.
+
+    - ``train_gan(manifest, out, seed) -> checkpoint``: CycleGAN on the manifest's training split.
+    - ``synthesize(checkpoint, manifest, dest, n, seed) -> folder``: n synthetic minority images.
+    - ``train_classifier(manifest, out, seed, classic_augment) -> run``: a classifier run.
+    - ``evaluate(run) -> metrics``: ``accuracy``, ``sensitivity``/``f1`` per class, ``macro_auc``.
+    - ``gan_eval(checkpoint, manifest) -> dict``: optional GAN quality figures.
+    """
+    train_gan: Callable[[Path, Path, int], Path]
+    synthesize: Callable[[Path, Path, Path, int, int], Path]
+    train_classifier: Callable[[Path, Path, int, bool], Path]
+    evaluate: Callable[[Path], dict]
+    gan_eval: Callable[[Path, Path], dict] | None = None
+
+
+def run_ablation(data: str | Path, out: str | Path, stages: Stages, cfg: DataConfig, seeds=(0, 1, 2),
+                 minority: str = "covid", minority_fraction: float | None = None,
+                 policy: str = "match-majority", log: Callable[[str], None] = print) -> dict:
+    """Run (or resume) every cell of the ablation in ``out`` and return the summary (also ``summary.json``)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if minority not in cfg.classes:
+        raise UserError(f"--minority {minority!r}: not one of the classes {', '.join(cfg.classes)}")
+    base = out / "real.csv"
+    if not base.exists():
+        write_real_manifest(data, cfg, base, minority, minority_fraction, seed=0)
+    real = load_dataset(base, cfg, quiet=True)
+    train_counts = Counter(real.classes[y] for y, s in zip(real.labels.tolist(), real.splits) if s == "train")
+    log(f"training images: {dict(train_counts)} (minority {minority}"
+        + (f", kept fraction {minority_fraction})" if minority_fraction else ")"))
+
+    gan = _cached(out / "gan.json", lambda: {"checkpoint": str(stages.train_gan(base, out / "gan", 0))})
+    checkpoint = Path(gan["checkpoint"])
+    n_synthetic = max(max(train_counts.values()) - train_counts[minority], train_counts[minority], 1)
+    syn = _cached(out / "synthetic.json", lambda: {
+        "folder": str(stages.synthesize(checkpoint, base, out / "synthetic", n_synthetic, 0))})
+    syn_dir = Path(syn["folder"])
+    balanced = out / "balanced.csv"
+    if not balanced.exists():
+        balance(base, syn_dir, Policy.parse(policy), balanced, cfg)
+    tstr = out / "tstr.csv"
+    if not tstr.exists():
+        write_tstr_manifest(balanced, tstr, minority)
+
+    cells = {}
+    for seed in seeds:
+        for cond, manifest, classic in (("real", base, False), ("classic", base, True), ("synthetic", balanced, True)):
+            cells[(cond, seed)] = _cell(out, stages, cond, seed, manifest, classic, minority, log)
+    tstr_cell = _cell(out, stages, "tstr", seeds[0], tstr, True, minority, log)
+    gan_quality = (_cached(out / "gan_quality.json", lambda: stages.gan_eval(checkpoint, base))
+                   if stages.gan_eval else {})
+    summary = summarize(cells, seeds)
+    summary.update(tstr=tstr_cell, gan_quality=gan_quality, minority=minority, minority_fraction=minority_fraction,
+                   seeds=list(seeds), n_synthetic=n_synthetic)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "table.md").write_text(format_table(summary) + "\n")
+    return summary
+
+
+def _cached(path: Path, compute: Callable[[], dict]) -> dict:
+    """``compute()`` once; its JSON result is kept at ``path`` for later runs."""
+    if path.exists():
+        return json.loads(path.read_text())
+    value = compute()
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=str))
+    os.replace(tmp, path)
+    return value
+
+
+def _cell(out: Path, stages: Stages, cond: str, seed: int, manifest: Path, classic: bool, minority: str, log) -> dict:
+    path = out / "cells" / f"{cond}-seed{seed}.json"
+    if path.exists():
+        log(f"cell {cond} seed {seed}: done earlier, kept")
+        return json.loads(path.read_text())
+    log(f"cell {cond} seed {seed}: training")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def compute():
+        run = stages.train_classifier(manifest, out / "runs" / f"{cond}-seed{seed}", seed, classic)
+        m = stages.evaluate(run)
+        return {"run": str(run), "accuracy": m["accuracy"], "minority_sensitivity": m["sensitivity"][minority],
+                "minority_f1": m["f1"][minority], "macro_auc": m["macro_auc"]}
+    return _cached(path, compute)
+
+
+def write_real_manifest(data, cfg: DataConfig, dest: Path, minority: str, fraction: float | None, seed: int) -> None:
+    """All real images with their resolved splits; with ``fraction``, only that seeded share of the
+    minority class's training patients (whole patients) is kept."""
+    ds = load_dataset(data, cfg)
+    drop: set[str] = set()
+    if fraction is not None:
+        if not 0 < fraction <= 1:
+            raise UserError(f"--minority-fraction {fraction}: must be in (0, 1]")
+        groups = sorted({g for g, s, y in zip(ds.groups, ds.splits, ds.labels.tolist())
+                         if s == "train" and ds.classes[y] == minority})
+        rng = np.random.default_rng(seed)
+        keep = set(rng.choice(groups, max(1, round(fraction * len(groups))), replace=False).tolist())
+        drop = set(groups) - keep
+    rows = [{"path": str((ds.root / p).resolve()), "label": ds.classes[y], "split": s, "group_id": g,
+             "source": src, "origin": "real"}
+            for p, y, g, s, src in zip(ds.paths, ds.labels.tolist(), ds.groups, ds.splits, ds.sources)
+            if not (s == "train" and ds.classes[y] == minority and g in drop)]
+    _write(rows, dest)
+
+
+def write_tstr_manifest(balanced: Path, dest: Path, minority: str) -> None:
+    """The balanced manifest with the minority class's real training images removed."""
+    with open(balanced, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f)
+                if not (r["split"] == "train" and r["label"] == minority and r["origin"] == "real")]
+    _write(rows, dest)
+
+
+def _write(rows: list[dict], dest: Path) -> None:
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, restval="", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, dest)
+
+
+# ---------------------------------------------------------------- statistics
+def mean_interval(values) -> tuple[float, float, float]:
+    """Mean and two-sided 95 % Student-t interval of ``values`` (NaN bounds for one value)."""
+    x = np.asarray(values, dtype=float)
+    m = float(x.mean())
+    if len(x) < 2:
+        return m, math.nan, math.nan
+    half = T975[min(len(x) - 1, len(T975)) - 1] * float(x.std(ddof=1)) / math.sqrt(len(x))
+    return m, m - half, m + half
+
+
+def summarize(cells: dict, seeds) -> dict:
+    """Mean ± sd per condition and metric; the paired difference synthetic − classic over seeds."""
+    table = {}
+    for cond in CONDITIONS:
+        table[cond] = {}
+        for metric in METRICS:
+            x = np.array([cells[(cond, s)][metric] for s in seeds], dtype=float)
+            table[cond][metric] = {"mean": float(x.mean()), "sd": float(x.std(ddof=1)) if len(x) > 1 else math.nan}
+    diff = {}
+    for metric in METRICS:
+        d = [cells[("synthetic", s)][metric] - cells[("classic", s)][metric] for s in seeds]
+        m, lo, hi = mean_interval(d)
+        diff[metric] = {"mean": m, "low": lo, "high": hi}
+    return {"conditions": table, "synthetic_minus_classic": diff, "verdict": verdict(diff, len(seeds))}
+
+
+def verdict(diff: dict, n_seeds: int) -> str:
+    """One plain sentence: did the synthetic images help, hurt, or make no measurable difference?"""
+    acc, sens = diff["accuracy"], diff["minority_sensitivity"]
+    if n_seeds < 2:
+        return "With one seed there is no interval: run at least two seeds before drawing a conclusion."
+    fmt = f"accuracy {acc['mean']:+.3f} (95 % CI {acc['low']:+.3f} to {acc['high']:+.3f})"
+    if acc["low"] > 0:
+        return f"The synthetic images helped: {fmt} over real images with classic augmentation."
+    if acc["high"] < 0:
+        return f"The synthetic images hurt: {fmt} against real images with classic augmentation."
+    return (f"The synthetic images made no measurable difference: {fmt}, an interval that includes zero "
+            f"(minority sensitivity {sens['mean']:+.3f}, 95 % CI {sens['low']:+.3f} to {sens['high']:+.3f}).")
+
+
+def format_table(summary: dict) -> str:
+    """Markdown table of the summary, followed by the verdict."""
+    head = "| condition | " + " | ".join(METRICS) + " |"
+    lines = [head, "|" + "---|" * (len(METRICS) + 1)]
+    for cond, row in summary["conditions"].items():
+        lines.append(f"| {cond} | " + " | ".join(f"{row[m]['mean']:.3f} ± {row[m]['sd']:.3f}" for m in METRICS) + " |")
+    d = summary["synthetic_minus_classic"]
+    lines.append("| synthetic − classic (95 % CI) | "
+                 + " | ".join(f"{d[m]['mean']:+.3f} [{d[m]['low']:+.3f}, {d[m]['high']:+.3f}]" for m in METRICS) + " |")
+    if summary.get("tstr"):
+        t = summary["tstr"]
+        lines.append(f"\nTrain on synthetic {summary['minority']}, test on real: accuracy {t['accuracy']:.3f}, "
+                     f"{summary['minority']} sensitivity {t['minority_sensitivity']:.3f}, F1 {t['minority_f1']:.3f}.")
+    if summary.get("gan_quality"):
+        lines.append("GAN quality: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                 for k, v in summary["gan_quality"].items()
+                                                 if isinstance(v, (int, float, str))))
+    lines.append("\n" + summary["verdict"])
+    return "\n".join(lines)

@@ -1,0 +1,129 @@
+"""The ablation's bookkeeping with stand-in model stages: hygiene, resumption, statistics, verdict."""
+import csv
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from augment.ablation import Stages, mean_interval, run_ablation, summarize, verdict
+from augment.data import DataConfig, load_dataset
+from augment.phantoms import write_phantoms
+
+
+class FakeStages:
+    """Records what each stage was given; classifier quality depends on the condition by ``effect``."""
+
+    def __init__(self, cfg, effect):
+        self.cfg, self.effect = cfg, effect
+        self.gan_manifests, self.classifier_calls = [], []
+
+    def train_gan(self, manifest, out, seed):
+        self.gan_manifests.append(Path(manifest))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "gan.pt").write_bytes(b"stand-in")
+        return out / "gan.pt"
+
+    def synthesize(self, checkpoint, manifest, dest, n, seed):
+        ds = load_dataset(manifest, self.cfg, quiet=True)
+        normal_train = ds.indices("train", "normal").tolist()
+        (dest / "covid").mkdir(parents=True, exist_ok=True)
+        rows = []
+        for k in range(n):
+            i = normal_train[k % len(normal_train)]
+            shutil.copy(ds.root / ds.paths[i], dest / "covid" / f"s{k:04d}.png")
+            rows.append({"path": f"covid/s{k:04d}.png", "label": "covid", "split": "train", "source": "synthetic",
+                         "group_id": ds.groups[i], "source_image": ds.paths[i], "checkpoint_sha256": "0" * 64})
+        with open(dest / "manifest.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        return dest
+
+    def train_classifier(self, manifest, out, seed, classic):
+        self.classifier_calls.append((Path(manifest).name, seed, classic))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "manifest").write_text(str(manifest))
+        return out
+
+    def evaluate(self, run):
+        manifest = Path((run / "manifest").read_text()).name
+        seed = int(run.name.rsplit("seed", 1)[1])
+        gain = self.effect if manifest == "balanced.csv" else 0.0
+        noise = 0.01 * ((seed * 7) % 3 - 1)  # the same seed noise in each condition: paired
+        acc = 0.8 + gain + noise
+        return {"accuracy": acc, "sensitivity": {"covid": acc - 0.1}, "f1": {"covid": acc - 0.05}, "macro_auc": 0.9}
+
+    def stages(self):
+        return Stages(self.train_gan, self.synthesize, self.train_classifier, self.evaluate)
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_phantoms(tmp_path / "real", 24, 32, seed=3), DataConfig(size=32, cache_dir=str(tmp_path / "cache"))
+
+
+def test_gan_and_classifier_share_the_subsampled_minority_and_synthetic_stays_in_training(data, tmp_path):
+    real, cfg = data
+    fake = FakeStages(cfg, effect=0.05)
+    run_ablation(real, tmp_path / "abl", fake.stages(), cfg, seeds=(0, 1), minority_fraction=0.5, log=lambda s: None)
+    full = load_dataset(real, cfg, quiet=True)
+    base = load_dataset(tmp_path / "abl" / "real.csv", cfg, quiet=True)
+    full_covid_groups = {g for g in (full.groups[i] for i in full.indices("train", "covid").tolist())}
+    kept_groups = {g for g in (base.groups[i] for i in base.indices("train", "covid").tolist())}
+    assert len(kept_groups) == round(0.5 * len(full_covid_groups))
+    assert fake.gan_manifests == [tmp_path / "abl" / "real.csv"]  # the GAN saw exactly that subset
+    # validation and test are the full, untouched real splits
+    assert len(base.indices("val")) == len(full.indices("val")) and len(base.indices("test")) == len(full.indices("test"))
+    balanced = list(csv.DictReader(open(tmp_path / "abl" / "balanced.csv")))
+    assert all(r["split"] == "train" for r in balanced if r["origin"] == "synthetic")
+    # the train-on-synthetic manifest has no real covid training image, but all real val/test rows
+    tstr = list(csv.DictReader(open(tmp_path / "abl" / "tstr.csv")))
+    assert not [r for r in tstr if r["label"] == "covid" and r["split"] == "train" and r["origin"] == "real"]
+    assert sum(r["split"] != "train" for r in tstr) == sum(r["split"] != "train" for r in balanced)
+
+
+def test_finished_cells_are_not_rerun(data, tmp_path):
+    real, cfg = data
+    fake = FakeStages(cfg, effect=0.05)
+    first = run_ablation(real, tmp_path / "abl", fake.stages(), cfg, seeds=(0, 1), log=lambda s: None)
+    assert len(fake.classifier_calls) == 2 * 3 + 1
+    (tmp_path / "abl" / "cells" / "classic-seed1.json").unlink()  # as if the run died in that cell
+    again = FakeStages(cfg, effect=0.05)
+    second = run_ablation(real, tmp_path / "abl", again.stages(), cfg, seeds=(0, 1), log=lambda s: None)
+    assert again.classifier_calls == [("real.csv", 1, True)]
+    assert again.gan_manifests == []  # the GAN and the synthetic set are kept too
+    assert first["synthetic_minus_classic"] == second["synthetic_minus_classic"]
+
+
+@pytest.mark.parametrize("effect,word", [(0.05, "helped"), (-0.05, "hurt"), (0.0, "no measurable difference")])
+def test_verdict_follows_the_paired_interval(data, tmp_path, effect, word):
+    real, cfg = data
+    summary = run_ablation(real, tmp_path / "abl", FakeStages(cfg, effect).stages(), cfg, seeds=(0, 1, 2),
+                           log=lambda s: None)
+    assert word in summary["verdict"]
+    assert summary["synthetic_minus_classic"]["accuracy"]["mean"] == pytest.approx(effect)
+    table = (tmp_path / "abl" / "table.md").read_text()
+    assert "synthetic − classic" in table and word in table
+
+
+def test_mean_interval_on_a_known_case():
+    m, lo, hi = mean_interval([1.0, 2.0, 3.0])  # sd 1, n 3, t(0.975, 2) = 4.303
+    assert m == 2.0
+    assert hi - m == pytest.approx(4.303 / math.sqrt(3), rel=1e-6) and m - lo == pytest.approx(hi - m)
+    assert math.isnan(mean_interval([0.5])[1])
+
+
+def test_summary_pairs_by_seed():
+    # seed noise is large, but the synthetic − classic difference is the same in every seed: a tight interval
+    cells = {}
+    for s, base in zip((0, 1, 2), (0.6, 0.8, 0.7)):
+        for cond, gain in (("real", -0.1), ("classic", 0.0), ("synthetic", 0.02)):
+            v = base + gain
+            cells[(cond, s)] = {"accuracy": v, "minority_sensitivity": v, "minority_f1": v, "macro_auc": v}
+    summary = summarize(cells, (0, 1, 2))
+    d = summary["synthetic_minus_classic"]["accuracy"]
+    assert d["mean"] == pytest.approx(0.02) and d["high"] - d["low"] < 1e-9
+    assert summary["conditions"]["classic"]["accuracy"]["sd"] == pytest.approx(0.1)
+    assert "helped" in summary["verdict"]
+    assert "one seed" in verdict(summary["synthetic_minus_classic"], 1)
