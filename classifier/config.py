@@ -1,0 +1,71 @@
+"""Configuration of classifier training and evaluation (defaults in code; YAML overrides them)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from augment.data import DataConfig
+from augment.gpu import AugmentConfig
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "efficientnet_b0"
+    pretrained: str = "none"          # none | imagenet | path to a state dict
+    head: Literal["linear", "lstm", "gru"] = "linear"
+    dropout: float = 0.2
+    input_size: Optional[int] = None  # default: the backbone's own (224; inception 299)
+    width: int = 32                   # first-block channels of the shallow CNN
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    head_epochs: int = 3              # phase 1 (pretrained only): head alone on the frozen backbone
+    batch_size: int = 32
+    lr: float = 1e-3                  # phase 1 / from scratch
+    finetune_lr_factor: float = 0.1   # phase 2 learning rate = lr * this
+    weight_decay: float = 0.05
+    schedule: Literal["cosine", "plateau"] = "cosine"
+    warmup_epochs: float = 1.0
+    min_lr_factor: float = 0.01       # cosine floor, share of the phase's lr
+    plateau_patience: int = 3         # plateau: epochs without a better val macro-F1 before lr x plateau_factor
+    plateau_factor: float = 0.1
+    label_smoothing: float = 0.1
+    balance: Literal["loss", "sampler", "none"] = "loss"  # class-weighted loss or class-balanced batches
+    ema: float = 0.0                  # decay of an exponential moving average of weights (0: off)
+    mixup: float = 0.0                # Beta(alpha, alpha) of mixup (0: off)
+    cutmix: float = 0.0               # Beta(alpha, alpha) of cutmix (0: off); with both, one per batch at random
+    patience: int = 8                 # early stopping: epochs without a better val macro-F1
+    bf16: bool = True                 # autocast on CUDA
+    channels_last: bool = True
+    compile: bool = False
+    log_every: int = 20               # steps between logged losses
+    tensorboard: bool = True
+
+    def check(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("train.epochs and train.batch_size must be at least 1")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"train.ema is a decay in [0, 1), got {self.ema}")
+        if min(self.lr, self.finetune_lr_factor, self.mixup, self.cutmix, self.warmup_epochs) < 0:
+            raise ValueError("train.lr, finetune_lr_factor, mixup, cutmix and warmup_epochs must be >= 0")
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 64
+    bootstrap: int = 1000             # resamples of the test images for 95 % intervals
+    ci_level: float = 0.95
+    positive_class: str = "covid"     # binary view: this class against the rest
+    specificity: float = 0.9          # report sensitivity at this specificity (Minaee et al.)
+    cam_method: Literal["cam", "gradcam", "gradcampp"] = "gradcampp"
+
+
+@dataclass
+class ClassifierConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

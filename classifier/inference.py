@@ -1,0 +1,31 @@
+"""Batched prediction on uint8 images, shared by validation, evaluation and CAM."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from augment.runtime import autocast
+
+
+def to_input(images_u8: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:
+    """uint8 ``(B, 1, S, S)`` -> float ``(B, 1, size, size)`` in [0, 1] on ``device``."""
+    x = images_u8.to(device, non_blocking=True).float().div_(255)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images_u8: torch.Tensor, size: int, device: torch.device,
+            batch_size: int = 64, bf16: bool = True) -> torch.Tensor:
+    """Class probabilities ``(N, K)`` (float32, CPU) of uint8 images ``(N, 1, S, S)``."""
+    was = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(images_u8), batch_size):
+        x = to_input(images_u8[start:start + batch_size], size, device)
+        with autocast(device, bf16):
+            out.append(model(x).float().softmax(1).cpu())
+    model.train(was)
+    return torch.cat(out) if out else torch.zeros(0, 0)

@@ -1,0 +1,359 @@
+"""``classify-train``: two-phase transfer learning (head on the frozen backbone, then all layers at a
+lower learning rate; Zebin et al.) or training from scratch, on GPU-resident data with kornia
+augmentation, early stopping on validation macro-F1 and exact resume."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from augment.config import config_to_dict, load_config
+from augment.data import XrayDataset, load_dataset
+from augment.errors import UserError
+from augment.gpu import DeviceImages, build_augment, epoch_batches
+from augment.runtime import (Dist, GracefulStop, autocast, close_distributed, init_distributed, load_checkpoint,
+                             new_run_dir, pick_device, rng_state, save_checkpoint, seed_everything, set_rng_state,
+                             tensorboard_writer, write_run_info)
+
+from .config import ClassifierConfig
+from .inference import predict
+from .levers import EMA, LRSchedule, mix
+from .metrics import classification_metrics
+from .model import Classifier, create_model
+from .plots import confusion_image
+
+
+@dataclass
+class Phase:
+    """Epochs ``[start, end)`` training either the head alone (``frozen`` backbone) or all layers."""
+    start: int
+    end: int
+    frozen: bool
+    lr: float
+
+
+def phases(cfg: ClassifierConfig) -> list[Phase]:
+    t = cfg.train
+    if cfg.model.pretrained in ("none", "") or t.head_epochs <= 0:
+        return [Phase(0, t.epochs, False, t.lr)]
+    head = min(t.head_epochs, t.epochs)
+    return [Phase(0, head, True, t.lr), Phase(head, t.epochs, False, t.lr * t.finetune_lr_factor)]
+
+
+def model_args(cfg: ClassifierConfig, num_classes: int) -> dict:
+    """What :func:`create_model` needs to rebuild the network of a checkpoint."""
+    m = cfg.model
+    return {"name": m.backbone, "num_classes": num_classes, "in_chans": 1, "head": m.head,
+            "dropout": m.dropout, "width": m.width}
+
+
+def input_size(cfg: ClassifierConfig, model: Classifier) -> int:
+    return cfg.model.input_size or model.input_size
+
+
+def training_set(ds: XrayDataset, synthetic: XrayDataset | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images ``(N, 1, S, S)`` and labels ``(N,)`` of the training split plus synthetic images."""
+    idx = ds.indices("train")
+    images, labels = [ds.images[idx]], [ds.labels[idx]]
+    if synthetic is not None:
+        if synthetic.images.shape[-1] != ds.images.shape[-1]:
+            raise UserError(f"{synthetic.root}: synthetic images were cached at another size; use the same data.size")
+        images.append(synthetic.images)
+        labels.append(synthetic.labels)
+    return torch.cat(images), torch.cat(labels)
+
+
+def gray_statistics(images_u8: torch.Tensor, chunk: int = 256) -> tuple[float, float]:
+    """Mean and std of the gray values in [0, 1] of ``(N, 1, S, S)`` uint8 images, read in chunks."""
+    total = sq = 0.0
+    for start in range(0, len(images_u8), chunk):
+        x = images_u8[start:start + chunk].double() / 255
+        total, sq = total + x.sum().item(), sq + x.square().sum().item()
+    n = images_u8.numel()
+    mean = total / n
+    return mean, max(sq / n - mean ** 2, 0.0) ** 0.5
+
+
+def balanced_batches(labels: torch.Tensor, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """An epoch of batches drawn with replacement so each class is equally likely."""
+    counts = torch.bincount(labels).double()
+    weights = (1 / counts)[labels]
+    n = len(labels) // batch_size * batch_size or batch_size
+    return list(torch.multinomial(weights, n, replacement=True, generator=generator).split(batch_size))
+
+
+def resolve_checkpoint(path: str | Path, name: str) -> Path:
+    """A run folder gives its ``name`` file; a file is taken as is."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / name).is_file():
+            raise UserError(f"{path}: no {name} in this folder; give a classifier run folder or a checkpoint file")
+        return path / name
+    return path
+
+
+class Trainer:
+    """One training run: set up from a config (or a checkpoint to resume), then :meth:`run`."""
+
+    def __init__(self, cfg: ClassifierConfig, data: str | Path, out: str | Path = "runs",
+                 synthetic: str | Path | None = None, resume: str | Path | None = None,
+                 device: str = "auto", seed: int = 0, quiet: bool = False):
+        self.dist: Dist = init_distributed(device)
+        self.device = pick_device(device, self.dist.local_rank)
+        ckpt = None
+        if resume is not None:
+            path = resolve_checkpoint(resume, "last.pt")
+            ckpt = load_checkpoint(path)
+            if not isinstance(ckpt, dict) or "optimizer" not in ckpt:
+                raise UserError(f"{path}: not a classifier training checkpoint; give a classifier run folder")
+            cfg = load_config(ClassifierConfig, path.parent / "config.yaml")
+            seed = ckpt["seed"]
+        self.cfg, self.seed, self.quiet = cfg, seed, quiet or not self.dist.is_main
+        seed_everything(seed + self.dist.rank)
+        main = self.dist.is_main
+
+        ds = load_dataset(data, cfg.data, quiet=self.quiet)
+        syn = load_dataset(synthetic, cfg.data, split="train", required=(), quiet=self.quiet) if synthetic else None
+        if len(ds.indices("val")) == 0:
+            raise UserError(f"{data}: no validation images; give the manifest a split column or more images per class")
+        self.classes = ds.classes
+        fingerprint = ds.fingerprint + (f"+{syn.fingerprint}" if syn else "")
+        if ckpt is not None and ckpt["data_fingerprint"] != fingerprint:
+            raise UserError(f"{data}: these are not the images run {path.parent} was trained on; "
+                            "resume with the same --data and --synthetic")
+        images, labels = training_set(ds, syn)
+        self.n_synthetic = len(syn) if syn else 0
+        self.train_data = DeviceImages(images, labels, self.device)
+        val = ds.indices("val")
+        self.val_images, self.val_labels = ds.images[val], ds.labels[val].numpy()
+
+        self.model = create_model(pretrained=cfg.model.pretrained if ckpt is None else "none",
+                                  **model_args(cfg, len(self.classes)))
+        self.model.set_normalisation(*gray_statistics(images))
+        self.size = input_size(cfg, self.model)
+        self.model.to(self.device, memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format)
+        self.ema = EMA(self.model, cfg.train.ema) if cfg.train.ema else None
+        self.augment = build_augment(cfg.augment, self.size).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": self.model.backbone.parameters()}, {"params": self.model.head.parameters()}],
+            lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=self.device.type == "cuda")
+        counts = torch.bincount(labels, minlength=len(self.classes)).double().clamp(min=1)
+        self.class_weights = ((counts.sum() / (len(counts) * counts)).float().to(self.device)
+                              if cfg.train.balance == "loss" else None)
+        self.phases = phases(cfg)
+        self.epoch = self.batch = self.step = 0
+        self.best_f1, self.best_epoch, self.bad_epochs = -1.0, -1, 0
+        self.schedule_state = None
+
+        if ckpt is not None:
+            self.run_dir = path.parent
+            self._restore(ckpt)
+        else:
+            self.run_dir = self._make_run_dir(out)
+            if main:
+                write_run_info(self.run_dir, cfg, seed, fingerprint, classes=list(self.classes),
+                               synthetic=str(synthetic) if synthetic else None, n_synthetic=self.n_synthetic,
+                               world_size=self.dist.world_size, device=str(self.device))
+        self.fingerprint = fingerprint
+        self.writer = tensorboard_writer(self.run_dir, main and cfg.train.tensorboard)
+
+    def _make_run_dir(self, out) -> Path:
+        run = [str(new_run_dir(out, "classifier")) if self.dist.is_main else None]
+        if self.dist.world_size > 1:
+            import torch.distributed as td
+            td.broadcast_object_list(run, src=0)
+        return Path(run[0])
+
+    # ------------------------------------------------------------ checkpoints
+    def _state(self) -> dict:
+        rng = [rng_state()]
+        if self.dist.world_size > 1:
+            import torch.distributed as td
+            rng = [None] * self.dist.world_size
+            td.all_gather_object(rng, rng_state())
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
+                "epoch": self.epoch, "batch": self.batch, "step": self.step, "best_f1": self.best_f1,
+                "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "rng": rng, "seed": self.seed,
+                "data_fingerprint": self.fingerprint, "classes": list(self.classes),
+                "model_args": model_args(self.cfg, len(self.classes)), "input_size": self.size,
+                "config": config_to_dict(self.cfg)}
+
+    def _restore(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.ema:
+            self.ema.load_state_dict(ckpt["ema"])
+        for key in ("epoch", "batch", "step", "best_f1", "best_epoch", "bad_epochs"):
+            setattr(self, key, ckpt[key])
+        self.schedule_state = ckpt["schedule"]
+        set_rng_state(ckpt["rng"][self.dist.rank % len(ckpt["rng"])])
+
+    def save(self, name: str) -> None:
+        state = self._state()  # every rank joins the RNG gather
+        if self.dist.is_main:
+            save_checkpoint(state, self.run_dir / name)
+
+    def save_best(self, f1: float) -> None:
+        if self.dist.is_main:
+            weights = (self.ema.module if self.ema else self.model).state_dict()
+            save_checkpoint({"model": weights, "classes": list(self.classes), "epoch": self.epoch,
+                             "val_macro_f1": f1, "model_args": model_args(self.cfg, len(self.classes)),
+                             "input_size": self.size, "config": config_to_dict(self.cfg)}, self.run_dir / "best.pt")
+
+    # ------------------------------------------------------------ one phase, one step
+    def _enter_phase(self, phase: Phase) -> nn.Module:
+        """Freeze or unfreeze the backbone, set the phase's schedule; the module the steps call."""
+        self.model.backbone.requires_grad_(not phase.frozen)
+        self.base_lr = [0.0 if phase.frozen else phase.lr, phase.lr]
+        steps = len(self._batches(phase.start))
+        t = self.cfg.train
+        self.schedule = LRSchedule(t.schedule, int(t.warmup_epochs * steps), (phase.end - phase.start) * steps,
+                                   t.min_lr_factor, t.plateau_patience, t.plateau_factor)
+        if self.schedule_state is not None and (self.epoch, self.batch) != (phase.start, 0):
+            self.schedule.load_state_dict(self.schedule_state)  # resumed inside this phase
+        self.schedule_state = None
+        net: nn.Module = self.model
+        if self.dist.world_size > 1:
+            net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return torch.compile(net) if t.compile else net
+
+    def _batches(self, epoch: int) -> list[torch.Tensor]:
+        """This rank's batches of ``epoch``: the same seeded order on every rank, dealt round-robin."""
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        bs = self.cfg.train.batch_size
+        if self.cfg.train.balance == "sampler":
+            batches = balanced_batches(self.train_data.labels.cpu(), bs, g)
+        else:
+            batches = epoch_batches(len(self.train_data), bs, g)
+        per_rank = max(len(batches) // self.dist.world_size, 1)
+        return batches[self.dist.rank::self.dist.world_size][:per_rank]
+
+    def train_step(self, net: nn.Module, idx: torch.Tensor, phase: Phase, step_in_phase: int) -> torch.Tensor:
+        """One optimiser step on the batch at positions ``idx``; returns the loss (no host sync)."""
+        t = self.cfg.train
+        factor = self.schedule.factor(step_in_phase)
+        for group, base in zip(self.optimizer.param_groups, self.base_lr):
+            group["lr"] = base * factor
+        x, y = self.train_data.get(idx)
+        x = self.augment(x)
+        target = F.one_hot(y, len(self.classes)).float()
+        x, target = mix(x, target, t.mixup, t.cutmix)
+        if t.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if phase.frozen:
+            self.model.backbone.eval()  # batch-norm statistics stay those of the pretrained backbone
+        with autocast(self.device, t.bf16):
+            logits = net(x)
+        loss = F.cross_entropy(logits.float(), target, weight=self.class_weights, label_smoothing=t.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.ema:
+            self.ema.update(self.model)
+        return loss.detach()
+
+    # ------------------------------------------------------------ validation
+    def validate(self) -> dict:
+        model = self.ema.module if self.ema else self.model
+        prob = predict(model, self.val_images, self.size, self.device, self.cfg.eval.batch_size, self.cfg.train.bf16)
+        return classification_metrics(self.val_labels, prob.numpy(), self.classes, rounds=0) | {"prob": prob.numpy()}
+
+    def log_validation(self, m: dict) -> None:
+        w, e = self.writer, self.epoch
+        w.add_scalar("val/accuracy", m["accuracy"], e)
+        w.add_scalar("val/macro_f1", m["macro"]["f1"], e)
+        for c, name in enumerate(self.classes):
+            w.add_scalar(f"val/sensitivity/{name}", m["per_class"][name]["sensitivity"], e)
+            w.add_pr_curve(f"val/pr/{name}", torch.from_numpy(self.val_labels == c),
+                           torch.from_numpy(m["prob"][:, c]), e)
+        w.add_image("val/confusion", confusion_image(np.asarray(m["confusion"]), self.classes), e, dataformats="HWC")
+
+    # ------------------------------------------------------------ the loop
+    def run(self) -> Path:
+        """Train until the last epoch, early stopping, or a stop signal (then save and say how to resume)."""
+        t, main = self.cfg.train, self.dist.is_main
+        if main and not self.quiet:
+            print(f"classify-train: {self.cfg.model.backbone} ({self.cfg.model.head} head, pretrained "
+                  f"{self.cfg.model.pretrained}) on {len(self.train_data)} training images "
+                  f"({self.n_synthetic} synthetic), {len(self.val_labels)} validation, {self.size}² input, "
+                  f"device {self.device}, run folder {self.run_dir}", file=sys.stderr)
+        with GracefulStop() as stop:
+            for phase in self.phases:
+                if self.epoch >= phase.end:
+                    continue
+                net = self._enter_phase(phase)
+                if self.epoch == phase.start and self.batch == 0:
+                    self.bad_epochs = 0
+                while self.epoch < phase.end and self.bad_epochs < t.patience:
+                    if self._train_epoch(net, phase, stop):
+                        self.save("last.pt")
+                        if main:
+                            print(f"stopped at epoch {self.epoch + 1}, step {self.batch}; saved {self.run_dir / 'last.pt'}. "
+                                  f"Resume with: python cli.py classify-train --resume {self.run_dir} "
+                                  "(and the same --data/--synthetic)", file=sys.stderr)
+                        return self.run_dir
+                    self._end_epoch()
+                if self.bad_epochs >= t.patience and not phase.frozen:
+                    break
+        if main and not self.quiet:
+            print(f"best validation macro-F1 {self.best_f1:.3f} at epoch {self.best_epoch + 1}; "
+                  f"checkpoint {self.run_dir / 'best.pt'}", file=sys.stderr)
+        self.writer.close()
+        close_distributed()
+        return self.run_dir
+
+    def _train_epoch(self, net: nn.Module, phase: Phase, stop: GracefulStop) -> bool:
+        """Steps of the current epoch from ``self.batch`` on; True when a stop was requested."""
+        batches = self._batches(self.epoch)
+        net.train()
+        running, count = torch.zeros((), device=self.device), 0
+        bar = tqdm(total=len(batches), initial=self.batch, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
+                   unit="step", disable=self.quiet, file=sys.stderr, leave=False)
+        while self.batch < len(batches):
+            step_in_phase = (self.epoch - phase.start) * len(batches) + self.batch
+            running += self.train_step(net, batches[self.batch], phase, step_in_phase)
+            self.batch, self.step, count = self.batch + 1, self.step + 1, count + 1
+            bar.update()
+            if self.step % self.cfg.train.log_every == 0:
+                loss = (running / count).item()
+                self.writer.add_scalar("train/loss", loss, self.step)
+                self.writer.add_scalar("train/lr", self.optimizer.param_groups[1]["lr"], self.step)
+                bar.set_postfix(loss=f"{loss:.3f}")
+                running, count = torch.zeros((), device=self.device), 0
+            if stop.requested:
+                bar.close()
+                return True
+        bar.close()
+        return False
+
+    def _end_epoch(self) -> None:
+        m = self.validate()
+        f1 = m["macro"]["f1"]
+        self.schedule.epoch_end(f1)
+        self.log_validation(m)
+        if f1 > self.best_f1:
+            self.best_f1, self.best_epoch, self.bad_epochs = f1, self.epoch, 0
+            self.save_best(f1)
+        else:
+            self.bad_epochs += 1
+        if self.dist.is_main and not self.quiet:
+            print(f"epoch {self.epoch + 1}: val accuracy {m['accuracy']:.3f}, macro-F1 {f1:.3f}"
+                  + (" (best)" if self.best_epoch == self.epoch else ""), file=sys.stderr)
+        self.epoch, self.batch = self.epoch + 1, 0
+        self.save("last.pt")
+
+
+def train(cfg: ClassifierConfig, data: str | Path, out: str | Path = "runs", synthetic: str | Path | None = None,
+          resume: str | Path | None = None, device: str = "auto", seed: int = 0, quiet: bool = False) -> Path:
+    """Train a classifier; returns its run folder (``best.pt``, ``last.pt``, ``config.yaml``, ``run.json``,
+    TensorBoard events). With ``resume`` (a run folder or ``last.pt``) the run continues exactly where
+    it stopped, with its own saved config."""
+    return Trainer(cfg, data, out, synthetic, resume, device, seed, quiet).run()
