@@ -25,8 +25,9 @@ def read_xray(path: str | Path, max_side: int | None = None) -> np.ndarray:
 
     Args:
         path: image file.
-        max_side: when given, JPEGs are decoded at a reduced scale no smaller than this on the
-            shorter side (fast and memory-light for huge files); other formats decode fully.
+        max_side: when given, the image may come back reduced, its shorter side no smaller than
+            this (fast and memory-light for huge files): JPEGs are decoded at a reduced scale,
+            other formats are box-reduced right after decoding.
     Raises:
         UnreadableImage: with a short reason.
     """
@@ -40,7 +41,7 @@ def read_xray(path: str | Path, max_side: int | None = None) -> np.ndarray:
                 if max_side and im.format == "JPEG":
                     im.draft("L", (max_side, max_side))
                 im = ImageOps.exif_transpose(im)
-                return _to_gray_u8(im)
+                return _to_gray_u8(im, max_side)
     except FileNotFoundError:
         raise UnreadableImage("file not found") from None
     except PermissionError:
@@ -51,9 +52,11 @@ def read_xray(path: str | Path, max_side: int | None = None) -> np.ndarray:
         raise UnreadableImage(f"damaged or unsupported image ({str(e).splitlines()[0][:120]})") from None
 
 
-def _to_gray_u8(im: Image.Image) -> np.ndarray:
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return window_to_u8(np.asarray(im, dtype=np.float32))
+def _to_gray_u8(im: Image.Image, max_side: int | None = None) -> np.ndarray:
+    if im.mode.startswith("I;16"):
+        im = im.convert("I")
+    if im.mode in ("I", "F"):
+        return window_to_u8(np.asarray(_reduce(im, max_side), dtype=np.float32))
     if im.mode == "RGBA" or (im.mode == "P" and "transparency" in im.info) or im.mode == "LA":
         im = im.convert("RGBA")
         background = Image.new("RGBA", im.size, (0, 0, 0, 255))  # X-ray background is dark
@@ -62,8 +65,13 @@ def _to_gray_u8(im: Image.Image) -> np.ndarray:
         im = im.convert("RGB")
     if im.mode != "L":
         im = im.convert("L")
-    im.load()
-    return np.asarray(im, dtype=np.uint8).copy()
+    return np.array(_reduce(im, max_side), dtype=np.uint8)
+
+
+def _reduce(im: Image.Image, max_side: int | None) -> Image.Image:
+    """Box-reduce by the largest integer factor that keeps the shorter side at least ``max_side``."""
+    factor = min(im.size) // max_side if max_side else 1
+    return im.reduce(factor) if factor >= 2 else im
 
 
 def window_to_u8(x: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:

@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny phantom data sets and a private image cache."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from augment.data import DataConfig  # noqa: E402
+from augment.phantoms import write_phantoms  # noqa: E402
+
+
+@pytest.fixture
+def cache_dir(tmp_path) -> Path:
+    """An image cache private to the test."""
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def cfg(cache_dir) -> DataConfig:
+    """Data settings at test size, caching into ``cache_dir``."""
+    return DataConfig(size=32, cache_dir=str(cache_dir))
+
+
+@pytest.fixture
+def phantom_dir(tmp_path) -> Path:
+    """Six 32² phantoms per class with ``manifest.csv`` (pairs of images share a patient)."""
+    return write_phantoms(tmp_path / "phantoms", n_per_class=6, size=32, seed=0)
+
+
+@pytest.fixture
+def folder_data(tmp_path) -> Path:
+    """Class folders without a manifest: four gray PNGs per class, one patient each."""
+    root = tmp_path / "folders"
+    for c, cls in enumerate(("covid", "normal", "pneumonia")):
+        for i in range(4):
+            save_gray(root / cls / f"{cls}{i}.png", 40 * c + 10 * i)
+    return root
+
+
+def save_gray(path: Path, value: int, size: tuple[int, int] = (24, 24), **kwargs) -> Path:
+    """A constant gray image at ``path`` (format from the suffix)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full(size[::-1], value, np.uint8)).save(path, **kwargs)
+    return path
