@@ -165,9 +165,9 @@ def _cache_key(root: Path, records: list[Record], cfg: DataConfig) -> str:
         p = root / r.path
         try:
             st = p.stat()
-            h.update(f"|{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+            h.update(os.fsencode(f"|{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"))
         except OSError:
-            h.update(f"|{p}|missing".encode())
+            h.update(os.fsencode(f"|{p}|missing"))
     return h.hexdigest()[:24]
 
 
@@ -181,29 +181,31 @@ def _build_cache(root: Path, records: list[Record], cfg: DataConfig, npy: Path, 
         except UnreadableImage as e:
             return None, str(e)
 
-    out = np.lib.format.open_memmap(str(npy) + ".tmp.npy", mode="w+", dtype=np.uint8,
-                                    shape=(len(records), size, size))
+    pid = os.getpid()  # one set of temporary files per process: ranks may build the same cache at once
+    tmp, part, tmp_meta = f"{npy}.tmp{pid}.npy", f"{npy}.part{pid}.npy", meta.with_name(f"{meta.name}.tmp{pid}")
     ok, skipped = [], {}  # positions in ``records``: the key fixes the files, not how paths are spelled
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        results = pool.map(work, records)
-        for i, (img, reason) in enumerate(tqdm(results, total=len(records), desc="decoding images",
-                                               unit="img", disable=quiet, file=sys.stderr)):
-            if img is None:
-                skipped[i] = reason
-            else:
-                out[len(ok)] = img
-                ok.append(i)
-    out.flush()
-    del out
-    tmp = str(npy) + ".tmp.npy"
-    if len(ok) < len(records):  # keep only the readable images
-        np.save(str(npy) + ".part.npy", np.load(tmp, mmap_mode="r")[: len(ok)])
-        os.remove(tmp)
-        tmp = str(npy) + ".part.npy"
-    os.replace(tmp, npy)
-    tmp_meta = meta.with_suffix(".json.tmp")
-    tmp_meta.write_text(json.dumps({"kept": ok, "skipped": skipped}))
-    os.replace(tmp_meta, meta)
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(records), size, size))
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            results = pool.map(work, records)
+            for i, (img, reason) in enumerate(tqdm(results, total=len(records), desc="decoding images",
+                                                   unit="img", disable=quiet, file=sys.stderr)):
+                if img is None:
+                    skipped[i] = reason
+                else:
+                    out[len(ok)] = img
+                    ok.append(i)
+        out.flush()
+        del out
+        if len(ok) < len(records):  # keep only the readable images
+            np.save(part, np.load(tmp, mmap_mode="r")[: len(ok)])
+            os.replace(part, tmp)
+        tmp_meta.write_text(json.dumps({"kept": ok, "skipped": skipped}))
+        os.replace(tmp, npy)
+        os.replace(tmp_meta, meta)
+    finally:
+        for leftover in (tmp, part, tmp_meta):
+            Path(leftover).unlink(missing_ok=True)
 
 
 def load_dataset(data: str | Path, cfg: DataConfig, split: str | None = None,
@@ -240,11 +242,14 @@ def load_dataset(data: str | Path, cfg: DataConfig, split: str | None = None,
                             f"or rows labelled {c} to the manifest (run `python cli.py inspect --data {data}`)")
     if split is not None:
         splits = [split] * len(records)
-    elif all(r.split for r in records):
-        splits = [r.split for r in records]
-    else:
-        splits = grouped_split([r.group for r in records], [r.label for r in records],
-                               cfg.split_fractions, cfg.split_seed)
+    else:  # a manifest's splits are kept (a patient's other rows follow them); the rest are split here
+        given = {r.group: r.split for r in records if r.split}
+        splits = [r.split or given.get(r.group) for r in records]
+        rest = [i for i, s in enumerate(splits) if s is None]
+        auto = grouped_split([records[i].group for i in rest], [records[i].label for i in rest],
+                             cfg.split_fractions, cfg.split_seed)
+        for i, s in zip(rest, auto):
+            splits[i] = s
     images = torch.from_numpy(np.load(npy, mmap_mode="c")).unsqueeze(1)
     labels = torch.tensor([cfg.classes.index(r.label) for r in records], dtype=torch.int64)
     fingerprint = hashlib.sha256((key + json.dumps([[r.label, s] for r, s in zip(records, splits)])).encode())
