@@ -30,6 +30,8 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: typing.
             data = yaml.safe_load(path.read_text())
         except OSError as e:
             raise UserError(f"{path}: cannot read config file ({e.strerror})") from e
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: not UTF-8 text (byte {e.start}); save the config file as UTF-8") from e
         except yaml.YAMLError as e:
             raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
         if data is not None and not isinstance(data, dict):
@@ -39,7 +41,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: typing.
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise UserError(f"--set {item!r}: expected key=value, e.g. --set train.lr=1e-4")
-        value = yaml.safe_load(raw) if raw else ""
+        value = raw if _field_type(cfg, key) is str else yaml.safe_load(raw)  # text stays as typed
         nested: Any = value
         for part in reversed(key.split(".")):
             nested = {part: nested}
@@ -95,6 +97,16 @@ def _merge(cfg: Any, data: dict, prefix: str) -> Any:
     return dataclasses.replace(cfg, **changes)
 
 
+def _field_type(cfg: Any, key: str) -> Any:
+    """The annotated type of dotted ``key`` in ``cfg``, or None when there is no such field."""
+    *sections, name = key.split(".")
+    for part in sections:
+        cfg = getattr(cfg, part, None)
+    if not dataclasses.is_dataclass(cfg):
+        return None
+    return typing.get_type_hints(type(cfg)).get(name)
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Literal:
@@ -130,6 +142,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as text
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

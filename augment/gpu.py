@@ -28,10 +28,18 @@ class AugmentConfig:
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"augment.crop_scale must satisfy 0 < low <= high <= 1, got {list(self.crop_scale)}")
+        lo, hi = self.crop_ratio
+        if not 0 < lo <= hi:
+            raise ValueError(f"augment.crop_ratio must satisfy 0 < low <= high, got {list(self.crop_ratio)}")
+        lo, hi = self.gamma
+        if not 0 < lo <= hi:
+            raise ValueError(f"augment.gamma must satisfy 0 < low <= high, got {list(self.gamma)}")
+        if not 0 <= self.translate <= 1:
+            raise ValueError(f"augment.translate is a share of the side in [0, 1], got {self.translate}")
         if not 0 <= self.hflip <= 1:
             raise ValueError(f"augment.hflip is a probability in [0, 1], got {self.hflip}")
-        if min(self.degrees, self.translate, self.brightness, self.contrast) < 0:
-            raise ValueError("augment.degrees, translate, brightness and contrast must be >= 0")
+        if min(self.degrees, self.brightness, self.contrast) < 0:
+            raise ValueError("augment.degrees, brightness and contrast must be >= 0")
 
 
 def build_augment(cfg: AugmentConfig, size: int) -> nn.Module:
