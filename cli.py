@@ -138,6 +138,53 @@ def demo(ctx, out):
 # ---- cyclegan commands ----
 
 # ---- classifier commands ----
+@cli.command("classify-train")
+@common_options
+@click.option("--backbone", help="Backbone name (e.g. efficientnet_b0, resnet50, vgg16, shallow); overrides model.backbone.")
+@click.option("--pretrained", help="none, imagenet or a state dict path; overrides model.pretrained.")
+@click.option("--synthetic", type=click.Path(path_type=Path), help="Folder written by synthesize: added to the training split only.")
+@click.option("--resume", type=click.Path(path_type=Path), help="Continue a classifier run folder (or its last.pt) exactly.")
+@click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model (default: train.compile).")
+def classify_train(data, config, out, device, seed, set_, backbone, pretrained, synthetic, resume, compile_):
+    """Train a classifier: head then fine-tuning (pretrained) or from scratch, early stopping on val macro-F1."""
+    from augment.config import load_config
+    from classifier.config import ClassifierConfig
+    from classifier.train import train
+    data, config, _ = resolve_inputs("classify-train", data, config, out)
+    flags = [f"model.backbone={backbone}"] * bool(backbone) + [f"model.pretrained={pretrained}"] * bool(pretrained)
+    flags += [f"train.compile={str(compile_).lower()}"] * (compile_ is not None)
+    cfg = load_config(ClassifierConfig, config, [*set_, *flags])
+    run = train(cfg, data, out, synthetic, resume, device, seed)
+    click.echo(f"{run}\nevaluate with: python cli.py evaluate --checkpoint {run}")
+
+
+@cli.command()
+@common_options
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="Classifier run folder or checkpoint (default: latest run).")
+@click.option("--cam", "cam_n", type=click.IntRange(0), default=0, show_default=True, help="Write CAM overlays for N test images per class.")
+def evaluate(data, config, out, device, seed, set_, checkpoint, cam_n):
+    """Metrics with 95 % bootstrap intervals, per source and covid-vs-rest, plots and report of a classifier."""
+    from augment.config import load_config
+    from classifier.config import ClassifierConfig
+    from classifier.evaluate import evaluate as run_evaluate
+    data, config, _ = resolve_inputs("classify-train", data, config, out)
+    cfg = load_config(ClassifierConfig, config, set_)
+    run_evaluate(data, checkpoint, out, cfg.eval, device, cam_n, seed)
+
+
+@cli.command()
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="Classifier run folder or checkpoint (default: latest run).")
+@click.option("--method", type=click.Choice(["cam", "gradcam", "gradcampp"]), default="gradcampp", show_default=True)
+@click.option("--target-class", help="Explain this class (default: the predicted one).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def cam(images, checkpoint, method, target_class, out, device):
+    """Heat-map overlays (CAM, Grad-CAM, Grad-CAM++) on X-ray IMAGES, written to <run>/cam/<method>."""
+    from classifier.overlays import explain_files
+    for path in explain_files(images, checkpoint, out, method, target_class, device):
+        click.echo(path)
+
 
 
 if __name__ == "__main__":

@@ -1,0 +1,68 @@
+"""CAM overlays written as PNGs: the X-ray beside its heat map for the predicted or a named class."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from augment.data import decode_to_square
+from augment.errors import UserError
+from augment.imageio import UnreadableImage
+
+from .cam import cam_method, faithfulness
+from .inference import to_input
+from .model import Classifier
+from .plots import overlay, save_png
+
+
+def write_overlays(model: Classifier, images_u8: torch.Tensor, names: list[str], classes: tuple[str, ...],
+                   size: int, device: torch.device, method: str, out_dir: Path, target_class: str | None = None,
+                   batch_size: int = 16) -> tuple[list[Path], dict[str, float]]:
+    """Overlays of uint8 images ``(N, 1, S, S)`` as ``out_dir/<name>_<class>.png``, in batches.
+
+    Returns the written paths and the faithfulness of the maps (average drop, increase in confidence).
+    """
+    if target_class is not None and target_class not in classes:
+        raise UserError(f"--target-class {target_class}: not one of the model's classes ({', '.join(classes)})")
+    target = None if target_class is None else classes.index(target_class)
+    written, drops, increases, n = [], 0.0, 0.0, 0
+    with cam_method(method, model) as cam:
+        for start in range(0, len(images_u8), batch_size):
+            x = to_input(images_u8[start:start + batch_size], size, device)
+            maps, tgt, prob = cam(x, target)
+            f = faithfulness(model, x, maps, tgt, prob)
+            drops, increases, n = drops + f["average_drop_pct"] * len(x), increases + f["increase_in_confidence_pct"] * len(x), n + len(x)
+            gray = (x[:, 0].cpu().numpy() * 255).round().astype(np.uint8)
+            for i in range(len(x)):
+                c = int(tgt[i])
+                name = f"{Path(names[start + i]).stem}_{classes[c]}_p{prob[i, c]:.2f}.png"
+                written.append(save_png(overlay(gray[i], maps[i].cpu().numpy()), out_dir / name))
+    return written, {"average_drop_pct": drops / max(n, 1), "increase_in_confidence_pct": increases / max(n, 1)}
+
+
+def read_images(paths: list[str | Path], size: int) -> torch.Tensor:
+    """uint8 ``(N, 1, size, size)`` of image files (any format the data stage reads)."""
+    if not paths:
+        raise UserError("no images given; name one or more X-ray files, e.g. python cli.py cam runs/demo-data/covid/covid_00000.png")
+    out = []
+    for p in paths:
+        try:
+            out.append(decode_to_square(Path(p), size))
+        except (UnreadableImage, OSError) as e:
+            raise UserError(f"{p}: cannot read this image ({e}); give PNG, JPEG, TIFF or DICOM files") from e
+    return torch.from_numpy(np.stack(out)).unsqueeze(1)
+
+
+def explain_files(paths: list[str | Path], checkpoint: str | Path | None = None, out: str | Path = "runs",
+                  method: str = "gradcampp", target_class: str | None = None, device: str = "auto") -> list[Path]:
+    """Overlays of image files by a classifier (default: the latest run), in ``<run>/cam/<method>``."""
+    from augment.runtime import pick_device
+    from .checkpoint import find_checkpoint, load_classifier
+    dev = pick_device(device)
+    ckpt_path = find_checkpoint(checkpoint, out)
+    model, ckpt = load_classifier(ckpt_path, dev)
+    images = read_images(list(paths), ckpt["config"]["data"]["size"])
+    written, _ = write_overlays(model, images, [str(p) for p in paths], tuple(ckpt["classes"]), ckpt["input_size"],
+                                dev, method, ckpt_path.parent / "cam" / method, target_class)
+    return written

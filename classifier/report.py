@@ -1,0 +1,67 @@
+"""Text views of evaluation metrics: the key table printed on the terminal and ``report.md``."""
+from __future__ import annotations
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None or x != x else f"{100 * x:.1f}"
+
+
+def _ci(v, ci) -> str:
+    return _pct(v) + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "")
+
+
+def key_table(m: dict, classes: tuple[str, ...]) -> str:
+    """Per-class sensitivity, specificity (with intervals), precision, F1 and AUC, in percent."""
+    lines = [f"{m['split']} split: {m['n']} images, accuracy {_ci(m['accuracy'], m['accuracy_ci'])} %"
+             f" ({100 * m['ci_level']:.0f} % bootstrap intervals)",
+             f"{'class':<12} {'n':>5} {'sensitivity':>22} {'specificity':>22} {'precision':>9} {'F1':>6} {'AUC':>6}"]
+    for c in classes:
+        p = m["per_class"][c]
+        lines.append(f"{c:<12} {p['support']:>5} {_ci(p['sensitivity'], p['sensitivity_ci']):>22} "
+                     f"{_ci(p['specificity'], p['specificity_ci']):>22} {_pct(p['precision']):>9} "
+                     f"{_pct(p['f1']):>6} {_pct(p['auc']):>6}")
+    mac = m["macro"]
+    lines.append(f"{'macro':<12} {m['n']:>5} {_pct(mac['sensitivity']):>22} {_pct(mac['specificity']):>22} "
+                 f"{_pct(mac['precision']):>9} {_pct(mac['f1']):>6} {_pct(mac['auc']):>6}")
+    if "binary" in m:
+        b = m["binary"]
+        lines.append(f"{b['positive_class']} vs rest: AUC {_ci(b['auc'], b['auc_ci'])}, sensitivity "
+                     f"{_pct(b['sensitivity_at_specificity'])} at specificity >= {_pct(b['specificity_target'])}")
+    return "\n".join(lines)
+
+
+def markdown_report(m: dict, classes: tuple[str, ...]) -> str:
+    """The whole evaluation as Markdown: tables, binary view, sources, CAM faithfulness, figures."""
+    rows = ["| class | n | sensitivity | specificity | precision | F1 | AUC |", "|---|---|---|---|---|---|---|"]
+    for c in classes:
+        p = m["per_class"][c]
+        rows.append(f"| {c} | {p['support']} | {_ci(p['sensitivity'], p['sensitivity_ci'])} | "
+                    f"{_ci(p['specificity'], p['specificity_ci'])} | {_pct(p['precision'])} | {_pct(p['f1'])} | "
+                    f"{_ci(p['auc'], p['auc_ci'])} |")
+    mac = m["macro"]
+    rows.append(f"| macro | {m['n']} | {_pct(mac['sensitivity'])} | {_pct(mac['specificity'])} | "
+                f"{_pct(mac['precision'])} | {_pct(mac['f1'])} | {_pct(mac['auc'])} |")
+    conf = ["| true \\ predicted | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
+    conf += [f"| {c} | " + " | ".join(map(str, row)) + " |" for c, row in zip(classes, m["confusion"])]
+    parts = [f"# Evaluation\n\nCheckpoint `{m['checkpoint']}` on the **{m['split']}** split of `{m['data']}` "
+             f"({m['n']} images). Values in percent with {100 * m['ci_level']:.0f} % bootstrap intervals over "
+             f"the images ({m['bootstrap_rounds']} resamples).\n\nAccuracy: **{_ci(m['accuracy'], m['accuracy_ci'])}**\n",
+             "\n".join(rows), "\n## Confusion matrix\n", "\n".join(conf)]
+    if "binary" in m:
+        b = m["binary"]
+        parts.append(f"\n## {b['positive_class']} vs rest\n\nAUC {_ci(b['auc'], b['auc_ci'])}; sensitivity "
+                     f"{_pct(b['sensitivity_at_specificity'])} at specificity ≥ {_pct(b['specificity_target'])} "
+                     f"(threshold {b['threshold']:.3f}; {b['n_positive']} positive, {b['n_negative']} negative images).")
+    if "per_source" in m:
+        src = ["\n## Per source\n", "| source | n | accuracy | " + " | ".join(f"sens. {c}" for c in classes) + " |",
+               "|---" * (len(classes) + 3) + "|"]
+        src += [f"| {s} | {v['n']} | {_ci(v['accuracy'], v['accuracy_ci'])} | "
+                + " | ".join(_pct(v["sensitivity"][c]) for c in classes) + " |" for s, v in m["per_source"].items()]
+        parts.append("\n".join(src))
+    if "cam" in m:
+        c = m["cam"]
+        parts.append(f"\n## Class activation maps\n\n{c['images']} overlays ({c['method']}) in `cam/`. Faithfulness "
+                     f"(image reduced to its map): average drop {c['average_drop_pct']:.1f} %, increase in "
+                     f"confidence {c['increase_in_confidence_pct']:.1f} % of images.")
+    parts.append("\n![confusion](confusion.png) ![ROC](roc.png) ![PR](pr.png)\n")
+    return "\n".join(parts) + "\n"
