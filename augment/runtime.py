@@ -77,7 +77,7 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise UserError(f"{path}: could not write checkpoint ({e.strerror}); free disk space or choose another --out") from e
+        raise UserError(f"{path}: could not write checkpoint ({e.strerror or e}); free disk space or choose another --out") from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -96,8 +96,9 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     except pickle.UnpicklingError as e:
         raise UserError(f"{path}: refused to load: it holds Python objects other than tensors and plain data, "
                         "which could run code; only load checkpoints and state dicts you trust, saved as tensors") from e
-    except (RuntimeError, EOFError, ValueError) as e:
-        raise UserError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0][:200]}); "
+    except Exception as e:  # damaged files raise EOFError, KeyError, IndexError, RuntimeError, ...
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"{path}: not a readable checkpoint ({reason}); "
                         "the file is damaged or of another format") from e
 
 
@@ -165,21 +166,29 @@ class GracefulStop:
 def new_run_dir(out: str | Path, kind: str) -> Path:
     """A fresh folder ``<out>/<kind>/<YYYYmmdd-HHMMSS>`` (suffixed if that exists)."""
     base = Path(out) / kind
+    base.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run = base / stamp
-    n = 1
-    while run.exists():
-        run = base / f"{stamp}-{n}"
-        n += 1
-    run.mkdir(parents=True)
-    return run
+    n = 0
+    while True:  # mkdir claims the name, so two processes starting at once get two folders
+        run = base / (f"{stamp}-{n}" if n else stamp)
+        try:
+            run.mkdir()
+            return run
+        except FileExistsError:
+            n += 1
 
 
 def latest_run(out: str | Path, kind: str, marker: str = "run.json") -> Path | None:
     """The newest run folder of ``kind`` under ``out`` that holds ``marker``, or None."""
     base = Path(out) / kind
-    runs = sorted(p for p in base.glob("*") if (p / marker).exists()) if base.is_dir() else []
-    return runs[-1] if runs else None
+    runs = [p for p in base.glob("*") if (p / marker).exists()] if base.is_dir() else []
+    return max(runs, key=_run_order, default=None)
+
+
+def _run_order(run: Path) -> tuple[list[str], int]:
+    """``<date>-<time>-10`` is newer than ``<date>-<time>-9``."""
+    parts = run.name.split("-")
+    return parts[:2], int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 0
 
 
 def write_run_info(run_dir: str | Path, cfg: Any, seed: int, data_fingerprint: str = "", **extra) -> None:
