@@ -40,6 +40,6 @@ class ImagePool:
     def state_dict(self) -> dict:
         return {"count": self.count, "images": self.images}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
         self.count = state["count"]
-        self.images = state["images"]
+        self.images = None if state["images"] is None else state["images"].to(device)

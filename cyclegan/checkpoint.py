@@ -1,0 +1,69 @@
+"""Finding and reading GAN checkpoints: a run folder or a file in, config and generator out."""
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+from augment.config import load_config
+from augment.errors import UserError
+from augment.runtime import latest_run, load_checkpoint
+
+from .config import GanConfig
+from .networks import ResnetGenerator
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def resolve_checkpoint(checkpoint: str | Path | None, out: str | Path) -> Path:
+    """``checkpoint`` as a file, a run folder (its ``checkpoint.pt``) or, when None, the latest GAN run."""
+    if checkpoint is None:
+        run = latest_run(out, "gan", marker=CHECKPOINT_NAME)
+        if run is None:
+            raise UserError(f"{Path(out) / 'gan'}: no GAN run with a checkpoint; run `python cli.py gan-train` "
+                            "first or pass --checkpoint")
+        return run / CHECKPOINT_NAME
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint; pass a GAN run folder or its {CHECKPOINT_NAME}")
+    return path
+
+
+def config_from_dict(values: dict) -> GanConfig:
+    """A :class:`GanConfig` from the plain dict a checkpoint stores (checked like a YAML file)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump(values, f)
+        f.flush()
+        return load_config(GanConfig, f.name)
+
+
+def read_gan_checkpoint(path: Path) -> tuple[dict, GanConfig]:
+    """The checkpoint dict (loaded with ``weights_only``) and its run's config."""
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or "config" not in state or "model" not in state:
+        raise UserError(f"{path}: not a GAN checkpoint of this toolkit (no config/model); pass one written "
+                        "by `python cli.py gan-train`")
+    return state, config_from_dict(state["config"])
+
+
+def load_generator_ab(path: Path, device: torch.device) -> tuple[ResnetGenerator, GanConfig, dict]:
+    """The A→B generator of a checkpoint, in eval mode on ``device``, with the config and checkpoint dict."""
+    state, cfg = read_gan_checkpoint(path)
+    generator = ResnetGenerator(cfg.model.ngf, cfg.model.n_blocks)
+    prefix = "ab."
+    weights = {k[len(prefix):]: v for k, v in state["model"]["generators"].items() if k.startswith(prefix)}
+    generator.load_state_dict(weights)
+    return generator.to(device).eval(), cfg, state
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

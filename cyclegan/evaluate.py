@@ -1,0 +1,91 @@
+"""``gan-eval``: how far translated domain-A images are from real domain-B images, and how much
+each translation keeps of its source."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from augment.data import load_dataset
+from augment.runtime import pick_device
+
+from .checkpoint import load_generator_ab, resolve_checkpoint
+from .inference import in_batches, translate
+from .metrics import frechet_distance, intensity_texture_features, kernel_inception_distance, ssim_pairs
+
+FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+"""``(B, 1, H, W)`` in [0, 1] → features ``(B, D)``."""
+ClassifyFn = Callable[[torch.Tensor], torch.Tensor]
+"""``(B, 1, H, W)`` in [0, 1] → bool ``(B,)``: True where the classifier calls the image domain B."""
+
+
+def measure_translation(sources: torch.Tensor, translated: torch.Tensor, real_b: torch.Tensor,
+                        features: Optional[FeatureFn] = None, classify: Optional[ClassifyFn] = None,
+                        device: torch.device | str = "cpu", batch_size: int = 64) -> dict:
+    """Quality measures of a translation.
+
+    Args:
+        sources: domain-A images ``(N, 1, H, W)`` in [0, 1].
+        translated: their translations ``(N, 1, H, W)`` in [0, 1].
+        real_b: real domain-B images ``(M, 1, H, W)`` in [0, 1].
+        features: feature function; None uses :func:`intensity_texture_features`.
+        classify: optional domain-B detector; gives ``share_called_b``.
+    Returns:
+        ``fd``, ``kid``, ``kid_std`` (translated vs real B in feature space), ``ssim_mean``,
+        ``ssim_std`` (source vs translation), ``share_called_b`` (or None), counts and feature name.
+    """
+    device = torch.device(device)
+    feature_fn = features or intensity_texture_features
+    real_f = in_batches(feature_fn, real_b, batch_size, device).double().numpy()
+    fake_f = in_batches(feature_fn, translated, batch_size, device).double().numpy()
+    kid, kid_std = kernel_inception_distance(real_f, fake_f)
+    ssim = ssim_pairs(sources, translated)
+    share = None
+    if classify is not None:
+        share = float(in_batches(classify, translated, batch_size, device).float().mean())
+    return {"features": getattr(feature_fn, "__name__", type(feature_fn).__name__),
+            "n_translated": len(translated), "n_real_b": len(real_b),
+            "fd": frechet_distance(real_f, fake_f), "kid": kid, "kid_std": kid_std,
+            "ssim_mean": float(ssim.mean()), "ssim_std": float(ssim.std()), "share_called_b": share}
+
+
+def evaluate_gan(data: str | Path, out: str | Path = "runs", checkpoint: str | Path | None = None,
+                 features: Optional[FeatureFn] = None, classify: Optional[ClassifyFn] = None,
+                 device: str = "auto", split: str = "train", n: Optional[int] = None) -> dict:
+    """Translate the domain-A images of ``split`` with a GAN checkpoint (default: the latest run under
+    ``out``) and measure them against the real domain-B images of that split.
+
+    Writes ``gan-eval-step<step>.json`` next to the checkpoint, prints a table and returns the dict.
+    """
+    path = resolve_checkpoint(checkpoint, out)
+    dev = pick_device(device)
+    generator, cfg, state = load_generator_ab(path, dev)
+    t = cfg.train
+    dataset = load_dataset(data, cfg.data, required=(t.domain_a, t.domain_b))
+    sources = dataset.images[dataset.indices(split, t.domain_a)][:n].float() / 255
+    real_b = dataset.images[dataset.indices(split, t.domain_b)].float() / 255
+    translated = in_batches(lambda x: translate(generator, x, t.bf16), sources, cfg.synth.batch_size, dev)
+    result = measure_translation(sources, translated, real_b, features, classify, dev)
+    result.update(checkpoint=str(path), step=state["step"], split=split, domain_a=t.domain_a, domain_b=t.domain_b)
+    report = path.parent / f"gan-eval-step{state['step']}.json"
+    report.write_text(json.dumps(result, indent=2) + "\n")
+    print(format_table(result))
+    print(f"wrote {report}")
+    return result
+
+
+def format_table(result: dict) -> str:
+    """The measures as an aligned two-column text table."""
+    b = result.get("domain_b", "B")
+    rows = [("features", result["features"]),
+            (f"translated / real {b}", f"{result['n_translated']} / {result['n_real_b']}"),
+            ("Fréchet distance", f"{result['fd']:.4g}"),
+            ("KID", f"{result['kid']:.4g} ± {result['kid_std']:.2g}"),
+            ("SSIM source vs translation", f"{result['ssim_mean']:.3f} ± {result['ssim_std']:.3f}"),
+            (f"share called {b}", "n/a (no classifier given)" if result["share_called_b"] is None
+             else f"{result['share_called_b']:.3f}")]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

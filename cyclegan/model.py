@@ -1,0 +1,140 @@
+"""The CycleGAN optimisation step, in junyanz's ``set_input → forward → optimize_parameters`` shape."""
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+from augment.runtime import autocast
+
+from .config import GanConfig
+from .losses import l1_loss, lsgan_loss
+from .networks import Discriminators, Generators
+from .pool import ImagePool
+
+LOSS_NAMES = ("gan_ab", "gan_ba", "cycle_a", "cycle_b", "identity_a", "identity_b", "d_a", "d_b")
+
+
+def linear_decay(total_steps: int, decay_start: float):
+    """lr factor for step ``s``: 1 until ``decay_start · total``, then linearly down to 0 at ``total``."""
+    constant = int(total_steps * decay_start)
+    decay = max(total_steps - constant, 1)
+
+    def factor(step: int) -> float:
+        return 1.0 - max(0, step - constant) / decay
+    return factor
+
+
+class CycleGAN:
+    """Two generators, two discriminators, their Adam optimisers, lr schedules and image pools.
+
+    Args:
+        cfg: the run's configuration (``model`` and ``train`` sections are used).
+        device: where everything lives.
+        total_steps: length of the lr schedule.
+        distributed: wrap the networks in DistributedDataParallel (under ``torchrun``).
+        compile: ``torch.compile`` the generator and discriminator calls.
+    """
+
+    def __init__(self, cfg: GanConfig, device: torch.device, total_steps: int, distributed: bool = False,
+                 compile: bool = False):
+        t = cfg.train
+        self.cfg, self.device = cfg, device
+        self.use_autocast = t.bf16
+        fmt = torch.channels_last if t.channels_last and device.type == "cuda" else torch.contiguous_format
+        self.memory_format = fmt
+        self.generators = Generators(cfg.model).to(device, memory_format=fmt)
+        self.discriminators = Discriminators(cfg.model).to(device, memory_format=fmt)
+        gens, discs = self.generators, self.discriminators
+        if distributed:
+            ids = [device.index] if device.type == "cuda" else None
+            gens = nn.parallel.DistributedDataParallel(gens, device_ids=ids)
+            discs = nn.parallel.DistributedDataParallel(discs, device_ids=ids)
+        judge = self.discriminators  # scores fakes for the generator loss; its weights get no gradient there
+        if compile:
+            gens, discs, judge = torch.compile(gens), torch.compile(discs), torch.compile(judge)
+        self._gens, self._discs, self._judge = gens, discs, judge
+
+        fused = device.type == "cuda"
+        betas = (t.beta1, t.beta2)
+        self.opt_g = torch.optim.Adam(self.generators.parameters(), lr=t.lr, betas=betas, fused=fused)
+        self.opt_d = torch.optim.Adam(self.discriminators.parameters(), lr=t.lr, betas=betas, fused=fused)
+        schedule = linear_decay(total_steps, t.decay_start)
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, schedule)
+        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, schedule)
+        self.pool_a, self.pool_b = ImagePool(t.pool_size), ImagePool(t.pool_size)
+        self.real_a = self.real_b = None
+        self.out: dict[str, torch.Tensor] = {}
+        self.losses: torch.Tensor | None = None
+
+    def set_input(self, real_a: torch.Tensor, real_b: torch.Tensor) -> None:
+        """``real_a``, ``real_b``: ``(B, 1, H, W)`` in [-1, 1] from domains A and B."""
+        self.real_a = real_a.to(self.device, memory_format=self.memory_format)
+        self.real_b = real_b.to(self.device, memory_format=self.memory_format)
+
+    def forward(self) -> dict[str, torch.Tensor]:
+        """Translations, reconstructions and (when weighted) identity maps, each ``(B, 1, H, W)``."""
+        with autocast(self.device, self.use_autocast):
+            self.out = self._gens(self.real_a, self.real_b, identity=self.cfg.train.lambda_identity > 0)
+        return self.out
+
+    def optimize_parameters(self) -> torch.Tensor:
+        """One generator step then one discriminator step. Returns the detached losses ``(8,)`` in
+        the order of ``LOSS_NAMES``; reading them is left to the caller (no host sync here)."""
+        t = self.cfg.train
+        self.forward()
+        o, a, b = self.out, self.real_a, self.real_b
+        self.discriminators.requires_grad_(False)
+        with autocast(self.device, self.use_autocast):
+            score_a, score_b = self._judge(o["fake_a"], o["fake_b"])
+        gan_ab, gan_ba = lsgan_loss(score_b, True), lsgan_loss(score_a, True)
+        cycle_a = l1_loss(o["rec_a"], a) * t.lambda_cycle
+        cycle_b = l1_loss(o["rec_b"], b) * t.lambda_cycle
+        if "idt_a" in o:
+            identity_a = l1_loss(o["idt_a"], a) * t.lambda_cycle * t.lambda_identity
+            identity_b = l1_loss(o["idt_b"], b) * t.lambda_cycle * t.lambda_identity
+        else:
+            identity_a = identity_b = torch.zeros((), device=self.device)
+        self.opt_g.zero_grad(set_to_none=True)
+        (gan_ab + gan_ba + cycle_a + cycle_b + identity_a + identity_b).backward()
+        self.opt_g.step()
+
+        self.discriminators.requires_grad_(True)
+        fake_a = self.pool_a.query(o["fake_a"].detach())
+        fake_b = self.pool_b.query(o["fake_b"].detach())
+        n = a.shape[0]
+        with autocast(self.device, self.use_autocast):
+            score_a, score_b = self._discs(torch.cat([a, fake_a.to(a.dtype)]), torch.cat([b, fake_b.to(b.dtype)]))
+        d_a = 0.5 * (lsgan_loss(score_a[:n], True) + lsgan_loss(score_a[n:], False))
+        d_b = 0.5 * (lsgan_loss(score_b[:n], True) + lsgan_loss(score_b[n:], False))
+        self.opt_d.zero_grad(set_to_none=True)
+        (d_a + d_b).backward()
+        self.opt_d.step()
+        self.sched_g.step()
+        self.sched_d.step()
+        self.losses = torch.stack([gan_ab, gan_ba, cycle_a, cycle_b, identity_a, identity_b, d_a, d_b]).detach()
+        return self.losses
+
+    @property
+    def lr(self) -> float:
+        return self.opt_g.param_groups[0]["lr"]
+
+    def parameters(self):
+        return itertools.chain(self.generators.parameters(), self.discriminators.parameters())
+
+    def state_dict(self) -> dict:
+        return {"generators": self.generators.state_dict(), "discriminators": self.discriminators.state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
+                "pool_a": self.pool_a.state_dict(), "pool_b": self.pool_b.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generators.load_state_dict(state["generators"])
+        self.discriminators.load_state_dict(state["discriminators"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.sched_g.load_state_dict(state["sched_g"])
+        self.sched_d.load_state_dict(state["sched_d"])
+        self.pool_a.load_state_dict(state["pool_a"], self.device)
+        self.pool_b.load_state_dict(state["pool_b"], self.device)

@@ -1,0 +1,123 @@
+"""``synthesize``: translate domain-A (normal) training images into domain B (covid) with a trained
+generator, writing PNGs and a manifest the data stage reads as extra training images."""
+from __future__ import annotations
+
+import csv
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torchvision.io import encode_png
+
+from augment.data import load_dataset
+from augment.errors import UserError
+from augment.gpu import DeviceImages, build_augment
+from augment.runtime import pick_device
+
+from .checkpoint import file_sha256, load_generator_ab, resolve_checkpoint
+from .inference import translate
+
+MANIFEST_COLUMNS = ("path", "label", "split", "source", "group_id", "source_image", "checkpoint_sha256", "seed")
+
+
+def choose_sources(m: int, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which of ``m`` sources each of ``n`` outputs translates, and whether it is augmented first.
+
+    ``n <= m``: ``n`` distinct sources, none augmented. ``n > m``: every source once as it is, then
+    ``n - m`` drawn with replacement and augmented so repeats differ. Returns ``int64 (n,)``, ``bool (n,)``.
+    """
+    order = torch.randperm(m, generator=generator)[:n]
+    extra = torch.randint(m, (max(n - m, 0),), generator=generator)
+    augmented = torch.cat([torch.zeros(len(order), dtype=torch.bool), torch.ones(len(extra), dtype=torch.bool)])
+    return torch.cat([order, extra]), augmented
+
+
+def synthesize(n: int, data: str | Path, out: str | Path = "runs", checkpoint: str | Path | None = None,
+               dest: str | Path | None = None, overwrite: bool = False, batch_size: Optional[int] = None,
+               device: str = "auto", seed: int = 0) -> Path:
+    """Write ``n`` synthetic domain-B PNGs under ``<dest>/<domain_b>/`` and ``<dest>/manifest.csv``.
+
+    Args:
+        n: number of images.
+        data: the data the GAN was trained on; its training-split domain-A images are the sources.
+        out: runs folder; the default checkpoint is its latest GAN run.
+        checkpoint: a GAN run folder or checkpoint file.
+        dest: output folder, default ``<out>/synthetic/<gan run name>``.
+        overwrite: replace the images and manifest of an earlier synthesis in ``dest``.
+        batch_size: images per generator call (default ``synth.batch_size`` of the run's config).
+        seed: choice and augmentation of sources; the same seed gives the same files.
+    Returns:
+        ``dest``.
+    """
+    if n < 1:
+        raise UserError(f"--n {n}: give the number of images to write, at least 1")
+    path = resolve_checkpoint(checkpoint, out)
+    dev = pick_device(device)
+    generator, cfg, state = load_generator_ab(path, dev)
+    t = cfg.train
+    dest = Path(dest) if dest is not None else Path(out) / "synthetic" / path.parent.name
+    folder = dest / t.domain_b
+    _clear_or_refuse(dest, folder, overwrite)
+
+    dataset = load_dataset(data, cfg.data, required=(t.domain_a,))
+    sources = dataset.indices("train", t.domain_a)
+    if len(sources) == 0:
+        raise UserError(f"{data}: no training-split image of class '{t.domain_a}' to translate; pass the GAN's --data")
+    picks, augmented = choose_sources(len(sources), n, torch.Generator().manual_seed(seed))
+    images = DeviceImages(dataset.images[sources], dataset.labels[sources], dev)
+    augment = build_augment(cfg.synth.augment, cfg.data.size).to(dev)
+    batch_size = batch_size or cfg.synth.batch_size
+    sha = file_sha256(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), ThreadPoolExecutor(8) as pool:
+        torch.manual_seed(seed)
+        for start in range(0, n, batch_size):
+            x, _ = images.get(picks[start:start + batch_size])
+            chosen = augmented[start:start + batch_size].nonzero().squeeze(1).to(dev)
+            if len(chosen):
+                x[chosen] = augment(x[chosen])
+            pngs = (translate(generator, x, t.bf16) * 255 + 0.5).to(torch.uint8).cpu()
+            names = [f"{t.domain_b}/syn_{start + i:05d}.png" for i in range(len(pngs))]
+            list(pool.map(lambda job: _write_png(dest / job[0], job[1]), zip(names, pngs)))
+            for name, pick in zip(names, picks[start:start + batch_size].tolist()):
+                k = int(sources[pick])
+                rows.append({"path": name, "label": t.domain_b, "split": "train", "source": "synthetic",
+                             "group_id": dataset.groups[k], "source_image": str(dataset.root / dataset.paths[k]),
+                             "checkpoint_sha256": sha, "seed": seed})
+    _write_manifest(dest / "manifest.csv", rows)
+    print(f"wrote {n} synthetic {t.domain_b} images to {folder}/ and {dest / 'manifest.csv'} "
+          f"(from {path}, step {state['step']}, seed {seed})")
+    return dest
+
+
+def _clear_or_refuse(dest: Path, folder: Path, overwrite: bool) -> None:
+    """Refuse to write over an earlier synthesis unless ``overwrite``; then remove its files."""
+    old = sorted(folder.glob("syn_*.png")) if folder.is_dir() else []
+    manifest = dest / "manifest.csv"
+    if not old and not manifest.exists():
+        return
+    if not overwrite:
+        raise UserError(f"{dest}: holds an earlier synthesis ({len(old)} images); pass --overwrite to replace it "
+                        "or --dest for another folder")
+    for p in old:
+        p.unlink()
+    manifest.unlink(missing_ok=True)
+
+
+def _write_png(path: Path, image: torch.Tensor) -> None:
+    """``uint8 (1, H, W)`` → 8-bit grayscale PNG, written to a temporary name then renamed."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(encode_png(image).numpy().tobytes())
+    os.replace(tmp, path)
+
+
+def _write_manifest(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)

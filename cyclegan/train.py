@@ -1,0 +1,234 @@
+"""``gan-train``: the CycleGAN training loop over training-split images held on the device.
+
+One code path for one process and for ``torchrun`` (DistributedDataParallel, each process drawing its
+own share of every step's images). Losses stay on the device and are read every ``log_every`` steps.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torchvision.utils import make_grid
+from tqdm import tqdm
+
+from augment.config import config_to_dict
+from augment.data import load_dataset
+from augment.errors import UserError
+from augment.gpu import DeviceImages, build_augment
+from augment.runtime import (Dist, GracefulStop, close_distributed, init_distributed, new_run_dir,
+                             pick_device, rng_state, save_checkpoint, seed_everything, set_rng_state,
+                             tensorboard_writer, write_run_info)
+
+from .checkpoint import CHECKPOINT_NAME, read_gan_checkpoint, resolve_checkpoint
+from .config import GanConfig
+from .evaluate import measure_translation
+from .inference import in_batches, to_model_range, to_unit_range, translate
+from .model import LOSS_NAMES, CycleGAN
+
+
+@dataclass
+class GanTrainResult:
+    run_dir: Optional[Path]   # None on processes other than rank 0
+    step: int                 # steps done when the run ended
+    model: CycleGAN
+    interrupted: bool         # stopped early by Ctrl-C / SIGTERM
+
+
+class LossMeter:
+    """Running sums of the losses on the device, and the first step whose losses were not finite."""
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(len(LOSS_NAMES), device=device)
+        self.count = 0
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def add(self, losses: torch.Tensor, step: int) -> None:
+        """``losses (8,)`` of ``step``; no host sync."""
+        self.sums += losses
+        self.count += 1
+        newly_bad = ~torch.isfinite(losses).all() & (self.first_bad < 0)
+        self.first_bad = torch.where(newly_bad, torch.full_like(self.first_bad, step), self.first_bad)
+
+    def read(self) -> dict[str, float]:
+        """Mean of each loss since the last read (one host sync), then start over."""
+        means = (self.sums / max(self.count, 1)).tolist()
+        self.sums.zero_()
+        self.count = 0
+        return dict(zip(LOSS_NAMES, means))
+
+    def bad_step(self) -> Optional[int]:
+        step = int(self.first_bad)
+        return step if step >= 0 else None
+
+
+def epoch_order(n: int, steps_per_epoch: int, dist: Dist, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """Positions ``int64 (steps_per_epoch, batch_size)`` into a domain of ``n`` images for this rank:
+    shuffled passes over the domain, repeated as needed when it is the smaller one."""
+    need = steps_per_epoch * dist.world_size * batch_size
+    order = torch.cat([torch.randperm(n, generator=generator) for _ in range(math.ceil(need / n))])[:need]
+    return order.view(steps_per_epoch, dist.world_size, batch_size)[:, dist.rank]
+
+
+def train_gan(cfg: Optional[GanConfig], data: str | Path, out: str | Path = "runs", device: str = "auto",
+              seed: int = 0, resume: str | Path | None = None, compile: bool = False) -> GanTrainResult:
+    """Train a CycleGAN from ``train.domain_a`` to ``train.domain_b`` on the training split of ``data``.
+
+    Args:
+        cfg: the configuration; ignored (may be None) with ``resume``, which uses the checkpoint's.
+        data: folder of class subfolders or a manifest CSV.
+        out: runs are written to ``<out>/gan/<timestamp>/``.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        seed: seed of weights, batch order, augmentation and image pools.
+        resume: a GAN checkpoint or run folder to continue (same folder, same config, same seed).
+        compile: ``torch.compile`` the networks (minutes of compiling; worth it for long GPU runs).
+    """
+    dist = init_distributed(device)
+    try:
+        return _train(cfg, data, out, pick_device(device, dist.local_rank), dist, seed, resume, compile)
+    finally:
+        close_distributed()
+
+
+def _train(cfg, data, out, dev, dist, seed, resume, compile) -> GanTrainResult:
+    checkpoint = None
+    if resume is not None:
+        ckpt_path = resolve_checkpoint(resume, out)
+        checkpoint, cfg = read_gan_checkpoint(ckpt_path)
+        seed, run_dir = checkpoint["seed"], ckpt_path.parent
+    else:
+        cfg = cfg or GanConfig()
+        run_dir = new_run_dir(out, "gan") if dist.is_main else None
+        ckpt_path = run_dir / CHECKPOINT_NAME if run_dir else None
+    t = cfg.train
+    dataset = load_dataset(data, cfg.data, required=(t.domain_a, t.domain_b), quiet=not dist.is_main)
+    if checkpoint is not None and checkpoint["data_fingerprint"] != dataset.fingerprint:
+        raise UserError(f"{data}: not the data {ckpt_path} was trained on; resume with the same --data and data config")
+    domains = []
+    for name in (t.domain_a, t.domain_b):
+        idx = dataset.indices("train", name)
+        if len(idx) == 0:
+            raise UserError(f"{data}: no training-split image of class '{name}'; add images or change split_fractions")
+        domains.append(DeviceImages(dataset.images[idx], dataset.labels[idx], dev))
+    images_a, images_b = domains
+    steps_per_epoch = max(1, max(len(images_a), len(images_b)) // (t.batch_size * dist.world_size))
+    total = t.steps or t.epochs * steps_per_epoch
+
+    seed_everything(seed)
+    model = CycleGAN(cfg, dev, total, distributed=dist.world_size > 1, compile=compile)
+    augment = build_augment(cfg.augment, cfg.data.size).to(dev)
+    step = 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        step = checkpoint["step"]
+        set_rng_state(checkpoint["rng"])  # rank 0's; other ranks re-seed below
+    if dist.rank:
+        seed_everything(seed + 7919 * dist.rank + step)
+    if run_dir is not None and checkpoint is None:
+        write_run_info(run_dir, cfg, seed, dataset.fingerprint, data=str(data), total_steps=total,
+                       world_size=dist.world_size, train_images={t.domain_a: len(images_a), t.domain_b: len(images_b)})
+
+    def save(at_step: int) -> None:
+        if dist.is_main:
+            save_checkpoint({"step": at_step, "total_steps": total, "seed": seed, "config": config_to_dict(cfg),
+                             "data_fingerprint": dataset.fingerprint, "model": model.state_dict(),
+                             "rng": rng_state()}, ckpt_path)
+
+    meter = LossMeter(dev)
+    last_saved = step if checkpoint is not None else None
+    order_epoch, interrupted, tick = None, False, (time.perf_counter(), step)
+    writer = tensorboard_writer(run_dir, t.tensorboard and run_dir is not None)
+    with GracefulStop() as stop, contextlib.closing(writer), \
+            tqdm(total=total, initial=step, desc="gan-train", disable=not dist.is_main, dynamic_ncols=True) as bar:
+        while step < total:
+            epoch, pos = divmod(step, steps_per_epoch)
+            if epoch != order_epoch:
+                g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+                order_a = epoch_order(len(images_a), steps_per_epoch, dist, t.batch_size, g).to(dev)
+                order_b = epoch_order(len(images_b), steps_per_epoch, dist, t.batch_size, g).to(dev)
+                order_epoch = epoch
+            model.set_input(to_model_range(augment(images_a.get(order_a[pos])[0])),
+                            to_model_range(augment(images_b.get(order_b[pos])[0])))
+            meter.add(model.optimize_parameters(), step + 1)
+            step += 1
+            bar.update()
+            if step % t.log_every == 0 or step == total:
+                _check_finite(meter, ckpt_path, last_saved)
+                tick = _log_losses(meter, model, writer, bar, step, tick)
+            if dist.is_main and step % t.image_every == 0:
+                writer.add_image("translation", _image_grid(model), step)
+            if dist.is_main and t.eval_every and step % t.eval_every == 0:
+                _log_quality(model, images_a, images_b, cfg, writer, step)
+            interrupted = _stop_requested(stop, dist, step, t.log_every, dev)
+            if step % t.checkpoint_every == 0 or step == total or interrupted:
+                _check_finite(meter, ckpt_path, last_saved)
+                save(step)
+                last_saved = step
+            if interrupted:
+                break
+    if dist.is_main:
+        if interrupted:
+            print(f"stopped at step {step} of {total}; saved {ckpt_path}\n"
+                  f"resume with: python cli.py gan-train --resume {ckpt_path} --data {data}")
+        else:
+            print(f"trained {step} steps; checkpoint {ckpt_path}; TensorBoard: tensorboard --logdir {run_dir}")
+    return GanTrainResult(run_dir, step, model, interrupted)
+
+
+def _check_finite(meter: LossMeter, ckpt_path: Optional[Path], last_saved: Optional[int]) -> None:
+    bad = meter.bad_step()
+    if bad is None:
+        return
+    kept = (f"the last good checkpoint, {ckpt_path} (step {last_saved}), is kept" if last_saved is not None
+            else "no checkpoint had been written yet")
+    raise UserError(f"a loss became NaN or infinite at step {bad}; training stopped and {kept}; "
+                    "lower train.lr or check the images")
+
+
+def _log_losses(meter: LossMeter, model: CycleGAN, writer, bar, step: int, tick: tuple) -> tuple:
+    losses = meter.read()
+    now = time.perf_counter()
+    rate = (step - tick[1]) / max(now - tick[0], 1e-9)
+    for name, value in losses.items():
+        writer.add_scalar(f"loss/{name}", value, step)
+    writer.add_scalar("lr", model.lr, step)
+    writer.add_scalar("speed/steps_per_s", rate, step)
+    l = losses
+    bar.set_postfix(G=f"{l['gan_ab'] + l['gan_ba']:.3g}", cycle=f"{l['cycle_a'] + l['cycle_b']:.3g}",
+                    identity=f"{l['identity_a'] + l['identity_b']:.3g}", D=f"{l['d_a'] + l['d_b']:.3g}", refresh=False)
+    return now, step
+
+
+def _image_grid(model: CycleGAN) -> torch.Tensor:
+    """``(3, H', W')`` grid: real A | fake B | rec A over real B | fake A | rec B (first image)."""
+    o = model.out
+    tiles = [model.real_a, o["fake_b"], o["rec_a"], model.real_b, o["fake_a"], o["rec_b"]]
+    return make_grid(torch.cat([to_unit_range(x[:1].detach()) for x in tiles]).cpu(), nrow=3, padding=2)
+
+
+def _log_quality(model: CycleGAN, images_a: DeviceImages, images_b: DeviceImages, cfg: GanConfig, writer,
+                 step: int) -> None:
+    """gan-eval measures (fallback features) of the first ``eval_images`` domain-A training images."""
+    sources = images_a.images[:cfg.train.eval_images].float() / 255
+    real_b = images_b.images.float() / 255
+    translated = in_batches(lambda x: translate(model.generators.ab, x, cfg.train.bf16), sources,
+                            cfg.synth.batch_size, model.device)
+    result = measure_translation(sources.cpu(), translated, real_b.cpu(), device=model.device)
+    for key in ("fd", "kid", "ssim_mean"):
+        writer.add_scalar(f"quality/{key}", result[key], step)
+    tqdm.write(f"step {step}: FD {result['fd']:.4g}, KID {result['kid']:.4g}, SSIM {result['ssim_mean']:.3f}")
+
+
+def _stop_requested(stop: GracefulStop, dist: Dist, step: int, every: int, dev: torch.device) -> bool:
+    """Ctrl-C / SIGTERM seen; under torchrun all ranks agree at log steps so they stop together."""
+    if dist.world_size == 1:
+        return stop.requested
+    if step % every:
+        return False
+    flag = torch.tensor([float(stop.requested)], device=dev)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
