@@ -136,6 +136,56 @@ def demo(ctx, out):
 
 
 # ---- cyclegan commands ----
+@cli.command("gan-train")
+@common_options
+@click.option("--resume", type=click.Path(path_type=Path),
+              help="Continue a GAN run from its folder or checkpoint.pt, with that run's config and seed.")
+@click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
+              help="torch.compile the networks: minutes of compiling, faster steps on a GPU.")
+@click.option("--steps", type=click.IntRange(1), help="Total training steps (overrides train.epochs).")
+def gan_train(data, config, out, device, seed, set_, resume, compile_, steps):
+    """Train a CycleGAN between two classes (default normal ↔ covid) on the training split."""
+    from augment.config import load_config
+    from cyclegan import GanConfig, train_gan
+    if resume is not None and (config is not None or set_ or steps):
+        raise UserError(f"--resume {resume}: a resumed run keeps its own config; drop --config, --set and --steps")
+    data, config, _ = resolve_inputs("gan-train", data, config, out)
+    cfg = None if resume else load_config(GanConfig, config, [*set_, *([f"train.steps={steps}"] if steps else [])])
+    train_gan(cfg, data, out, device, seed, resume, compile_)
+
+
+@cli.command("synthesize")
+@common_options
+@click.option("--n", "n", type=click.IntRange(1), default=1000, show_default=True, help="Images to write.")
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="GAN run folder or checkpoint file (default: the latest GAN run under --out).")
+@click.option("--dest", type=click.Path(path_type=Path),
+              help="Output folder (default: <out>/synthetic/<gan run name>).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier synthesis in --dest.")
+@click.option("--batch-size", type=click.IntRange(1), help="Images per generator call (default: synth.batch_size).")
+def synthesize_command(data, config, out, device, seed, set_, n, checkpoint, dest, overwrite, batch_size):
+    """Translate normal training images into synthetic covid images (PNGs + manifest.csv)."""
+    from cyclegan import synthesize
+    if config is not None or set_:
+        raise UserError("synthesize uses the GAN run's own config; drop --config and --set")
+    data, _, _ = resolve_inputs("synthesize", data, None, out)
+    synthesize(n, data, out, checkpoint, dest, overwrite, batch_size, device, seed)
+
+
+@cli.command("gan-eval")
+@common_options
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="GAN run folder or checkpoint file (default: the latest GAN run under --out).")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True,
+              help="Split whose normal images are translated and whose covid images are the reference.")
+def gan_eval(data, config, out, device, seed, set_, checkpoint, split):
+    """Fréchet distance, KID and SSIM of a GAN's translations (hand-crafted intensity/texture features)."""
+    from cyclegan import evaluate_gan
+    if config is not None or set_:
+        raise UserError("gan-eval uses the GAN run's own config; drop --config and --set")
+    data, _, _ = resolve_inputs("gan-eval", data, None, out)
+    evaluate_gan(data, out, checkpoint, device=device, split=split)
+
 
 # ---- classifier commands ----
 @cli.command("classify-train")
