@@ -38,6 +38,7 @@ class BaseCAM:
 
     def __exit__(self, *exc):
         self.handle.remove()
+        self.handle = None
         self.activations = self.gradients = None
         return False
 

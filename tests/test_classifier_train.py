@@ -1,0 +1,131 @@
+"""classify-train on tiny phantoms: exact resume after a stop signal, evaluation outputs, synthetic
+images in training only, and DistributedDataParallel with two CPU processes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from augment.config import load_config
+from augment.errors import UserError
+from augment.phantoms import write_phantoms
+from augment.runtime import load_checkpoint
+from classifier.config import ClassifierConfig, EvalConfig
+from classifier.evaluate import evaluate
+from classifier.overlays import explain_files
+from classifier.train import Trainer, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_phantoms(tmp_path_factory.mktemp("phantoms"), 12, size=32, seed=0)
+
+
+def tiny_cfg(tmp, *more):
+    return load_config(ClassifierConfig, None, [
+        "data.size=32", f"data.cache_dir={tmp / 'cache'}", "model.backbone=shallow", "model.width=8",
+        "model.input_size=32", "train.epochs=2", "train.batch_size=8", "train.tensorboard=false",
+        "train.ema=0.9", "train.mixup=0.2", "train.cutmix=0.2", *more])
+
+
+def test_resume_after_a_stop_signal_is_exact(tmp_path, data, monkeypatch):
+    cfg = tiny_cfg(tmp_path)
+    straight = train(cfg, data, tmp_path / "a", device="cpu", quiet=True)
+
+    calls = {"n": 0}
+    step = Trainer.train_step
+
+    def interrupted(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 4:  # 3 steps per epoch: the middle of the second epoch
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, *args)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    stopped = train(cfg, data, tmp_path / "b", device="cpu")
+    monkeypatch.setattr(Trainer, "train_step", step)
+    partial = load_checkpoint(stopped / "last.pt")
+    assert (partial["epoch"], partial["batch"]) == (1, 1)
+    resumed = train(cfg, data, tmp_path / "ignored", resume=stopped, device="cpu", quiet=True)
+    assert resumed == stopped
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
+    assert a["step"] == b["step"] and a["epoch"] == b["epoch"] == 2
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    assert a["best_f1"] == b["best_f1"]
+
+
+def test_pretrained_runs_train_the_head_first_then_everything(tmp_path, data):
+    source = tmp_path / "w.pt"
+    from classifier.model import create_model
+    backbone = create_model("shallow", 3, width=8)
+    torch.save(backbone.state_dict(), source)
+    cfg = tiny_cfg(tmp_path, f"model.pretrained={source}", "train.head_epochs=1", "train.ema=0")
+    run = train(cfg, data, tmp_path, device="cpu", quiet=True)
+    last = load_checkpoint(run / "last.pt")["model"]
+    # after phase 2 the backbone moved away from the loaded weights; the phase boundary is epoch 1
+    assert not torch.equal(last["backbone.conv0.weight"], backbone.state_dict()["backbone.conv0.weight"])
+    trainer = Trainer(cfg, data, tmp_path / "x", device="cpu", quiet=True)
+    assert [(p.start, p.end, p.frozen) for p in trainer.phases] == [(0, 1, True), (1, 2, False)]
+    assert trainer.phases[1].lr == pytest.approx(cfg.train.lr * cfg.train.finetune_lr_factor)
+
+
+def test_synthetic_images_join_the_training_split_only(tmp_path, data):
+    synthetic = write_phantoms(tmp_path / "syn", 3, size=32, seed=7, classes=("covid",))
+    cfg = tiny_cfg(tmp_path, "train.epochs=1")
+    trainer = Trainer(cfg, data, tmp_path, synthetic=synthetic, device="cpu", quiet=True)
+    real_train = int((torch.tensor([s == "train" for s in trainer_splits(data, cfg)])).sum())
+    assert trainer.n_synthetic == 3 and len(trainer.train_data) == real_train + 3
+    assert len(trainer.val_labels) == len([s for s in trainer_splits(data, cfg) if s == "val"])
+
+
+def trainer_splits(data, cfg):
+    from augment.data import load_dataset
+    return load_dataset(data, cfg.data, quiet=True).splits
+
+
+def test_evaluate_and_cam_write_their_files(tmp_path, data):
+    run = train(tiny_cfg(tmp_path, "train.epochs=1"), data, tmp_path, device="cpu", quiet=True)
+    m = evaluate(data, None, tmp_path, EvalConfig(bootstrap=50), device="cpu", cam=1, quiet=True)
+    out = run / "eval"
+    for name in ("metrics.json", "report.md", "confusion.png", "roc.png", "pr.png"):
+        assert (out / name).is_file()
+    splits = trainer_splits(data, tiny_cfg(tmp_path))
+    assert m["split"] == ("test" if "test" in splits else "val")  # the test split when there is one
+    assert m["n"] == splits.count(m["split"]) == sum(map(sum, m["confusion"]))
+    assert set(m["per_source"]) == {"phantom"} and m["binary"]["positive_class"] == "covid"
+    assert len(list((out / "cam").glob("*.png"))) == 3 and m["cam"]["images"] == 3
+    assert json.loads((out / "metrics.json").read_text())["accuracy"] == m["accuracy"]
+    written = explain_files([data / "covid" / "covid_00000.png"], run, method="cam", target_class="normal", device="cpu")
+    assert len(written) == 1 and "_normal_" in written[0].name
+    with pytest.raises(UserError, match="no best.pt or last.pt"):
+        evaluate(data, tmp_path, tmp_path, device="cpu", quiet=True)
+
+
+def test_ddp_with_two_gloo_processes(tmp_path, data):
+    script = tmp_path / "ddp_train.py"
+    overrides = ["data.size=32", f"data.cache_dir={tmp_path / 'cache'}", "model.backbone=shallow", "model.width=8",
+                 "model.input_size=32", "train.epochs=1", "train.batch_size=4", "train.tensorboard=false"]
+    script.write_text(
+        "from augment.config import load_config\n"
+        "from classifier.config import ClassifierConfig\n"
+        "from classifier.train import train\n"
+        f"cfg = load_config(ClassifierConfig, None, {overrides!r})\n"
+        f"train(cfg, {str(data)!r}, {str(tmp_path / 'runs')!r}, device='cpu', quiet=True)\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(script)], env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = list((tmp_path / "runs" / "classifier").iterdir())
+    assert len(runs) == 1  # one run folder, written by rank 0
+    info = json.loads((runs[0] / "run.json").read_text())
+    assert info["world_size"] == 2
+    ckpt = load_checkpoint(runs[0] / "last.pt")
+    assert len(ckpt["rng"]) == 2 and ckpt["epoch"] == 1
