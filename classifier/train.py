@@ -137,7 +137,8 @@ class Trainer:
                                   **model_args(cfg, len(self.classes)))
         self.model.set_normalisation(*gray_statistics(images))
         self.size = input_size(cfg, self.model)
-        self.model.to(self.device, memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format)
+        self.channels_last = cfg.train.channels_last and self.device.type == "cuda"  # slower on CPU
+        self.model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         self.ema = EMA(self.model, cfg.train.ema) if cfg.train.ema else None
         self.augment = build_augment(cfg.augment, self.size).to(self.device)
         self.optimizer = torch.optim.AdamW(
@@ -244,9 +245,9 @@ class Trainer:
             group["lr"] = base * factor
         x, y = self.train_data.get(idx)
         x = self.augment(x)
-        target = F.one_hot(y, len(self.classes)).float()
+        target = torch.zeros(len(y), len(self.classes), device=y.device).scatter_(1, y[:, None], 1.0)
         x, target = mix(x, target, t.mixup, t.cutmix)
-        if t.channels_last:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if phase.frozen:
             self.model.backbone.eval()  # batch-norm statistics stay those of the pretrained backbone
@@ -328,11 +329,23 @@ class Trainer:
                 self.writer.add_scalar("train/lr", self.optimizer.param_groups[1]["lr"], self.step)
                 bar.set_postfix(loss=f"{loss:.3f}")
                 running, count = torch.zeros((), device=self.device), 0
-            if stop.requested:
+            if self._stop_agreed(stop):
                 bar.close()
                 return True
         bar.close()
         return False
+
+    def _stop_agreed(self, stop: GracefulStop) -> bool:
+        """Whether to stop now: at once on one process; under torchrun all ranks agree at logging steps,
+        so every rank saves at the same step even when the signal reached them at different times."""
+        if self.dist.world_size == 1:
+            return stop.requested
+        if self.step % self.cfg.train.log_every:
+            return False
+        import torch.distributed as td
+        flag = torch.tensor([float(stop.requested)], device=self.device)
+        td.all_reduce(flag, op=td.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _end_epoch(self) -> None:
         m = self.validate()

@@ -34,9 +34,15 @@ def tiny_cfg(tmp, *more):
         "train.ema=0.9", "train.mixup=0.2", "train.cutmix=0.2", *more])
 
 
-def test_resume_after_a_stop_signal_is_exact(tmp_path, data, monkeypatch):
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, data):
+    """A run of two epochs without interruption, with EMA, mixup and cutmix."""
+    tmp = tmp_path_factory.mktemp("straight")
+    return train(tiny_cfg(tmp), data, tmp, device="cpu", quiet=True)
+
+
+def test_resume_after_a_stop_signal_is_exact(tmp_path, data, monkeypatch, straight):
     cfg = tiny_cfg(tmp_path)
-    straight = train(cfg, data, tmp_path / "a", device="cpu", quiet=True)
 
     calls = {"n": 0}
     step = Trainer.train_step
@@ -91,9 +97,9 @@ def trainer_splits(data, cfg):
     return load_dataset(data, cfg.data, quiet=True).splits
 
 
-def test_evaluate_and_cam_write_their_files(tmp_path, data):
-    run = train(tiny_cfg(tmp_path, "train.epochs=1"), data, tmp_path, device="cpu", quiet=True)
-    m = evaluate(data, None, tmp_path, EvalConfig(bootstrap=50), device="cpu", cam=1, quiet=True)
+def test_evaluate_and_cam_write_their_files(tmp_path, data, straight):
+    run = straight
+    m = evaluate(data, None, run.parents[1], EvalConfig(bootstrap=50), device="cpu", cam=1, quiet=True)
     out = run / "eval"
     for name in ("metrics.json", "report.md", "confusion.png", "roc.png", "pr.png"):
         assert (out / name).is_file()
