@@ -96,11 +96,17 @@ def main() -> None:
             for bs in a.batches:
                 cfg = load_config(ClassifierConfig, None, [f"model.backbone={name}", f"train.batch_size={bs}",
                                                             "train.tensorboard=false", *a.overrides])
-                trainer = Trainer(cfg, a.data, out, device=a.device, quiet=True)
-                row = {**meta, "backbone": name, "batch": bs, "ours_train_img_s": round(our_train_rate(trainer, a.steps), 1)}
-                if bs == a.batches[-1]:
-                    row["ours_eval500_img_s"] = round(our_eval_rate(trainer), 1)
-                del trainer
+                row = {**meta, "backbone": name, "batch": bs}
+                try:
+                    trainer = Trainer(cfg, a.data, out, device=a.device, quiet=True)
+                    row["ours_train_img_s"] = round(our_train_rate(trainer, a.steps), 1)
+                    if bs == a.batches[-1]:
+                        row["ours_eval500_img_s"] = round(our_eval_rate(trainer), 1)
+                    del trainer
+                except torch.cuda.OutOfMemoryError:
+                    print(json.dumps({**row, "error": "out of GPU memory"}), flush=True)
+                    torch.cuda.empty_cache()
+                    continue
                 if usual is not None:
                     model = usual.classifier_model(name)
                     row["usual_dataloader_img_s"] = round(usual.train_rate(model, usual.loader_batches(a.data, bs, a.workers), a.steps), 1)

@@ -204,7 +204,7 @@ class Trainer:
     def save_best(self, f1: float) -> None:
         if self.dist.is_main:
             weights = (self.ema.module if self.ema else self.model).state_dict()
-            save_checkpoint({"model": weights, "classes": list(self.classes), "epoch": self.epoch,
+            save_checkpoint({"model": weights, "classes": list(self.classes), "epoch": self.epoch + 1,
                              "val_macro_f1": f1, "model_args": model_args(self.cfg, len(self.classes)),
                              "input_size": self.size, "config": config_to_dict(self.cfg)}, self.run_dir / "best.pt")
 
@@ -280,36 +280,44 @@ class Trainer:
     # ------------------------------------------------------------ the loop
     def run(self) -> Path:
         """Train until the last epoch, early stopping, or a stop signal (then save and say how to resume)."""
-        t, main = self.cfg.train, self.dist.is_main
+        main = self.dist.is_main
         if main and not self.quiet:
             print(f"classify-train: {self.cfg.model.backbone} ({self.cfg.model.head} head, pretrained "
                   f"{self.cfg.model.pretrained}) on {len(self.train_data)} training images "
                   f"({self.n_synthetic} synthetic), {len(self.val_labels)} validation, {self.size}² input, "
                   f"device {self.device}, run folder {self.run_dir}", file=sys.stderr)
-        with GracefulStop() as stop:
-            for phase in self.phases:
-                if self.epoch >= phase.end:
-                    continue
-                net = self._enter_phase(phase)
-                if self.epoch == phase.start and self.batch == 0:
-                    self.bad_epochs = 0
-                while self.epoch < phase.end and self.bad_epochs < t.patience:
-                    if self._train_epoch(net, phase, stop):
-                        self.save("last.pt")
-                        if main:
-                            print(f"stopped at epoch {self.epoch + 1}, step {self.batch}; saved {self.run_dir / 'last.pt'}. "
-                                  f"Resume with: python cli.py classify-train --resume {self.run_dir} "
-                                  "(and the same --data/--synthetic)", file=sys.stderr)
-                        return self.run_dir
-                    self._end_epoch()
-                if self.bad_epochs >= t.patience and not phase.frozen:
-                    break
+        try:
+            with GracefulStop() as stop:
+                if self._train_phases(stop):
+                    self.save("last.pt")
+                    if main:
+                        print(f"stopped at epoch {self.epoch + 1}, step {self.batch}; saved {self.run_dir / 'last.pt'}. "
+                              f"Resume with: python cli.py classify-train --resume {self.run_dir} "
+                              "(and the same --data/--synthetic)", file=sys.stderr)
+                    return self.run_dir
+        finally:
+            self.writer.close()
+            close_distributed()
         if main and not self.quiet:
             print(f"best validation macro-F1 {self.best_f1:.3f} at epoch {self.best_epoch + 1}; "
                   f"checkpoint {self.run_dir / 'best.pt'}", file=sys.stderr)
-        self.writer.close()
-        close_distributed()
         return self.run_dir
+
+    def _train_phases(self, stop: GracefulStop) -> bool:
+        """Every remaining epoch of every phase, until early stopping; True when stopped by a signal."""
+        for phase in self.phases:
+            if self.epoch >= phase.end:
+                continue
+            net = self._enter_phase(phase)
+            if self.epoch == phase.start and self.batch == 0:
+                self.bad_epochs = 0
+            while self.epoch < phase.end and self.bad_epochs < self.cfg.train.patience:
+                if self._train_epoch(net, phase, stop):
+                    return True
+                self._end_epoch()
+            if self.bad_epochs >= self.cfg.train.patience and not phase.frozen:
+                break
+        return False
 
     def _train_epoch(self, net: nn.Module, phase: Phase, stop: GracefulStop) -> bool:
         """Steps of the current epoch from ``self.batch`` on; True when a stop was requested."""
