@@ -135,3 +135,31 @@ def test_ddp_with_two_gloo_processes(tmp_path, data):
     assert info["world_size"] == 2
     ckpt = load_checkpoint(runs[0] / "last.pt")
     assert len(ckpt["rng"]) == 2 and ckpt["epoch"] == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_training_uses_bf16_channels_last_and_resumes_exactly(tmp_path, data, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)  # bitwise-equal convolutions
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    cfg = tiny_cfg(tmp_path, "model.backbone=resnet18", "train.epochs=2")
+    trainer = Trainer(cfg, data, tmp_path / "a", device="cuda", quiet=True)
+    assert trainer.model.backbone[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert trainer.optimizer.defaults["fused"]
+    straight = trainer.run()
+    step = Trainer.train_step
+    calls = {"n": 0}
+
+    def interrupted(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, *args)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    stopped = train(cfg, data, tmp_path / "b", device="cuda", quiet=True)
+    monkeypatch.setattr(Trainer, "train_step", step)
+    resumed = train(cfg, data, resume=stopped, device="cuda", quiet=True)
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
