@@ -3,6 +3,7 @@ and optionally CAM overlays, written next to the checkpoint in ``<run>/eval``.""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -41,6 +42,16 @@ def per_source(y, prob, sources, classes, cfg: EvalConfig, seed: int) -> dict:
         out[s or "(unknown)"] = {"n": m["n"], "accuracy": m["accuracy"], "accuracy_ci": m["accuracy_ci"],
                                  "sensitivity": {c: m["per_class"][c]["sensitivity"] for c in classes}}
     return out
+
+
+def json_safe(value):
+    """``value`` with NaN (a rate with no cases, e.g. the sensitivity of an absent class) and infinite
+    thresholds as null, so ``metrics.json`` is strict JSON."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def evaluate(data: str | Path, checkpoint: str | Path | None = None, out: str | Path = "runs",
@@ -90,7 +101,7 @@ def evaluate(data: str | Path, checkpoint: str | Path | None = None, out: str | 
                                         classes, size, dev, cfg.cam_method, out_dir / "cam")
         metrics["cam"] = {"method": cfg.cam_method, "images": len(written), **faith}
 
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out_dir / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2) + "\n")
     (out_dir / "report.md").write_text(markdown_report(metrics, classes))
     if not quiet:
         print(key_table(metrics, classes))

@@ -87,8 +87,16 @@ def bootstrap_weights(n: int, rounds: int, seed: int) -> np.ndarray:
 
 def interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """Percentile interval of bootstrap ``samples (B,)``, NaN rounds (metric undefined) left out."""
+    if np.isnan(samples).all():
+        return float("nan"), float("nan")
     lo, hi = np.nanpercentile(samples, [50 * (1 - level), 50 * (1 + level)])
     return float(lo), float(hi)
+
+
+def nanmean(values: np.ndarray) -> float:
+    """Mean over the defined (non-NaN) values; NaN when none is defined."""
+    defined = values[~np.isnan(values)]
+    return float(defined.mean()) if len(defined) else float("nan")
 
 
 def classification_metrics(y: np.ndarray, prob: np.ndarray, classes: tuple[str, ...], rounds: int = 1000,
@@ -116,8 +124,8 @@ def classification_metrics(y: np.ndarray, prob: np.ndarray, classes: tuple[str, 
         }
     return {
         "n": n, "accuracy": float(r["accuracy"][0]), "accuracy_ci": ci(r["accuracy"]),
-        "macro": {m: float(np.nanmean(r[m][0])) for m in ("precision", "sensitivity", "specificity", "f1")}
-        | {"auc": float(np.nanmean(auc[0]))},
+        "macro": {m: nanmean(r[m][0]) for m in ("precision", "sensitivity", "specificity", "f1")}
+        | {"auc": nanmean(auc[0])},
         "per_class": per_class,
         "confusion": confusion_counts(y, pred, k, np.ones((1, n)))[0].astype(int).tolist(),
         "ci_level": level, "bootstrap_rounds": rounds,

@@ -41,14 +41,14 @@ def write_overlays(model: Classifier, images_u8: torch.Tensor, names: list[str],
     return written, {"average_drop_pct": drops / max(n, 1), "increase_in_confidence_pct": increases / max(n, 1)}
 
 
-def read_images(paths: list[str | Path], size: int) -> torch.Tensor:
+def read_images(paths: list[str | Path], size: int, resize: str = "crop") -> torch.Tensor:
     """uint8 ``(N, 1, size, size)`` of image files (any format the data stage reads)."""
     if not paths:
         raise UserError("no images given; name one or more X-ray files, e.g. python cli.py cam runs/demo-data/covid/covid_00000.png")
     out = []
     for p in paths:
         try:
-            out.append(decode_to_square(Path(p), size))
+            out.append(decode_to_square(Path(p), size, resize))
         except (UnreadableImage, OSError) as e:
             raise UserError(f"{p}: cannot read this image ({e}); give PNG, JPEG, TIFF or DICOM files") from e
     return torch.from_numpy(np.stack(out)).unsqueeze(1)
@@ -58,11 +58,12 @@ def explain_files(paths: list[str | Path], checkpoint: str | Path | None = None,
                   method: str = "gradcampp", target_class: str | None = None, device: str = "auto") -> list[Path]:
     """Overlays of image files by a classifier (default: the latest run), in ``<run>/cam/<method>``."""
     from augment.runtime import pick_device
-    from .checkpoint import find_checkpoint, load_classifier
+    from .checkpoint import data_config, find_checkpoint, load_classifier
     dev = pick_device(device)
     ckpt_path = find_checkpoint(checkpoint, out)
     model, ckpt = load_classifier(ckpt_path, dev)
-    images = read_images(list(paths), ckpt["config"]["data"]["size"])
+    data = data_config(ckpt)
+    images = read_images(list(paths), data.size, data.resize)
     written, _ = write_overlays(model, images, [str(p) for p in paths], tuple(ckpt["classes"]), ckpt["input_size"],
                                 dev, method, ckpt_path.parent / "cam" / method, target_class)
     return written

@@ -17,7 +17,8 @@ def adapt_tensor(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     """A conv kernel ``(O, 3, k, k)`` summed over its input channels to ``(O, 1, k, k)``
     (or split evenly over ``dst``'s channels): a gray image ``g`` then gives the response the RGB
     kernel gives to ``(g, g, g)``."""
-    if src.shape == dst.shape or src.dim() != 4 or src.shape[0] != dst.shape[0] or src.shape[2:] != dst.shape[2:]:
+    if src.dim() != 4 or src.shape[1] != 3 or dst.shape[1] == 3 or src.shape[0] != dst.shape[0] \
+            or src.shape[2:] != dst.shape[2:]:
         return src
     total = src.sum(1, keepdim=True)
     return total.expand(-1, dst.shape[1], -1, -1) / dst.shape[1]
@@ -49,18 +50,20 @@ def imagenet_state_dict(name: str) -> dict:
 
 
 def load_into(module: nn.Module, state: dict, source: str, required: set[str] | None = None) -> None:
-    """Load ``state`` into ``module`` (first-conv kernels adapted); keys of ``module`` in ``required``
-    (default: all) that ``state`` lacks are a :class:`UserError` listing them."""
+    """Load the ``required`` keys (default: all of ``module``'s) from ``state`` into ``module``, RGB
+    first-conv kernels adapted; other keys of ``state`` (a classifier head) are ignored. Missing keys
+    or shapes that differ are a :class:`UserError` naming them."""
     own = module.state_dict()
-    adapted = {k: adapt_tensor(v, own[k]) if k in own and torch.is_tensor(v) else v for k, v in state.items()}
-    bad = [k for k, v in adapted.items() if k in own and torch.is_tensor(v) and v.shape != own[k].shape]
-    missing = sorted((required if required is not None else set(own)) - set(adapted))
+    required = set(own) if required is None else required
+    adapted = {k: adapt_tensor(v, own[k]) for k, v in state.items() if k in required and torch.is_tensor(v)}
+    bad = [k for k, v in adapted.items() if v.shape != own[k].shape]
+    missing = sorted(required - set(adapted))
     if missing or bad:
         what = (f"missing keys {', '.join(missing[:8])}{' …' if len(missing) > 8 else ''} ({len(missing)} in all)"
                 if missing else f"shape mismatch at {', '.join(bad[:8])}")
         raise UserError(f"{source}: weights do not fit this backbone: {what}; "
                         "give weights saved from the same backbone")
-    module.load_state_dict({k: v for k, v in adapted.items() if k in own}, strict=False)
+    module.load_state_dict(adapted, strict=False)
 
 
 def load_pretrained(full: nn.Module, backbone: nn.Module, source: str) -> None:

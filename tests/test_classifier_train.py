@@ -163,3 +163,21 @@ def test_gpu_training_uses_bf16_channels_last_and_resumes_exactly(tmp_path, data
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_per_source_breakdown_and_strict_json(tmp_path, data, straight):
+    import csv
+    rows = list(csv.DictReader(open(data / "manifest.csv")))
+    for r in rows:
+        r["source"] = "site-a" if r["label"] == "covid" else "site-b"  # site-a holds only covid images
+    manifest = data / "manifest_sites.csv"
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    m = evaluate(manifest, straight, tmp_path, EvalConfig(bootstrap=30), device="cpu", quiet=True)
+    assert set(m["per_source"]) == {"site-a", "site-b"}
+    assert sum(v["n"] for v in m["per_source"].values()) == m["n"]
+    text = (straight / "eval" / "metrics.json").read_text()
+    site_a = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))["per_source"]["site-a"]
+    assert site_a["sensitivity"]["normal"] is None  # no normal image from site-a: undefined, not 0
