@@ -200,6 +200,9 @@ def classify_train(data, config, out, device, seed, set_, backbone, pretrained, 
     from augment.config import load_config
     from classifier.config import ClassifierConfig
     from classifier.train import train
+    if resume is not None and (config is not None or set_ or backbone or pretrained or compile_ is not None):
+        raise UserError(f"--resume {resume}: a resumed run keeps its own config; drop --config, --set, "
+                        "--backbone, --pretrained and --compile")
     data, config, _ = resolve_inputs("classify-train", data, config, out)
     flags = [f"model.backbone={backbone}"] * bool(backbone) + [f"model.pretrained={pretrained}"] * bool(pretrained)
     flags += [f"train.compile={str(compile_).lower()}"] * (compile_ is not None)

@@ -30,3 +30,8 @@ def test_classify_train_evaluate_cam_chain(tmp_path):
     assert len(list((run / "cam" / "gradcam").glob("*.png"))) == 2
     r = runner.invoke(cli, ["cam", "--out", str(out), "--device", "cpu", str(tmp_path / "missing.png")])
     assert r.exit_code == 2 and "missing.png" in r.output and "Traceback" not in r.output
+
+
+def test_resume_refuses_config_changes(tmp_path):
+    r = CliRunner().invoke(cli, ["classify-train", "--resume", str(tmp_path), "--backbone", "vgg16"])
+    assert r.exit_code == 2 and "keeps its own config" in r.output
