@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from torchvision.io import encode_png
+from PIL import Image
 
 from augment.data import load_dataset
 from augment.errors import UserError
@@ -47,7 +47,7 @@ def synthesize(n: int, data: str | Path, out: str | Path = "runs", checkpoint: s
         dest: output folder, default ``<out>/synthetic/<gan run name>``.
         overwrite: replace the images and manifest of an earlier synthesis in ``dest``.
         batch_size: images per generator call (default ``synth.batch_size`` of the run's config).
-        seed: choice and augmentation of sources; the same seed gives the same files.
+        seed: choice and augmentation of sources; the same seed and batch size give the same files.
     Returns:
         ``dest``.
     """
@@ -110,7 +110,7 @@ def _clear_or_refuse(dest: Path, folder: Path, overwrite: bool) -> None:
 def _write_png(path: Path, image: torch.Tensor) -> None:
     """``uint8 (1, H, W)`` → 8-bit grayscale PNG, written to a temporary name then renamed."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(encode_png(image).numpy().tobytes())
+    Image.fromarray(image[0].numpy()).save(tmp, format="PNG")
     os.replace(tmp, path)
 
 

@@ -1,0 +1,152 @@
+"""synthesize and gan-eval: manifest, determinism, overwrite refusal, latest-run pick-up, metrics, CLI."""
+import csv
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from augment.config import load_config
+from augment.data import load_dataset
+from augment.errors import UserError
+from augment.phantoms import write_phantoms
+from cyclegan import GanConfig, evaluate_gan, measure_translation, synthesize, train_gan
+from cyclegan.checkpoint import file_sha256
+from cyclegan.metrics import frechet_distance, kernel_inception_distance
+from cyclegan.synthesize import MANIFEST_COLUMNS
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks gain nothing from threads, and on a shared CPU extra threads stall."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def gan_run(tmp_path_factory):
+    """A GAN trained 2 steps on 32² phantoms: ``(data, out, run_dir, cfg)``."""
+    tmp = tmp_path_factory.mktemp("gan")
+    data = write_phantoms(tmp / "phantoms", 12, 32, seed=0)
+    cfg = load_config(GanConfig, None, [
+        "data.size=32", f"data.cache_dir={tmp / 'cache'}", "model.ngf=8", "model.ndf=8", "model.n_blocks=1",
+        "model.n_layers_d=2", "train.steps=2", "train.tensorboard=false", "synth.batch_size=4"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    run = train_gan(cfg, data, tmp / "runs", device="cpu").run_dir
+    torch.set_num_threads(threads)
+    return data, tmp / "runs", run, cfg
+
+
+def read_manifest(dest):
+    with open(dest / "manifest.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def digests(dest, rows):
+    return [hashlib.sha1((dest / r["path"]).read_bytes()).hexdigest() for r in rows]
+
+
+def test_manifest_describes_training_pngs_of_the_source_patients(gan_run, tmp_path):
+    data, out, run, cfg = gan_run
+    dest = synthesize(5, data, out, checkpoint=run, dest=tmp_path / "syn", device="cpu", seed=7)
+    rows = read_manifest(dest)
+    assert list(rows[0]) == list(MANIFEST_COLUMNS) and len(rows) == 5
+    ds = load_dataset(data, cfg.data, quiet=True)
+    group_of = {str(ds.root / p): g for p, g in zip(ds.paths, ds.groups)}
+    train_normals = {str(ds.root / ds.paths[i]) for i in ds.indices("train", "normal").tolist()}
+    sha = file_sha256(run / "checkpoint.pt")
+    for r in rows:
+        assert (r["label"], r["split"], r["source"], r["seed"], r["checkpoint_sha256"]) == ("covid", "train", "synthetic", "7", sha)
+        assert r["source_image"] in train_normals and r["group_id"] == group_of[r["source_image"]]
+        img = Image.open(dest / r["path"])
+        assert img.mode == "L" and img.size == (32, 32) and r["path"].startswith("covid/")
+    assert len({r["source_image"] for r in rows}) == 5  # fewer than the sources: no repeats
+
+
+def test_same_seed_same_files_and_repeats_differ(gan_run, tmp_path):
+    data, out, run, _ = gan_run
+    n = 30  # more than the training normals, so sources repeat with augmentation
+    a = synthesize(n, data, out, checkpoint=run, dest=tmp_path / "a", device="cpu", seed=1)
+    b = synthesize(n, data, out, checkpoint=run, dest=tmp_path / "b", device="cpu", seed=1)
+    c = synthesize(n, data, out, checkpoint=run, dest=tmp_path / "c", device="cpu", seed=2)
+    rows = read_manifest(a)
+    assert len({r["source_image"] for r in rows}) < n
+    assert digests(a, rows) == digests(b, read_manifest(b))
+    assert digests(a, rows) != digests(c, read_manifest(c))
+    assert len(set(digests(a, rows))) == n  # every output differs
+
+
+def test_refuses_to_overwrite_without_overwrite(gan_run, tmp_path):
+    data, out, run, _ = gan_run
+    dest = synthesize(6, data, out, checkpoint=run, dest=tmp_path / "syn", device="cpu")
+    before = (dest / "manifest.csv").read_bytes()
+    with pytest.raises(UserError, match="--overwrite"):
+        synthesize(3, data, out, checkpoint=run, dest=dest, device="cpu", seed=5)
+    assert (dest / "manifest.csv").read_bytes() == before
+    synthesize(3, data, out, checkpoint=run, dest=dest, device="cpu", seed=5, overwrite=True)
+    assert len(read_manifest(dest)) == 3 and len(list((dest / "covid").glob("*.png"))) == 3
+    assert not list(dest.rglob(".*tmp"))  # no temporary files left behind
+
+
+def test_default_checkpoint_is_the_latest_gan_run(gan_run, tmp_path):
+    data, out, run, _ = gan_run
+    dest = synthesize(2, data, out, device="cpu", overwrite=True)
+    assert dest == out / "synthetic" / run.name
+    with pytest.raises(UserError, match="gan-train"):
+        synthesize(2, data, tmp_path / "empty", device="cpu")
+
+
+def test_frechet_distance_and_kid_match_known_values():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 4)) + 1.0
+    shift = np.array([1.0, 0, 2, 0])
+    assert frechet_distance(x, x) == pytest.approx(0, abs=1e-6)
+    assert frechet_distance(x, x + shift) == pytest.approx(5.0, rel=1e-6)
+    # scaling by 2: ‖μ‖² + tr Σ + 4 tr Σ − 2 · 2 tr Σ = ‖μ‖² + tr Σ
+    expected = (x.mean(0) ** 2).sum() + np.trace(np.cov(x, rowvar=False))
+    assert frechet_distance(x, 2 * x) == pytest.approx(expected, rel=1e-6)
+    same, _ = kernel_inception_distance(x[:250], x[250:], subsets=5, subset_size=200)
+    moved, _ = kernel_inception_distance(x[:250], x[250:] + shift, subsets=5, subset_size=200)
+    assert abs(same) < 0.05 < moved
+
+
+def test_measures_use_the_given_features_and_classifier():
+    torch.manual_seed(0)
+    real = torch.rand(20, 1, 32, 32)
+    mean_feature = lambda x: x.mean(dim=(2, 3))  # noqa: E731
+    r = measure_translation(real, real.clone(), real, features=mean_feature, classify=lambda x: x.mean(dim=(1, 2, 3)) > 0.5)
+    assert r["fd"] == pytest.approx(0, abs=1e-9) and r["ssim_mean"] == pytest.approx(1.0)
+    assert r["share_called_b"] == pytest.approx((real.mean(dim=(1, 2, 3)) > 0.5).float().mean().item())
+    dark = measure_translation(real, real * 0.3, real)  # fallback features
+    assert dark["features"] == "intensity_texture_features" and dark["fd"] > 0.1 and dark["share_called_b"] is None
+
+
+def test_gan_eval_writes_json_and_prints_a_table(gan_run, capsys):
+    data, out, run, _ = gan_run
+    result = evaluate_gan(data, out, device="cpu")
+    saved = json.loads((run / "gan-eval-step2.json").read_text())
+    assert saved["fd"] == pytest.approx(result["fd"]) and saved["n_translated"] > 0
+    assert "Fréchet distance" in capsys.readouterr().out
+
+
+def test_cli_gan_train_then_synthesize_picks_up_the_run(tmp_path):
+    from cli import cli
+    data = write_phantoms(tmp_path / "phantoms", 6, 32, seed=0)
+    tiny = ["--set", "data.size=32", "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "model.ngf=8",
+            "--set", "model.ndf=8", "--set", "model.n_blocks=1", "--set", "model.n_layers_d=2"]
+    common = ["--data", str(data), "--out", str(tmp_path / "runs"), "--device", "cpu"]
+    runner = CliRunner()
+    result = runner.invoke(cli, ["gan-train", *common, *tiny, "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["synthesize", *common, "--n", "4"])
+    assert result.exit_code == 0, result.output
+    [run] = (tmp_path / "runs" / "gan").iterdir()
+    assert len(read_manifest(tmp_path / "runs" / "synthetic" / run.name)) == 4
+    result = runner.invoke(cli, ["synthesize", *common, "--n", "4"])
+    assert result.exit_code == 2 and "--overwrite" in result.output

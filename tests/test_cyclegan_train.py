@@ -1,0 +1,163 @@
+"""gan-train: learning on phantoms, logging, exact resume, training split only, NaN stop, DDP."""
+import hashlib
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import cyclegan.model
+import cyclegan.train
+from augment.config import load_config
+from augment.data import load_dataset
+from augment.errors import UserError
+from augment.phantoms import write_phantoms
+from augment.runtime import load_checkpoint
+from cyclegan import GanConfig, train_gan
+from cyclegan.model import LOSS_NAMES
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks gain nothing from threads, and on a shared CPU extra threads stall."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(tmp_path, *overrides) -> GanConfig:
+    """32² images, ngf/ndf 8, one residual block, a 2-layer PatchGAN, a pool of 2."""
+    return load_config(GanConfig, None, [
+        "data.size=32", f"data.cache_dir={tmp_path / 'cache'}", "model.ngf=8", "model.ndf=8", "model.n_blocks=1",
+        "model.n_layers_d=2", "train.pool_size=2", "train.log_every=5", *overrides])
+
+
+@pytest.fixture
+def data(tmp_path):
+    """12 phantoms per class (6 patients each), split by patient into train/val/test."""
+    return write_phantoms(tmp_path / "phantoms", 12, 32, seed=0)
+
+
+def all_weights(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_losses_fall_and_everything_is_logged(tmp_path, data):
+    cfg = tiny_config(tmp_path, "train.steps=40", "train.log_every=10", "train.image_every=20", "model.ngf=16")
+    result = train_gan(cfg, data, tmp_path / "runs", device="cpu")
+    events = EventAccumulator(str(result.run_dir)).Reload()
+    tags = events.Tags()
+    assert {f"loss/{n}" for n in LOSS_NAMES} | {"lr"} <= set(tags["scalars"])
+    assert "translation" in tags["images"]
+    cycle = [e.value for e in events.Scalars("loss/cycle_a")]
+    assert len(cycle) == 4 and cycle[-1] < 0.8 * cycle[0]
+    assert events.Scalars("lr")[-1].value == 0.0  # decayed linearly to zero at the last step
+    assert (result.run_dir / "config.yaml").exists() and (result.run_dir / "run.json").exists()
+    state = load_checkpoint(result.run_dir / "checkpoint.pt")
+    assert state["step"] == 40 and state["config"]["model"]["ngf"] == 16
+
+
+class StopAfter:
+    """Stands in for GracefulStop: a Ctrl-C arrives during the 4th step."""
+
+    def __init__(self):
+        self.checks = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @property
+    def requested(self):
+        self.checks += 1
+        return self.checks >= 4
+
+
+def test_interrupt_then_resume_equals_a_straight_run(tmp_path, data, monkeypatch, capsys):
+    cfg = tiny_config(tmp_path, "train.steps=8")
+    straight = train_gan(cfg, data, tmp_path / "a", device="cpu", seed=3)
+    monkeypatch.setattr(cyclegan.train, "GracefulStop", StopAfter)
+    first = train_gan(cfg, data, tmp_path / "b", device="cpu", seed=3)
+    assert first.interrupted and first.step == 4
+    printed = capsys.readouterr().out
+    assert "stopped at step 4 of 8" in printed and f"--resume {first.run_dir / 'checkpoint.pt'}" in printed
+    monkeypatch.undo()
+    resumed = train_gan(None, data, tmp_path / "b", device="cpu", resume=first.run_dir)
+    assert resumed.step == 8 and resumed.run_dir == first.run_dir and not resumed.interrupted
+    torch.testing.assert_close(all_weights(resumed.model), all_weights(straight.model), rtol=0, atol=1e-6)
+    torch.testing.assert_close(resumed.model.pool_b.images, straight.model.pool_b.images, rtol=0, atol=1e-6)
+
+
+def test_only_training_split_images_are_used(tmp_path, data, monkeypatch):
+    cfg = tiny_config(tmp_path, "train.steps=2", "train.eval_every=2", "train.eval_images=4")
+    used = []
+
+    class Spy(cyclegan.train.DeviceImages):
+        def __init__(self, images, labels, device):
+            used.extend(hashlib.sha1(im.numpy().tobytes()).hexdigest() for im in images)
+            super().__init__(images, labels, device)
+
+    monkeypatch.setattr(cyclegan.train, "DeviceImages", Spy)
+    train_gan(cfg, data, tmp_path / "runs", device="cpu")
+    ds = load_dataset(data, cfg.data, quiet=True)
+    digest = [hashlib.sha1(im.numpy().tobytes()).hexdigest() for im in ds.images]
+    train = {digest[i] for c in ("normal", "covid") for i in ds.indices("train", c).tolist()}
+    held_out = {digest[i] for s in ("val", "test") for i in ds.indices(s).tolist()}
+    assert held_out and train
+    assert set(used) == train and not set(used) & held_out
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, data, monkeypatch):
+    cfg = tiny_config(tmp_path, "train.steps=12", "train.log_every=2", "train.checkpoint_every=5")
+    calls = {"n": 0}
+    real_loss = cyclegan.model.lsgan_loss
+
+    def poisoned(scores, real):  # 6 calls per step: NaN from step 7 on
+        calls["n"] += 1
+        loss = real_loss(scores, real)
+        return loss * float("nan") if calls["n"] > 36 else loss
+
+    monkeypatch.setattr(cyclegan.model, "lsgan_loss", poisoned)
+    with pytest.raises(UserError, match=r"NaN or infinite at step 7.*\(step 5\), is kept"):
+        train_gan(cfg, data, tmp_path / "runs", device="cpu")
+    [ckpt] = (tmp_path / "runs" / "gan").glob("*/checkpoint.pt")
+    state = load_checkpoint(ckpt)
+    assert state["step"] == 5
+    assert all(torch.isfinite(v).all() for v in state["model"]["generators"].values())
+
+
+def _ddp_worker(rank, port, data, out, cache, result_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    cfg = load_config(GanConfig, None, [
+        "data.size=32", f"data.cache_dir={cache}", "model.ngf=8", "model.ndf=8", "model.n_blocks=1",
+        "model.n_layers_d=2", "train.steps=3", "train.log_every=1"])
+    result = train_gan(cfg, data, out, device="cpu", seed=1)
+    torch.save(all_weights(result.model), os.path.join(result_dir, f"rank{rank}.pt"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_gloo_processes_stay_in_sync(tmp_path, data):
+    cfg = tiny_config(tmp_path)
+    load_dataset(data, cfg.data, quiet=True)  # fill the cache before the workers start
+    mp.spawn(_ddp_worker, args=(free_port(), str(data), str(tmp_path / "runs"), cfg.data.cache_dir, str(tmp_path)),
+             nprocs=2, join=True)
+    w0, w1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert torch.equal(w0, w1)  # gradients were averaged: both ranks took identical steps
+    [run] = (tmp_path / "runs" / "gan").iterdir()  # rank 0 alone writes the run folder
+    info = json.loads((run / "run.json").read_text())
+    assert info["world_size"] == 2 and load_checkpoint(run / "checkpoint.pt")["step"] == 3
+    ckpt_weights = load_checkpoint(run / "checkpoint.pt")["model"]["generators"]
+    assert not torch.equal(ckpt_weights["ab.net.1.weight"].flatten(), torch.zeros(1))
