@@ -7,7 +7,6 @@ MANIFEST`` trains on it; classic augmentation still happens on the GPU in the tr
 from __future__ import annotations
 
 import csv
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataConfig, discover, load_dataset, warn
+from .data import DataConfig, discover, load_dataset, warn, write_csv
 from .errors import UserError
 
 COLUMNS = ["path", "label", "split", "group_id", "source", "origin", "source_image", "checkpoint_sha256"]
@@ -97,7 +96,7 @@ def balance(data: str | Path, synthetic: str | Path, policy: Policy, dest: str |
                          "source": r.source or "synthetic", "origin": "synthetic",
                          "source_image": m.get("source_image", ""), "checkpoint_sha256": m.get("checkpoint_sha256", "")})
         summary[c] = {"real_train": real_train[c], "synthetic": len(take)}
-    _write_csv(rows, dest)
+    write_csv(dest, rows, COLUMNS)
     return summary
 
 
@@ -107,16 +106,3 @@ def _manifest_rows(path: Path) -> dict[str, dict]:
     with open(path, newline="", encoding="utf-8") as f:
         return {row["path"]: row for row in csv.DictReader(f)}
 
-
-def _write_csv(rows: list[dict], dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, dest)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"{dest}: could not write the manifest ({e.strerror}); free disk space or choose another --dest") from e

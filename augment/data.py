@@ -39,6 +39,10 @@ class DataConfig:
             raise ValueError(f"data.size must be at least 8, got {self.size}")
         if len(set(self.classes)) != len(self.classes) or not self.classes:
             raise ValueError(f"data.classes must be distinct names, got {list(self.classes)}")
+        for c in self.classes:  # class names become folder and file names of outputs
+            if not c or c.startswith(".") or "/" in c or "\\" in c:
+                raise ValueError(f"data.classes: {c!r} is not a plain folder name "
+                                 "(no '/' or '\\', not starting with '.')")
         if any(f < 0 for f in self.split_fractions) or abs(sum(self.split_fractions) - 1) > 1e-6:
             raise ValueError(f"data.split_fractions must be non-negative and sum to 1, got {list(self.split_fractions)}")
 
@@ -141,6 +145,31 @@ def _read_manifest(path: Path, classes: Sequence[str]) -> tuple[list[Record], di
             group = (row.get("group_id") or row.get("patient_id") or "").strip() or p
             records.append(Record(p, label, group, split, (row.get("source") or "").strip()))
     return records, skipped
+
+
+def write_csv(path: str | Path, rows: list[dict], columns: Sequence[str]) -> None:
+    """Write ``rows`` as a UTF-8 CSV through a temporary file and a rename. A failure is a one-line
+    :class:`UserError` naming the file, and leaves neither a partial nor a temporary file."""
+    path = Path(path)
+    for value in (v for row in rows for v in row.values() if isinstance(v, str)):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(f"{os.fsencode(value)!r}: file name is not UTF-8 and cannot be listed in {path}; "
+                            "rename the file") from None
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(columns), restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"{path}: could not write ({e.strerror or e}); free disk space or choose another "
+                        "output folder") from e
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- decoding and cache

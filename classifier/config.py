@@ -7,6 +7,8 @@ from typing import Literal, Optional
 from augment.data import DataConfig
 from augment.gpu import AugmentConfig
 
+from .backbones import list_backbones
+
 
 @dataclass
 class ModelConfig:
@@ -16,6 +18,11 @@ class ModelConfig:
     dropout: float = 0.2
     input_size: Optional[int] = None  # default: the backbone's own (224; inception 299)
     width: int = 32                   # first-block channels of the shallow CNN
+
+    def check(self):
+        if self.backbone not in list_backbones(all_torchvision=True):
+            raise ValueError(f"model.backbone: unknown backbone {self.backbone!r}; choose one of "
+                             f"{', '.join(list_backbones())} or any torchvision classification model name")
 
 
 @dataclass

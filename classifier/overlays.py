@@ -1,6 +1,7 @@
 """CAM overlays written as PNGs: the X-ray beside its heat map for the predicted or a named class."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +37,14 @@ def write_overlays(model: Classifier, images_u8: torch.Tensor, names: list[str],
             gray = (x[:, 0].cpu().numpy() * 255).round().astype(np.uint8)
             for i in range(len(x)):
                 c = int(tgt[i])
-                name = f"{Path(names[start + i]).stem}_{classes[c]}_p{prob[i, c]:.2f}.png"
+                name = f"{safe_name(Path(names[start + i]).stem)}_{safe_name(classes[c])}_p{prob[i, c]:.2f}.png"
                 written.append(save_png(overlay(gray[i], maps[i].cpu().numpy()), out_dir / name))
     return written, {"average_drop_pct": drops / max(n, 1), "increase_in_confidence_pct": increases / max(n, 1)}
+
+
+def safe_name(text: str) -> str:
+    """``text`` as a plain file-name part: letters, digits, ``.+-_``; no separators, no leading dot."""
+    return re.sub(r"[^\w.+-]", "_", text).lstrip(".") or "_"
 
 
 def read_images(paths: list[str | Path], size: int, resize: str = "crop") -> torch.Tensor:

@@ -53,6 +53,8 @@ class TrainConfig:
             raise ValueError(f"train.domain_a and train.domain_b must differ, both are {self.domain_a!r}")
         if self.batch_size < 1 or self.epochs < 1 or (self.steps is not None and self.steps < 1):
             raise ValueError("train.batch_size, epochs and steps must be >= 1")
+        if self.lr <= 0 or not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"train.lr must be > 0 (got {self.lr}) and beta1, beta2 in [0, 1)")
         if not 0 <= self.decay_start <= 1:
             raise ValueError(f"train.decay_start is a share of the run in [0, 1], got {self.decay_start}")
         if min(self.log_every, self.image_every, self.checkpoint_every) < 1 or self.eval_every < 0:

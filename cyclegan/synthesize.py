@@ -2,7 +2,6 @@
 generator, writing PNGs and a manifest the data stage reads as extra training images."""
 from __future__ import annotations
 
-import csv
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Optional
 import torch
 from PIL import Image
 
-from augment.data import load_dataset
+from augment.data import load_dataset, write_csv
 from augment.errors import UserError
 from augment.gpu import DeviceImages, build_augment
 from augment.runtime import pick_device
@@ -70,24 +69,33 @@ def synthesize(n: int, data: str | Path, out: str | Path = "runs", checkpoint: s
     augment = build_augment(cfg.synth.augment, cfg.data.size).to(dev)
     batch_size = batch_size or cfg.synth.batch_size
     sha = file_sha256(path)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{folder}: cannot create the output folder ({e.strerror or e}); choose another --dest") from e
     rows = []
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), ThreadPoolExecutor(8) as pool:
-        torch.manual_seed(seed)
-        for start in range(0, n, batch_size):
-            x, _ = images.get(picks[start:start + batch_size])
-            chosen = augmented[start:start + batch_size].nonzero().squeeze(1).to(dev)
-            if len(chosen):
-                x[chosen] = augment(x[chosen])
-            pngs = (translate(generator, x, t.bf16) * 255 + 0.5).to(torch.uint8).cpu()
-            names = [f"{t.domain_b}/syn_{start + i:05d}.png" for i in range(len(pngs))]
-            list(pool.map(lambda job: _write_png(dest / job[0], job[1]), zip(names, pngs)))
-            for name, pick in zip(names, picks[start:start + batch_size].tolist()):
-                k = int(sources[pick])
-                rows.append({"path": name, "label": t.domain_b, "split": "train", "source": "synthetic",
-                             "group_id": dataset.groups[k], "source_image": str(dataset.root / dataset.paths[k]),
-                             "checkpoint_sha256": sha, "seed": seed})
-    _write_manifest(dest / "manifest.csv", rows)
+    try:  # a failed or interrupted synthesis leaves no images without a manifest
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), ThreadPoolExecutor(8) as pool:
+            torch.manual_seed(seed)
+            for start in range(0, n, batch_size):
+                x, _ = images.get(picks[start:start + batch_size])
+                chosen = augmented[start:start + batch_size].nonzero().squeeze(1).to(dev)
+                if len(chosen):
+                    x[chosen] = augment(x[chosen])
+                pngs = (translate(generator, x, t.bf16) * 255 + 0.5).to(torch.uint8).cpu()
+                names = [f"{t.domain_b}/syn_{start + i:05d}.png" for i in range(len(pngs))]
+                list(pool.map(lambda job: _write_png(dest / job[0], job[1]), zip(names, pngs)))
+                for name, pick in zip(names, picks[start:start + batch_size].tolist()):
+                    k = int(sources[pick])
+                    rows.append({"path": name, "label": t.domain_b, "split": "train", "source": "synthetic",
+                                 "group_id": dataset.groups[k],
+                                 "source_image": str(dataset.root / dataset.paths[k]),
+                                 "checkpoint_sha256": sha, "seed": seed})
+        write_csv(dest / "manifest.csv", rows, MANIFEST_COLUMNS)
+    except BaseException:
+        for p in folder.glob("syn_*.png"):
+            p.unlink()
+        raise
     print(f"wrote {n} synthetic {t.domain_b} images to {folder}/ and {dest / 'manifest.csv'} "
           f"(from {path}, step {state['step']}, seed {seed})")
     return dest
@@ -110,14 +118,10 @@ def _clear_or_refuse(dest: Path, folder: Path, overwrite: bool) -> None:
 def _write_png(path: Path, image: torch.Tensor) -> None:
     """``uint8 (1, H, W)`` → 8-bit grayscale PNG, written to a temporary name then renamed."""
     tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(image[0].numpy()).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def _write_manifest(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    try:
+        Image.fromarray(image[0].numpy()).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"{path}: could not write ({e.strerror or e}); free disk space or choose another --dest") from e
+    finally:
+        tmp.unlink(missing_ok=True)
