@@ -18,6 +18,7 @@ import click
 from augment.errors import UserError
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
+INTERRUPTED = 130  # exit status of a training stopped by Ctrl-C or SIGTERM (after saving), so chains stop
 
 
 class Toolkit(click.Group):
@@ -125,14 +126,7 @@ def augment_command(data, config, out, device, seed, set_, synthetic, policy, de
     for c, n in summary.items():
         click.echo(f"{c:>12}: {n['real_train']} real training images + {n['synthetic']} synthetic")
     click.echo(f"wrote {dest}; train on it with: python cli.py classify-train --data {dest}")
-
-
-@cli.command()
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
-@click.pass_context
-def demo(ctx, out):
-    """Run the whole chain on the built-in demo data and say what was written where."""
-    ctx.invoke(inspect, out=out)
+    return dest
 
 
 # ---- cyclegan commands ----
@@ -151,7 +145,10 @@ def gan_train(data, config, out, device, seed, set_, resume, compile_, steps):
         raise UserError(f"--resume {resume}: a resumed run keeps its own config; drop --config, --set and --steps")
     data, config, _ = resolve_inputs("gan-train", data, config, out)
     cfg = None if resume else load_config(GanConfig, config, [*set_, *([f"train.steps={steps}"] if steps else [])])
-    train_gan(cfg, data, out, device, seed, resume, compile_)
+    result = train_gan(cfg, data, out, device, seed, resume, compile_)
+    if result.interrupted:
+        sys.exit(INTERRUPTED)
+    return result.run_dir
 
 
 @cli.command("synthesize")
@@ -169,7 +166,7 @@ def synthesize_command(data, config, out, device, seed, set_, n, checkpoint, des
     if config is not None or set_:
         raise UserError("synthesize uses the GAN run's own config; drop --config and --set")
     data, _, _ = resolve_inputs("synthesize", data, None, out)
-    synthesize(n, data, out, checkpoint, dest, overwrite, batch_size, device, seed)
+    return synthesize(n, data, out, checkpoint, dest, overwrite, batch_size, device, seed)
 
 
 @cli.command("gan-eval")
@@ -178,13 +175,29 @@ def synthesize_command(data, config, out, device, seed, set_, n, checkpoint, des
               help="GAN run folder or checkpoint file (default: the latest GAN run under --out).")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True,
               help="Split whose normal images are translated and whose covid images are the reference.")
-def gan_eval(data, config, out, device, seed, set_, checkpoint, split):
-    """Fréchet distance, KID and SSIM of a GAN's translations (hand-crafted intensity/texture features)."""
+@click.option("--classifier", type=click.Path(path_type=Path),
+              help="Classifier run or checkpoint: its penultimate features replace the hand-crafted ones, "
+                   "and the share of translations it calls covid is reported.")
+def gan_eval(data, config, out, device, seed, set_, checkpoint, split, classifier):
+    """Fréchet distance, KID and SSIM of a GAN's translations; with --classifier, in that classifier's
+    feature space and with the share it calls covid (default: hand-crafted intensity/texture features)."""
     from cyclegan import evaluate_gan
     if config is not None or set_:
         raise UserError("gan-eval uses the GAN run's own config; drop --config and --set")
     data, _, _ = resolve_inputs("gan-eval", data, None, out)
-    evaluate_gan(data, out, checkpoint, device=device, split=split)
+    features, classify = classifier_yardstick(classifier, checkpoint, out, device) if classifier else (None, None)
+    return evaluate_gan(data, out, checkpoint, features, classify, device=device, split=split)
+
+
+def classifier_yardstick(classifier: Path, gan_checkpoint: Path | None, out: Path, device: str):
+    """``(features, classify)`` for gan-eval from a classifier run, for the GAN's target class."""
+    from augment.runtime import pick_device
+    from classifier.checkpoint import find_checkpoint, load_classifier
+    from classifier.inference import classifier_probe
+    from cyclegan.checkpoint import read_gan_checkpoint, resolve_checkpoint
+    _, gan_cfg = read_gan_checkpoint(resolve_checkpoint(gan_checkpoint, out))
+    model, meta = load_classifier(find_checkpoint(classifier, out), pick_device(device))
+    return classifier_probe(model, meta["input_size"], list(meta["classes"]), gan_cfg.train.domain_b)
 
 
 # ---- classifier commands ----
@@ -199,16 +212,25 @@ def classify_train(data, config, out, device, seed, set_, backbone, pretrained, 
     """Train a classifier: head then fine-tuning (pretrained) or from scratch, early stopping on val macro-F1."""
     from augment.config import load_config
     from classifier.config import ClassifierConfig
-    from classifier.train import train
+    from augment.runtime import latest_run
+    from classifier.train import Trainer
     if resume is not None and (config is not None or set_ or backbone or pretrained or compile_ is not None):
         raise UserError(f"--resume {resume}: a resumed run keeps its own config; drop --config, --set, "
                         "--backbone, --pretrained and --compile")
-    data, config, _ = resolve_inputs("classify-train", data, config, out)
+    data, config, is_demo = resolve_inputs("classify-train", data, config, out)
+    if is_demo and synthetic is None and resume is None:
+        synthetic = latest_run(out, "synthetic", marker="manifest.csv")
+        if synthetic is not None:
+            click.echo(f"adding the latest synthetic images, {synthetic}, to the training split", err=True)
     flags = [f"model.backbone={backbone}"] * bool(backbone) + [f"model.pretrained={pretrained}"] * bool(pretrained)
     flags += [f"train.compile={str(compile_).lower()}"] * (compile_ is not None)
     cfg = load_config(ClassifierConfig, config, [*set_, *flags])
-    run = train(cfg, data, out, synthetic, resume, device, seed)
+    trainer = Trainer(cfg, data, out, synthetic, resume, device, seed)
+    run = trainer.run()
+    if trainer.stopped:
+        sys.exit(INTERRUPTED)
     click.echo(f"{run}\nevaluate with: python cli.py evaluate --checkpoint {run}")
+    return run
 
 
 @cli.command()
@@ -235,9 +257,131 @@ def evaluate(data, config, out, device, seed, set_, checkpoint, cam_n):
 def cam(images, checkpoint, method, target_class, out, device):
     """Heat-map overlays (CAM, Grad-CAM, Grad-CAM++) on X-ray IMAGES, written to <run>/cam/<method>."""
     from classifier.overlays import explain_files
-    for path in explain_files(images, checkpoint, out, method, target_class, device):
+    written = explain_files(images, checkpoint, out, method, target_class, device)
+    for path in written:
         click.echo(path)
+    return written
 
+
+# ---- the experiment and the demo ----
+@cli.command()
+@common_options
+@click.option("--backbone", help="Classifier backbone (default: model.backbone of the classifier config).")
+@click.option("--seeds", type=click.IntRange(1), default=3, show_default=True,
+              help="Classifier seeds per condition: --seed, --seed + 1, ...")
+@click.option("--minority", default="covid", show_default=True, help="The scarce class the CycleGAN synthesises.")
+@click.option("--minority-fraction", type=click.FloatRange(0, 1, min_open=True),
+              help="Keep only this share of the minority's training patients, for the GAN and the classifiers.")
+@click.option("--policy", default="match-majority", show_default=True,
+              help="How many synthetic images join: match-majority, ratio:R or count:N.")
+@click.option("--gan-config", type=click.Path(path_type=Path),
+              help="YAML for the CycleGAN (default: configs/gan-train.yaml, demo: gan-train-demo.yaml).")
+@click.option("--gan-set", multiple=True, metavar="KEY=VALUE", help="Override one CycleGAN config value (repeatable).")
+@click.option("--dest", type=click.Path(path_type=Path),
+              help="Experiment folder (default: <out>/ablation/<backbone>[-f<fraction>]); run again to resume.")
+def ablation(data, config, out, device, seed, set_, backbone, seeds, minority, minority_fraction, policy,
+             gan_config, gan_set, dest):
+    """Do CycleGAN images help? Real vs real + classic augmentation vs + balanced synthetic images, over seeds.
+
+    --config and --set configure the classifiers (default: configs/classify-train.yaml)."""
+    from augment.ablation import format_table, run_ablation
+    from augment.config import load_config
+    from classifier.config import ClassifierConfig
+    from cyclegan import GanConfig
+    data, config, is_demo = resolve_inputs("classify-train", data, config, out)
+    clf_cfg = load_config(ClassifierConfig, config, [*set_, *[f"model.backbone={backbone}"] * bool(backbone)])
+    default_gan = CONFIGS / f"gan-train{'-demo' if is_demo else ''}.yaml"
+    gan_cfg = load_config(GanConfig, gan_config or (default_gan if default_gan.exists() else None), gan_set)
+    if minority != gan_cfg.train.domain_b:
+        raise UserError(f"--minority {minority}: the CycleGAN translates into {gan_cfg.train.domain_b!r}; "
+                        f"add --gan-set train.domain_b={minority}")
+    name = clf_cfg.model.backbone + (f"-f{minority_fraction:g}" if minority_fraction else "")
+    dest = dest or out / "ablation" / name
+    summary = run_ablation(data, dest, ablation_stages(gan_cfg, clf_cfg, dest, device), clf_cfg.data,
+                           tuple(range(seed, seed + seeds)), minority, minority_fraction, policy,
+                           log=lambda line: click.echo(f"ablation: {line}", err=True),
+                           settings={"backbone": clf_cfg.model.backbone})
+    click.echo(format_table(summary))
+    click.echo(f"wrote {dest / 'table.md'} and {dest / 'summary.json'}")
+    return dest
+
+
+def ablation_stages(gan_cfg, clf_cfg, dest: Path, device: str):
+    """The model work of an ablation (:class:`augment.ablation.Stages`) from the two packages; every
+    classifier is evaluated on the experiment's real manifest, ``<dest>/real.csv``."""
+    import copy
+    import json
+    from augment.ablation import Stages
+    from classifier.evaluate import evaluate as evaluate_classifier
+    from classifier.train import Trainer
+    from cyclegan import evaluate_gan, synthesize, train_gan
+
+    def stopped():
+        raise UserError(f"stopped by a signal; run the same command again to continue ({dest} keeps finished cells)")
+
+    def train_gan_stage(manifest, folder, seed):
+        result = train_gan(gan_cfg, manifest, folder, device, seed)
+        if result.interrupted:
+            stopped()
+        return result.run_dir
+
+    def synthesize_stage(checkpoint, manifest, folder, n, seed):
+        return synthesize(n, manifest, dest, checkpoint, folder, overwrite=True, device=device, seed=seed)
+
+    def train_classifier_stage(manifest, folder, seed, classic_augment):
+        cfg = copy.deepcopy(clf_cfg)
+        cfg.augment.enabled = classic_augment
+        trainer = Trainer(cfg, manifest, folder, device=device, seed=seed, quiet=True)
+        run = trainer.run()
+        if trainer.stopped:
+            stopped()
+        return run
+
+    def evaluate_stage(run):
+        m = evaluate_classifier(dest / "real.csv", run, dest, clf_cfg.eval, device, quiet=True)
+        return {"accuracy": m["accuracy"], "macro_auc": m["macro"]["auc"],
+                "sensitivity": {c: v["sensitivity"] for c, v in m["per_class"].items()},
+                "f1": {c: v["f1"] for c, v in m["per_class"].items()}}
+
+    def gan_eval_stage(checkpoint, manifest):
+        yardstick = json.loads(min((dest / "cells").glob("classic-seed*.json")).read_text())["run"]
+        features, classify = classifier_yardstick(Path(yardstick), checkpoint, dest, device)
+        m = evaluate_gan(manifest, dest, checkpoint, features, classify, device=device, split="test")
+        return {k: m[k] for k in ("fd", "kid", "ssim_mean", "share_called_b", "n_translated", "n_real_b", "features")}
+
+    return Stages(train_gan_stage, synthesize_stage, train_classifier_stage, evaluate_stage, gan_eval_stage)
+
+
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.pass_context
+def demo(ctx, out, device):
+    """The whole chain on the built-in demo data: inspect, gan-train, synthesize, augment, classify-train,
+    evaluate, cam and a two-seed ablation; ends with what was written where."""
+    import time
+    from augment.phantoms import demo_data
+    start = time.perf_counter()
+    data = demo_data(out)
+    clf_config, gan_config = CONFIGS / "classify-train-demo.yaml", CONFIGS / "gan-train-demo.yaml"
+    ctx.invoke(inspect, data=data, out=out)
+    gan_run = ctx.invoke(gan_train, data=data, config=gan_config, out=out, device=device)
+    synthetic = ctx.invoke(synthesize_command, data=data, out=out, device=device, n=200)
+    manifest = ctx.invoke(augment_command, data=data, out=out, synthetic=synthetic)
+    run = ctx.invoke(classify_train, data=manifest, config=clf_config, out=out, device=device)
+    ctx.invoke(evaluate, data=manifest, config=clf_config, out=out, device=device, checkpoint=run, cam_n=2)
+    overlays = ctx.invoke(cam, images=[data / c / f"{c}_00001.png" for c in ("covid", "normal", "pneumonia")],
+                          checkpoint=run, out=out, device=device)
+    experiment = ctx.invoke(ablation, data=data, config=clf_config, out=out, device=device, seeds=2,
+                            set_=("train.epochs=10",), gan_config=gan_config, gan_set=("train.steps=200",))
+    written = [("demo data (phantoms)", data), ("CycleGAN run", gan_run), ("synthetic covid images", synthetic),
+               ("balanced training manifest", manifest), ("classifier run", run),
+               ("evaluation (metrics, report, plots, CAMs)", run / "eval"), ("CAM overlays", overlays[0].parent),
+               ("ablation table", experiment / "table.md")]
+    click.echo(f"\ndemo finished in {time.perf_counter() - start:.0f} s; it wrote:")
+    for what, where in written:
+        click.echo(f"  {what:<42} {where}")
+    click.echo(f"TensorBoard: tensorboard --logdir {out}")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 class Stages:
     """The model work an ablation needs, supplied by the caller.
 
-    - ``train_gan(manifest, out, seed) -> checkpoint``: CycleGAN on the manifest's training split.
+    - ``train_gan(manifest, out, seed) -> checkpoint``: CycleGAN on the manifest's training split, under ``out``.
     - ``synthesize(checkpoint, manifest, dest, n, seed) -> folder``: n synthetic minority images.
     - ``train_classifier(manifest, out, seed, classic_augment) -> run``: a classifier run.
     - ``evaluate(run) -> metrics``: ``accuracy``, ``sensitivity``/``f1`` per class, ``macro_auc``.
@@ -59,12 +59,20 @@ class Stages:
 
 def run_ablation(data: str | Path, out: str | Path, stages: Stages, cfg: DataConfig, seeds=(0, 1, 2),
                  minority: str = "covid", minority_fraction: float | None = None,
-                 policy: str = "match-majority", log: Callable[[str], None] = print) -> dict:
-    """Run (or resume) every cell of the ablation in ``out`` and return the summary (also ``summary.json``)."""
+                 policy: str = "match-majority", log: Callable[[str], None] = print,
+                 settings: dict | None = None) -> dict:
+    """Run (or resume) every cell of the ablation in ``out`` and return the summary (also ``summary.json``).
+
+    ``settings`` (e.g. the backbone) join the data and options in ``experiment.json``: a folder holding
+    an experiment with other settings is refused, so finished cells are only reused for the same one."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if minority not in cfg.classes:
         raise UserError(f"--minority {minority!r}: not one of the classes {', '.join(cfg.classes)}")
+    Policy.parse(policy)
+    out.mkdir(parents=True, exist_ok=True)
+    _same_experiment(out / "experiment.json", {"data": str(Path(data).resolve()), "minority": minority,
+                                               "minority_fraction": minority_fraction, "policy": policy,
+                                               **(settings or {})})
     base = out / "real.csv"
     if not base.exists():
         write_real_manifest(data, cfg, base, minority, minority_fraction, seed=0)
@@ -73,7 +81,7 @@ def run_ablation(data: str | Path, out: str | Path, stages: Stages, cfg: DataCon
     log(f"training images: {dict(train_counts)} (minority {minority}"
         + (f", kept fraction {minority_fraction})" if minority_fraction else ")"))
 
-    gan = _cached(out / "gan.json", lambda: {"checkpoint": str(stages.train_gan(base, out / "gan", 0))})
+    gan = _cached(out / "gan.json", lambda: {"checkpoint": str(stages.train_gan(base, out, 0))})
     checkpoint = Path(gan["checkpoint"])
     n_synthetic = max(max(train_counts.values()) - train_counts[minority], train_counts[minority], 1)
     syn = _cached(out / "synthetic.json", lambda: {
@@ -99,6 +107,15 @@ def run_ablation(data: str | Path, out: str | Path, stages: Stages, cfg: DataCon
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "table.md").write_text(format_table(summary) + "\n")
     return summary
+
+
+def _same_experiment(path: Path, experiment: dict) -> None:
+    """Record ``experiment`` at ``path``, or refuse when the folder already holds a different one."""
+    earlier = _cached(path, lambda: experiment)
+    changed = sorted(k for k in earlier.keys() | experiment.keys() if earlier.get(k) != experiment.get(k))
+    if changed:
+        raise UserError(f"{path.parent}: holds an ablation with other settings ({', '.join(changed)} differ); "
+                        "give another --dest or delete that folder")
 
 
 def _cached(path: Path, compute: Callable[[], dict]) -> dict:

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 CLASSES = ("covid", "normal", "pneumonia")
-DEMO_SIZE, DEMO_PER_CLASS = 64, 80
+DEMO_SIZE = 64
+DEMO_COUNTS = {"covid": 36, "normal": 80, "pneumonia": 80}  # covid scarce, as in real collections
 
 
 def _ellipse(yy, xx, cy, cx, ry, rx, soft):
@@ -83,15 +85,16 @@ def make_phantom(label: str, size: int, anatomy: dict, rng: np.random.Generator)
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def write_phantoms(out: str | Path, n_per_class: int, size: int = 256, seed: int = 0,
+def write_phantoms(out: str | Path, n_per_class: int | Mapping[str, int], size: int = 256, seed: int = 0,
                    classes: tuple[str, ...] = CLASSES) -> Path:
-    """Write ``n_per_class`` phantoms per class as ``<out>/<class>/*.png`` and ``<out>/manifest.csv``
-    (``path,label,group_id,source``); consecutive pairs of images share a patient."""
+    """Write ``n_per_class`` phantoms per class (or ``{class: count}``) as ``<out>/<class>/*.png`` and
+    ``<out>/manifest.csv`` (``path,label,group_id,source``); consecutive pairs of images share a patient."""
     out = Path(out)
+    counts = n_per_class if isinstance(n_per_class, Mapping) else dict.fromkeys(classes, n_per_class)
     rows = []
     for ci, label in enumerate(classes):
         (out / label).mkdir(parents=True, exist_ok=True)
-        for i in range(n_per_class):
+        for i in range(counts[label]):
             patient = i // 2
             anatomy = _anatomy(np.random.default_rng([seed, ci, patient]))
             img = make_phantom(label, size, anatomy, np.random.default_rng([seed, ci, patient, i]))
@@ -108,8 +111,9 @@ def write_phantoms(out: str | Path, n_per_class: int, size: int = 256, seed: int
 
 
 def demo_data(out_root: str | Path) -> Path:
-    """The built-in demo set under ``<out_root>/demo-data`` (written once, then reused)."""
+    """The built-in demo set under ``<out_root>/demo-data`` (written once, then reused): 64² phantoms,
+    36 covid, 80 normal and 80 pneumonia."""
     path = Path(out_root) / "demo-data"
     if not (path / "manifest.csv").exists():
-        write_phantoms(path, DEMO_PER_CLASS, DEMO_SIZE, seed=0)
+        write_phantoms(path, DEMO_COUNTS, DEMO_SIZE, seed=0)
     return path

@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from augment.errors import UserError
 from augment.runtime import autocast
 
 
@@ -29,3 +30,26 @@ def predict(model: nn.Module, images_u8: torch.Tensor, size: int, device: torch.
             out.append(model(x).float().softmax(1).cpu())
     model.train(was)
     return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def classifier_probe(model: nn.Module, size: int, classes: list[str], positive: str):
+    """A trained classifier as gan-eval's yardstick: ``(features, calls_positive)``, two functions of
+    ``(B, 1, H, W)`` images in [0, 1] giving the pooled last feature map ``(B, C)`` (the head's input)
+    and a bool ``(B,)``, True where the classifier predicts ``positive``."""
+    if positive not in classes:
+        raise UserError(f"the classifier knows {', '.join(classes)}, not {positive!r}; give one trained with that class")
+    k = classes.index(positive)
+    model.eval()
+
+    def resized(x):
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+    @torch.no_grad()
+    def classifier_penultimate_features(x):
+        return model.backbone((resized(x) - model.mean) / model.std).float().mean((2, 3))
+
+    @torch.no_grad()
+    def calls_positive(x):
+        return model(resized(x)).argmax(1) == k
+
+    return classifier_penultimate_features, calls_positive

@@ -279,7 +279,8 @@ class Trainer:
 
     # ------------------------------------------------------------ the loop
     def run(self) -> Path:
-        """Train until the last epoch, early stopping, or a stop signal (then save and say how to resume)."""
+        """Train until the last epoch, early stopping, or a stop signal (then save, say how to resume
+        and set :attr:`stopped`)."""
         main = self.dist.is_main
         if main and not self.quiet:
             print(f"classify-train: {self.cfg.model.backbone} ({self.cfg.model.head} head, pretrained "
@@ -288,7 +289,8 @@ class Trainer:
                   f"device {self.device}, run folder {self.run_dir}", file=sys.stderr)
         try:
             with GracefulStop() as stop:
-                if self._train_phases(stop):
+                self.stopped = self._train_phases(stop)
+                if self.stopped:
                     self.save("last.pt")
                     if main:
                         print(f"stopped at epoch {self.epoch + 1}, step {self.batch}; saved {self.run_dir / 'last.pt'}. "

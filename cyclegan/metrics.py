@@ -55,9 +55,11 @@ def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
     """``‖μr − μf‖² + Tr(Σr + Σf − 2 (Σr Σf)^½)`` of two feature sets ``(N, D)`` and ``(M, D)``.
 
     The trace of the matrix square root is taken as the sum of square roots of the eigenvalues of
-    ``Σr^½ Σf Σr^½`` (symmetric, so stable in float64).
+    ``Σr^½ Σf Σr^½`` (symmetric, so stable in float64). NaN when either set has fewer than two rows.
     """
     real, fake = real.astype(np.float64), fake.astype(np.float64)
+    if min(len(real), len(fake)) < 2:
+        return float("nan")
     mu_r, mu_f = real.mean(0), fake.mean(0)
     cov_r, cov_f = np.atleast_2d(np.cov(real, rowvar=False)), np.atleast_2d(np.cov(fake, rowvar=False))
     w, v = np.linalg.eigh(cov_r)

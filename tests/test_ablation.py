@@ -1,5 +1,6 @@
 """The ablation's bookkeeping with stand-in model stages: hygiene, resumption, statistics, verdict."""
 import csv
+import json
 import math
 import shutil
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 from augment.ablation import Stages, mean_interval, run_ablation, summarize, verdict
 from augment.data import DataConfig, load_dataset
 from augment.phantoms import write_phantoms
+from augment.errors import UserError
 
 
 class FakeStages:
@@ -94,6 +96,9 @@ def test_finished_cells_are_not_rerun(data, tmp_path):
     assert again.classifier_calls == [("real.csv", 1, True)]
     assert again.gan_manifests == []  # the GAN and the synthetic set are kept too
     assert first["synthetic_minus_classic"] == second["synthetic_minus_classic"]
+    with pytest.raises(UserError, match="backbone differ"):  # another experiment never reuses these cells
+        run_ablation(real, tmp_path / "abl", again.stages(), cfg, seeds=(0, 1), log=lambda s: None,
+                     settings={"backbone": "vgg16"})
 
 
 @pytest.mark.parametrize("effect,word", [(0.05, "helped"), (-0.05, "hurt"), (0.0, "no measurable difference")])
@@ -127,3 +132,28 @@ def test_summary_pairs_by_seed():
     assert summary["conditions"]["classic"]["accuracy"]["sd"] == pytest.approx(0.1)
     assert "helped" in summary["verdict"]
     assert "one seed" in verdict(summary["synthetic_minus_classic"], 1)
+
+
+def test_cli_ablation_runs_every_stage_and_resumes(tmp_path):
+    from click.testing import CliRunner
+    from cli import cli
+    data = write_phantoms(tmp_path / "data", {"covid": 8, "normal": 16, "pneumonia": 16}, 32, seed=0)
+    dest = tmp_path / "abl"
+    args = ["ablation", "--data", str(data), "--out", str(tmp_path / "runs"), "--device", "cpu", "--seeds", "2",
+            "--dest", str(dest), "--backbone", "shallow", *[f"--set={s}" for s in (
+                "data.size=32", f"data.cache_dir={tmp_path / 'cache'}", "model.width=4", "model.input_size=32",
+                "train.epochs=1", "train.tensorboard=false", "eval.bootstrap=10")],
+            *[f"--gan-set={s}" for s in ("data.size=32", f"data.cache_dir={tmp_path / 'cache'}", "model.ngf=4",
+                                         "model.ndf=4", "model.n_blocks=1", "model.n_layers_d=2", "train.steps=2",
+                                         "train.tensorboard=false")]]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    summary = json.loads((dest / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and set(summary["conditions"]) == {"real", "classic", "synthetic"}
+    assert summary["gan_quality"]["features"] == "classifier_penultimate_features"
+    assert list((dest / "gan").glob("*/checkpoint.pt")) and "synthetic − classic" in (dest / "table.md").read_text()
+
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0 and r.output.count("done earlier, kept") == 7, r.output
+    r = CliRunner().invoke(cli, [*args, "--policy", "count:3"])
+    assert r.exit_code == 2 and "policy differ" in r.output

@@ -111,6 +111,7 @@ def test_frechet_distance_and_kid_match_known_values():
     # scaling by 2: ‖μ‖² + tr Σ + 4 tr Σ − 2 · 2 tr Σ = ‖μ‖² + tr Σ
     expected = (x.mean(0) ** 2).sum() + np.trace(np.cov(x, rowvar=False))
     assert frechet_distance(x, 2 * x) == pytest.approx(expected, rel=1e-6)
+    assert np.isnan(frechet_distance(x[:1], x))  # one image has no covariance: no value, no crash
     same, _ = kernel_inception_distance(x[:250], x[250:], subsets=5, subset_size=200)
     moved, _ = kernel_inception_distance(x[:250], x[250:] + shift, subsets=5, subset_size=200)
     assert abs(same) < 0.05 < moved
@@ -150,3 +151,32 @@ def test_cli_gan_train_then_synthesize_picks_up_the_run(tmp_path):
     assert len(read_manifest(tmp_path / "runs" / "synthetic" / run.name)) == 4
     result = runner.invoke(cli, ["synthesize", *common, "--n", "4"])
     assert result.exit_code == 2 and "--overwrite" in result.output
+
+
+def test_gan_eval_with_a_classifier_uses_its_features_and_its_covid_calls(gan_run, tmp_path):
+    from classifier.config import ClassifierConfig
+    from classifier.inference import classifier_probe, predict
+    from classifier.train import train
+    from cli import cli
+    data, out, run, _ = gan_run
+    clf_cfg = load_config(ClassifierConfig, None, [
+        "data.size=32", f"data.cache_dir={tmp_path / 'cache'}", "model.backbone=shallow", "model.width=4",
+        "model.input_size=32", "train.epochs=1", "train.tensorboard=false"])
+    clf_run = train(clf_cfg, data, tmp_path / "clf", device="cpu", quiet=True)
+
+    r = CliRunner().invoke(cli, ["gan-eval", "--data", str(data), "--out", str(out), "--device", "cpu",
+                                 "--checkpoint", str(run), "--classifier", str(clf_run)])
+    assert r.exit_code == 0, r.output
+    saved = json.loads((run / "gan-eval-step2.json").read_text())
+    assert saved["features"] == "classifier_penultimate_features" and 0 <= saved["share_called_b"] <= 1
+
+    from classifier.checkpoint import load_classifier
+    from classifier.model import feature_channels
+    model, meta = load_classifier(clf_run / "best.pt", torch.device("cpu"))
+    u8 = torch.randint(0, 256, (6, 1, 32, 32), dtype=torch.uint8)
+    features, calls_covid = classifier_probe(model, 32, list(meta["classes"]), "covid")
+    assert features(u8 / 255).shape == (6, feature_channels(model.backbone, 1, 32))
+    probs = predict(model, u8, 32, torch.device("cpu"))
+    assert torch.equal(calls_covid(u8 / 255), probs.argmax(1) == meta["classes"].index("covid"))
+    with pytest.raises(UserError, match="not 'cat'"):
+        classifier_probe(model, 32, list(meta["classes"]), "cat")

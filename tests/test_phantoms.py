@@ -35,8 +35,10 @@ def test_manifest_pairs_share_a_patient(tmp_path):
     assert not list(out.glob(".*"))
 
 
-def test_demo_data_is_written_once(tmp_path):
+def test_demo_data_is_written_once_with_covid_scarce(tmp_path):
     path = demo_data(tmp_path)
+    labels = [r["label"] for r in csv.DictReader(open(path / "manifest.csv"))]
+    assert labels.count("covid") < labels.count("normal") == labels.count("pneumonia")
     stamp = (path / "manifest.csv").stat().st_mtime_ns
     assert demo_data(tmp_path) == path and (path / "manifest.csv").stat().st_mtime_ns == stamp
 
