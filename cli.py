@@ -373,7 +373,7 @@ def demo(ctx, out, device):
     overlays = ctx.invoke(cam, images=[data / c / f"{c}_00001.png" for c in ("covid", "normal", "pneumonia")],
                           checkpoint=run, out=out, device=device)
     experiment = ctx.invoke(ablation, data=data, config=clf_config, out=out, device=device, seeds=2,
-                            set_=("train.epochs=10",), gan_config=gan_config, gan_set=("train.steps=200",))
+                            gan_config=gan_config)
     written = [("demo data (phantoms)", data), ("CycleGAN run", gan_run), ("synthetic covid images", synthetic),
                ("balanced training manifest", manifest), ("classifier run", run),
                ("evaluation (metrics, report, plots, CAMs)", run / "eval"), ("CAM overlays", overlays[0].parent),

@@ -285,7 +285,7 @@ class Trainer:
         if main and not self.quiet:
             print(f"classify-train: {self.cfg.model.backbone} ({self.cfg.model.head} head, pretrained "
                   f"{self.cfg.model.pretrained}) on {len(self.train_data)} training images "
-                  f"({self.n_synthetic} synthetic), {len(self.val_labels)} validation, {self.size}² input, "
+                  f"({self.n_synthetic} of them from --synthetic), {len(self.val_labels)} validation, {self.size}² input, "
                   f"device {self.device}, run folder {self.run_dir}", file=sys.stderr)
         try:
             with GracefulStop() as stop:
