@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import torch  # noqa: E402
 
 from augment.config import load_config  # noqa: E402
 from augment.runtime import git_commit  # noqa: E402
+from common import load_usual  # noqa: E402
 from classifier.config import ClassifierConfig  # noqa: E402
 from classifier.inference import predict  # noqa: E402
 from classifier.metrics import classification_metrics  # noqa: E402
@@ -67,13 +67,6 @@ def our_eval_rate(trainer: Trainer, n: int = 500) -> float:
     prob = predict(trainer.model, images, trainer.size, trainer.device, batch_size=128)
     classification_metrics(labels, prob.numpy(), trainer.classes, rounds=1000)
     return n / (time.perf_counter() - start)
-
-
-def load_usual(path: str):
-    spec = importlib.util.spec_from_file_location("usual_recipe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def main() -> None:

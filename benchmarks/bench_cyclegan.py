@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -40,6 +38,7 @@ from augment.config import load_config  # noqa: E402
 from augment.data import load_dataset  # noqa: E402
 from augment.gpu import DeviceImages, build_augment  # noqa: E402
 from augment.runtime import git_commit, pick_device, seed_everything  # noqa: E402
+from common import cpu_name, load_usual  # noqa: E402
 from cyclegan.config import GanConfig  # noqa: E402
 from cyclegan.inference import to_model_range, translate  # noqa: E402
 from cyclegan.model import CycleGAN  # noqa: E402
@@ -60,16 +59,6 @@ def reset_peak(device: torch.device) -> None:
 
 def peak_mib(device: torch.device) -> float | None:
     return round(torch.cuda.max_memory_allocated(device) / 2**20) if device.type == "cuda" else None
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def gan_config(a, batch_size: int, cache_dir: str) -> GanConfig:
@@ -142,13 +131,6 @@ def usual_infer_rate(usual, device: torch.device, batch: int, size: int, iters: 
             g(x)
         sync(device)
     return iters * batch / (time.perf_counter() - start)
-
-
-def load_usual(path: str):
-    spec = importlib.util.spec_from_file_location("usual_recipe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def main() -> None:

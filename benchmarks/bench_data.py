@@ -23,7 +23,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -36,16 +35,7 @@ import torch  # noqa: E402
 from augment.data import DataConfig, load_dataset  # noqa: E402
 from augment.gpu import AugmentConfig, DeviceImages, build_augment, epoch_batches  # noqa: E402
 from augment.runtime import git_commit  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from common import cpu_name  # noqa: E402
 
 
 def hardware() -> dict:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -14,6 +15,16 @@ if str(ROOT) not in sys.path:
 
 from augment.data import DataConfig  # noqa: E402
 from augment.phantoms import write_phantoms  # noqa: E402
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: tiny networks gain nothing from threads, on a shared CPU extra threads stall, and
+    subprocess runs (one thread) are compared with in-process ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -12,13 +12,7 @@ from cyclegan.networks import Generators, PatchDiscriminator, ResnetGenerator
 from cyclegan.pool import ImagePool
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks gain nothing from threads, and on a shared CPU extra threads stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def conv(c_in, c_out, k):

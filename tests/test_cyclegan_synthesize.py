@@ -19,13 +19,7 @@ from cyclegan.metrics import frechet_distance, kernel_inception_distance
 from cyclegan.synthesize import MANIFEST_COLUMNS
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks gain nothing from threads, and on a shared CPU extra threads stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

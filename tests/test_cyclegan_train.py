@@ -20,13 +20,7 @@ from cyclegan import GanConfig, train_gan
 from cyclegan.model import LOSS_NAMES
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks gain nothing from threads, and on a shared CPU extra threads stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(tmp_path, *overrides) -> GanConfig:

@@ -40,13 +40,7 @@ CLS_SET = ["data.size=32", "model.backbone=shallow", "model.width=8", "model.inp
            "train.batch_size=8", "train.patience=100", "train.tensorboard=false", "train.ema=0.9"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The subprocesses run with one thread; the in-process runs they are compared with do too."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
