@@ -22,14 +22,17 @@ INTERRUPTED = 130  # exit status of a training stopped by Ctrl-C or SIGTERM (aft
 
 
 class Toolkit(click.Group):
-    """Turns a :class:`UserError` into one line on stderr and exit status 2 (``--debug``: traceback)."""
+    """Turns a :class:`UserError`, or a file that cannot be read or written (a full disk, a missing
+    permission), into one line on stderr and exit status 2 (``--debug``: the traceback)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except UserError as e:
+        except (UserError, OSError) as e:
             if ctx.params.get("debug"):
                 traceback.print_exc()
+            if isinstance(e, OSError) and e.filename:
+                e = f"{e.filename}: {e.strerror or e}; check the path, its permissions and the free disk space"
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
 

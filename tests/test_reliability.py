@@ -73,6 +73,14 @@ def test_too_little_readable_data_is_one_line_and_debug_shows_the_traceback(tmp_
     assert r.exit_code == 2 and "Traceback" in r.stderr and "UserError" in r.stderr
 
 
+def test_an_output_that_cannot_be_written_is_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way\n")
+    r = CliRunner().invoke(cli, ["phantoms", "--out", str(blocker / "demo"), "--n-per-class", "1", "--size", "16"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and str(blocker) in r.stderr
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
 def test_unreadable_file_is_skipped_named_and_counted(folder_data, cfg):
     locked = folder_data / "covid" / "covid0.png"
