@@ -47,16 +47,22 @@ class LRSchedule:
 
 
 class EMA:
-    """Exponential moving average of a model's weights (buffers copied), evaluated in place of the model."""
+    """Exponential moving average of a model's weights (buffers copied), evaluated in place of the model.
+
+    The decay warms up as ``min(decay, (1 + step) / (10 + step))`` (TensorFlow's
+    ExponentialMovingAverage with ``num_updates``), so short runs are not averaged with the random start.
+    """
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int) -> None:
+        """Average in ``model`` after its optimiser step number ``step`` (0-based) of the phase."""
+        decay = min(self.decay, (1 + step) / (10 + step))
         ema_p, p = list(self.module.parameters()), list(model.parameters())
-        torch._foreach_lerp_(ema_p, p, 1 - self.decay)
+        torch._foreach_lerp_(ema_p, p, 1 - decay)
         for b_ema, b in zip(self.module.buffers(), model.buffers()):
             b_ema.copy_(b)
 

@@ -258,7 +258,7 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         if self.ema:
-            self.ema.update(self.model)
+            self.ema.update(self.model, step_in_phase)
         return loss.detach()
 
     # ------------------------------------------------------------ validation

@@ -181,3 +181,16 @@ def test_per_source_breakdown_and_strict_json(tmp_path, data, straight):
     text = (straight / "eval" / "metrics.json").read_text()
     site_a = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))["per_source"]["site-a"]
     assert site_a["sensitivity"]["normal"] is None  # no normal image from site-a: undefined, not 0
+
+
+def test_ema_decay_warms_up_then_holds():
+    from classifier.levers import EMA
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = EMA(model, decay=0.999)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model, step=0)  # decay min(0.999, 1/10): mostly the trained weights
+    assert ema.module.weight.item() == pytest.approx(0.9)
+    ema.update(model, step=10_000)  # decay 0.999 once warmed up
+    assert ema.module.weight.item() == pytest.approx(0.9 + 0.1 * 0.001)
