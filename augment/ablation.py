@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 
 from .balance import COLUMNS, Policy, balance
-from .data import DataConfig, load_dataset
+from .data import DataConfig, load_dataset, write_csv
 from .errors import UserError
 
 CONDITIONS = ("real", "classic", "synthetic")
@@ -162,7 +162,7 @@ def write_real_manifest(data, cfg: DataConfig, dest: Path, minority: str, fracti
              "source": src, "origin": "real"}
             for p, y, g, s, src in zip(ds.paths, ds.labels.tolist(), ds.groups, ds.splits, ds.sources)
             if not (s == "train" and ds.classes[y] == minority and g in drop)]
-    _write(rows, dest)
+    write_csv(dest, rows, COLUMNS)
 
 
 def write_tstr_manifest(balanced: Path, dest: Path, minority: str) -> None:
@@ -170,16 +170,7 @@ def write_tstr_manifest(balanced: Path, dest: Path, minority: str) -> None:
     with open(balanced, newline="", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f)
                 if not (r["split"] == "train" and r["label"] == minority and r["origin"] == "real")]
-    _write(rows, dest)
-
-
-def _write(rows: list[dict], dest: Path) -> None:
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, restval="", extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, dest)
+    write_csv(dest, rows, COLUMNS)
 
 
 # ---------------------------------------------------------------- statistics
