@@ -320,7 +320,8 @@ def ablation_stages(gan_cfg, clf_cfg, dest: Path, device: str):
     from cyclegan import evaluate_gan, synthesize, train_gan
 
     def stopped():
-        raise UserError(f"stopped by a signal; run the same command again to continue ({dest} keeps finished cells)")
+        click.echo(f"ablation stopped; run the same command again to continue ({dest} keeps finished cells)", err=True)
+        sys.exit(INTERRUPTED)
 
     def train_gan_stage(manifest, folder, seed):
         result = train_gan(gan_cfg, manifest, folder, device, seed)
