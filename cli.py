@@ -303,10 +303,19 @@ def ablation(data, config, out, device, seed, set_, backbone, seeds, minority, m
     summary = run_ablation(data, dest, ablation_stages(gan_cfg, clf_cfg, dest, device), clf_cfg.data,
                            tuple(range(seed, seed + seeds)), minority, minority_fraction, policy,
                            log=lambda line: click.echo(f"ablation: {line}", err=True),
-                           settings={"backbone": clf_cfg.model.backbone})
+                           settings={"backbone": clf_cfg.model.backbone, "classifier_config": experiment_config(clf_cfg),
+                                     "gan_config": experiment_config(gan_cfg)})
     click.echo(format_table(summary))
     click.echo(f"wrote {dest / 'table.md'} and {dest / 'summary.json'}")
     return dest
+
+
+def experiment_config(cfg) -> dict:
+    """A config as an ablation records it: everything but where the image cache lives."""
+    from augment.config import config_to_dict
+    values = config_to_dict(cfg)
+    values["data"].pop("cache_dir")
+    return values
 
 
 def ablation_stages(gan_cfg, clf_cfg, dest: Path, device: str):

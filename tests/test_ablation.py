@@ -157,3 +157,5 @@ def test_cli_ablation_runs_every_stage_and_resumes(tmp_path):
     assert r.exit_code == 0 and r.output.count("done earlier, kept") == 7, r.output
     r = CliRunner().invoke(cli, [*args, "--policy", "count:3"])
     assert r.exit_code == 2 and "policy differ" in r.output
+    r = CliRunner().invoke(cli, [*args, "--set", "train.epochs=2"])
+    assert r.exit_code == 2 and "classifier_config differ" in r.output
