@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 from .balance import COLUMNS, Policy, balance
 from .data import DataConfig, load_dataset, write_csv
 from .errors import UserError
+from .runtime import write_text_atomic
 
 CONDITIONS = ("real", "classic", "synthetic")
 METRICS = ("accuracy", "minority_sensitivity", "minority_f1", "macro_auc")
@@ -104,8 +104,8 @@ def run_ablation(data: str | Path, out: str | Path, stages: Stages, cfg: DataCon
     summary = summarize(cells, seeds)
     summary.update(tstr=tstr_cell, gan_quality=gan_quality, minority=minority, minority_fraction=minority_fraction,
                    seeds=list(seeds), n_synthetic=n_synthetic)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "table.md").write_text(format_table(summary) + "\n")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / "table.md", format_table(summary) + "\n")
     return summary
 
 
@@ -123,9 +123,7 @@ def _cached(path: Path, compute: Callable[[], dict]) -> dict:
     if path.exists():
         return json.loads(path.read_text())
     value = compute()
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(value, indent=2, default=str))
     return value
 
 

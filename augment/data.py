@@ -21,7 +21,7 @@ from .errors import UserError
 from .imageio import IMAGE_SUFFIXES, UnreadableImage, read_xray
 
 SPLITS = ("train", "val", "test")
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 @dataclass
@@ -74,6 +74,7 @@ class XrayDataset:
     splits: list[str]
     sources: list[str]
     fingerprint: str
+    hashes: list[str] = field(default_factory=list)  # sha256 of each file's bytes: the image's identity
     skipped: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -188,6 +189,15 @@ def decode_to_square(path: Path, size: int, resize: str = "crop") -> np.ndarray:
     return out
 
 
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _cache_key(root: Path, records: list[Record], cfg: DataConfig) -> str:
     h = hashlib.sha256(f"v{CACHE_VERSION}|{cfg.size}|{cfg.resize}".encode())
     for r in records:
@@ -206,30 +216,31 @@ def _build_cache(root: Path, records: list[Record], cfg: DataConfig, npy: Path, 
 
     def work(r: Record):
         try:
-            return decode_to_square(root / r.path, size, cfg.resize), None
-        except UnreadableImage as e:
+            return decode_to_square(root / r.path, size, cfg.resize), file_sha256(root / r.path)
+        except (UnreadableImage, OSError) as e:
             return None, str(e)
 
     pid = os.getpid()  # one set of temporary files per process: ranks may build the same cache at once
     tmp, part, tmp_meta = f"{npy}.tmp{pid}.npy", f"{npy}.part{pid}.npy", meta.with_name(f"{meta.name}.tmp{pid}")
-    ok, skipped = [], {}  # positions in ``records``: the key fixes the files, not how paths are spelled
+    ok, hashes, skipped = [], [], {}  # positions in ``records``: the key fixes the files, not how paths are spelled
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(records), size, size))
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             results = pool.map(work, records)
-            for i, (img, reason) in enumerate(tqdm(results, total=len(records), desc="decoding images",
+            for i, (img, digest) in enumerate(tqdm(results, total=len(records), desc="decoding images",
                                                    unit="img", disable=quiet, file=sys.stderr)):
                 if img is None:
-                    skipped[i] = reason
+                    skipped[i] = digest  # the reason it could not be read
                 else:
                     out[len(ok)] = img
                     ok.append(i)
+                    hashes.append(digest)
         out.flush()
         del out
         if len(ok) < len(records):  # keep only the readable images
             np.save(part, np.load(tmp, mmap_mode="r")[: len(ok)])
             os.replace(part, tmp)
-        tmp_meta.write_text(json.dumps({"kept": ok, "skipped": skipped}))
+        tmp_meta.write_text(json.dumps({"kept": ok, "hashes": hashes, "skipped": skipped}))
         os.replace(tmp, npy)
         os.replace(tmp_meta, meta)
     finally:
@@ -284,7 +295,7 @@ def load_dataset(data: str | Path, cfg: DataConfig, split: str | None = None,
     fingerprint = hashlib.sha256((key + json.dumps([[r.label, s] for r, s in zip(records, splits)])).encode())
     return XrayDataset(root, tuple(cfg.classes), images, labels, [r.path for r in records],
                        [r.group for r in records], splits, [r.source for r in records],
-                       fingerprint.hexdigest()[:16], skipped)
+                       fingerprint.hexdigest()[:16], info["hashes"], skipped)
 
 
 def _report_skipped(skipped: dict[str, str], data, quiet: bool, show: int = 10) -> None:

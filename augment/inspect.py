@@ -1,7 +1,6 @@
 """The data doctor: what training will see in a data folder, and what is wrong with it."""
 from __future__ import annotations
 
-import hashlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,8 +49,8 @@ def _count(ds: XrayDataset, keys: list[str]) -> dict:
 
 def _duplicates(ds: XrayDataset) -> list[list[str]]:
     by_hash = defaultdict(list)
-    for p in ds.paths:
-        by_hash[hashlib.sha1((ds.root / p).read_bytes()).hexdigest()].append(p)
+    for p, digest in zip(ds.paths, ds.hashes):
+        by_hash[digest].append(p)
     return [ps for ps in by_hash.values() if len(ps) > 1]
 
 

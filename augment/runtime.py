@@ -102,6 +102,22 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
                         "the file is damaged or of another format") from e
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: readers see the old file or
+    the new one, never half of one. A failure is a one-line :class:`UserError` naming the file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"{path}: could not write ({e.strerror or e}); free disk space or choose another "
+                        "output folder") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 # ---------------------------------------------------------------- distributed
 @dataclass(frozen=True)
 class Dist:
@@ -206,7 +222,7 @@ def write_run_info(run_dir: str | Path, cfg: Any, seed: int, data_fingerprint: s
         "versions": package_versions(),
         **extra,
     }
-    (run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+    write_text_atomic(run_dir / "run.json", json.dumps(info, indent=2, default=str) + "\n")
 
 
 def package_versions() -> dict:

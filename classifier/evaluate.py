@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from augment.data import load_dataset
-from augment.runtime import pick_device
+from augment.runtime import pick_device, write_text_atomic
 
 from .checkpoint import data_config, find_checkpoint, load_classifier
 from .config import EvalConfig
@@ -101,8 +101,8 @@ def evaluate(data: str | Path, checkpoint: str | Path | None = None, out: str | 
                                         classes, size, dev, cfg.cam_method, out_dir / "cam")
         metrics["cam"] = {"method": cfg.cam_method, "images": len(written), **faith}
 
-    (out_dir / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2) + "\n")
-    (out_dir / "report.md").write_text(markdown_report(metrics, classes))
+    write_text_atomic(out_dir / "metrics.json", json.dumps(json_safe(metrics), indent=2) + "\n")
+    write_text_atomic(out_dir / "report.md", markdown_report(metrics, classes))
     if not quiet:
         print(key_table(metrics, classes))
         print(f"wrote metrics.json, report.md, confusion.png, roc.png, pr.png to {out_dir}", file=sys.stderr)

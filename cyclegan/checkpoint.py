@@ -1,7 +1,6 @@
 """Finding and reading GAN checkpoints: a run folder or a file in, config and generator out."""
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from pathlib import Path
 
@@ -60,10 +59,3 @@ def load_generator_ab(path: Path, device: torch.device) -> tuple[ResnetGenerator
     generator.load_state_dict(weights)
     return generator.to(device).eval(), cfg, state
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from augment.data import load_dataset
-from augment.runtime import pick_device
+from augment.runtime import pick_device, write_text_atomic
 
 from .checkpoint import load_generator_ab, resolve_checkpoint
 from .inference import in_batches, translate
@@ -71,7 +71,7 @@ def evaluate_gan(data: str | Path, out: str | Path = "runs", checkpoint: str | P
     result = measure_translation(sources, translated, real_b, features, classify, dev)
     result.update(checkpoint=str(path), step=state["step"], split=split, domain_a=t.domain_a, domain_b=t.domain_b)
     report = path.parent / f"gan-eval-step{state['step']}.json"
-    report.write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(report, json.dumps(result, indent=2) + "\n")
     print(format_table(result))
     print(f"wrote {report}")
     return result

@@ -10,12 +10,12 @@ from typing import Optional
 import torch
 from PIL import Image
 
-from augment.data import load_dataset, write_csv
+from augment.data import file_sha256, load_dataset, write_csv
 from augment.errors import UserError
 from augment.gpu import DeviceImages, build_augment
 from augment.runtime import pick_device
 
-from .checkpoint import file_sha256, load_generator_ab, resolve_checkpoint
+from .checkpoint import load_generator_ab, resolve_checkpoint
 from .inference import translate
 
 MANIFEST_COLUMNS = ("path", "label", "split", "source", "group_id", "source_image", "checkpoint_sha256", "seed")

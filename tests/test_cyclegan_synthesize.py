@@ -14,7 +14,7 @@ from augment.data import load_dataset
 from augment.errors import UserError
 from augment.phantoms import write_phantoms
 from cyclegan import GanConfig, evaluate_gan, measure_translation, synthesize, train_gan
-from cyclegan.checkpoint import file_sha256
+from augment.data import file_sha256
 from cyclegan.metrics import frechet_distance, kernel_inception_distance
 from cyclegan.synthesize import MANIFEST_COLUMNS
 
