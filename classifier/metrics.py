@@ -1,8 +1,10 @@
-"""Classification metrics in numpy, with bootstrap confidence intervals.
+"""Classification metrics in numpy, with bootstrap confidence intervals over patients.
 
 Every metric is computed from per-image *weights* ``(B, N)``: ones for the point estimate, bootstrap
-counts (a multinomial resample of the test images) for the intervals. One vectorised code path
-serves both, so the intervals measure exactly the reported numbers.
+counts for the intervals. The bootstrap resamples groups (patients), not images (the cluster bootstrap,
+Field & Welsh 2007): images of one patient are correlated, and resampling them one by one makes the
+intervals too narrow. A group drawn k times gives each of its images weight k. One vectorised code path
+serves point estimate and intervals, so the intervals measure exactly the reported numbers.
 """
 from __future__ import annotations
 
@@ -80,9 +82,47 @@ def sensitivity_at_specificity(positive: np.ndarray, score: np.ndarray, specific
     return float(tpr[best]), float(thr[best])
 
 
-def bootstrap_weights(n: int, rounds: int, seed: int) -> np.ndarray:
-    """``(rounds, n)`` resampling counts: each row draws ``n`` test images with replacement."""
-    return np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=rounds).astype(np.float64)
+def rates_at_threshold(positive: np.ndarray, score: np.ndarray, threshold: float,
+                       w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sensitivity and specificity ``(B,)`` of calling ``score >= threshold`` positive, under weights ``w (B, N)``."""
+    called = score >= threshold
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sens = (w * (positive & called)).sum(1) / (w * positive).sum(1)
+        spec = (w * (~positive & ~called)).sum(1) / (w * ~positive).sum(1)
+    return sens, spec
+
+
+def transferred_threshold(choose_positive: np.ndarray, choose_score: np.ndarray, positive: np.ndarray,
+                          score: np.ndarray, specificity: float, w: np.ndarray) -> dict:
+    """Choose the threshold on one set (validation) and apply it unchanged to another (test).
+
+    The threshold gives the best sensitivity on the choosing set among those with specificity at least
+    ``specificity``. Returns ``threshold``, the choosing set's ``chosen_sensitivity`` and
+    ``chosen_specificity`` (floats), and ``sensitivity``, ``specificity`` ``(B,)`` on the other set under
+    weights ``w (B, N)``."""
+    sens, thr = sensitivity_at_specificity(choose_positive, choose_score, specificity)
+    chosen_spec = rates_at_threshold(choose_positive, choose_score, thr, np.ones((1, len(choose_score))))[1]
+    test_sens, test_spec = rates_at_threshold(positive, score, thr, w)
+    return {"threshold": thr, "chosen_sensitivity": sens, "chosen_specificity": float(chosen_spec[0]),
+            "sensitivity": test_sens, "specificity": test_spec}
+
+
+def group_index(groups) -> tuple[np.ndarray, int]:
+    """Each image's group number ``(N,)`` (in order of first appearance) and the number of groups."""
+    number: dict = {}
+    index = np.array([number.setdefault(g, len(number)) for g in groups], dtype=np.int64)
+    return index, len(number)
+
+
+def bootstrap_weights(n: int, rounds: int, seed: int, groups=None) -> np.ndarray:
+    """``(rounds, n)`` resampling weights. Each round draws as many groups as there are, with
+    replacement, and each image weighs its group's draw count; ``groups`` None: every image is its own
+    group (images resampled one by one)."""
+    index, g = group_index(groups) if groups is not None else (np.arange(n), n)
+    if len(index) != n:
+        raise ValueError(f"{len(index)} group ids for {n} images")
+    counts = np.random.default_rng(seed).multinomial(g, np.full(g, 1 / g), size=rounds).astype(np.float64)
+    return counts[:, index]
 
 
 def interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -93,20 +133,24 @@ def interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def nanmean(values: np.ndarray) -> float:
-    """Mean over the defined (non-NaN) values; NaN when none is defined."""
-    defined = values[~np.isnan(values)]
-    return float(defined.mean()) if len(defined) else float("nan")
+def nanmean(values: np.ndarray) -> np.ndarray:
+    """Mean over the last axis of the defined (non-NaN) values; NaN where none is defined."""
+    defined = ~np.isnan(values)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(defined, values, 0).sum(-1) / defined.sum(-1)
 
 
 def classification_metrics(y: np.ndarray, prob: np.ndarray, classes: tuple[str, ...], rounds: int = 1000,
-                           level: float = 0.95, seed: int = 0) -> dict:
-    """Accuracy, per-class precision/sensitivity/specificity/F1/AUC, macro averages, confusion matrix,
-    with ``level`` bootstrap intervals (``rounds`` resamples, seeded) for accuracy, sensitivity,
-    specificity and AUC. ``y (N,)`` class indices, ``prob (N, K)`` class probabilities."""
+                           level: float = 0.95, seed: int = 0, groups=None) -> dict:
+    """Accuracy, per-class precision/sensitivity/specificity/F1/AUC, macro averages and confusion matrix,
+    with ``level`` bootstrap intervals (``rounds`` resamples of the groups, seeded) for all but the macro
+    precision, sensitivity and specificity. ``y (N,)`` class indices, ``prob (N, K)`` class probabilities,
+    ``groups`` N group (patient) ids, None: each image its own group."""
     k, n = len(classes), len(y)
     pred = prob.argmax(1)
-    w = np.vstack([np.ones((1, n)), bootstrap_weights(n, rounds, seed)]) if rounds else np.ones((1, n))
+    w = np.ones((1, n))
+    if rounds:
+        w = np.vstack([w, bootstrap_weights(n, rounds, seed, groups)])
     r = rates(confusion_counts(y, pred, k, w))
     auc = np.stack([weighted_auc(y == c, prob[:, c], w) for c in range(k)], 1)
 
@@ -115,18 +159,16 @@ def classification_metrics(y: np.ndarray, prob: np.ndarray, classes: tuple[str, 
 
     per_class = {}
     for c, name in enumerate(classes):
-        per_class[name] = {
-            "support": int((y == c).sum()),
-            "precision": float(r["precision"][0, c]), "f1": float(r["f1"][0, c]),
-            "sensitivity": float(r["sensitivity"][0, c]), "sensitivity_ci": ci(r["sensitivity"][:, c]),
-            "specificity": float(r["specificity"][0, c]), "specificity_ci": ci(r["specificity"][:, c]),
-            "auc": float(auc[0, c]), "auc_ci": ci(auc[:, c]),
-        }
+        per_class[name] = {"support": int((y == c).sum())}
+        for m in ("precision", "sensitivity", "specificity", "f1"):
+            per_class[name] |= {m: float(r[m][0, c]), f"{m}_ci": ci(r[m][:, c])}
+        per_class[name] |= {"auc": float(auc[0, c]), "auc_ci": ci(auc[:, c])}
+    macro = {m: float(nanmean(r[m][0])) for m in ("precision", "sensitivity", "specificity", "f1")}
+    macro |= {"f1_ci": ci(nanmean(r["f1"])), "auc": float(nanmean(auc[0])), "auc_ci": ci(nanmean(auc))}
     return {
-        "n": n, "accuracy": float(r["accuracy"][0]), "accuracy_ci": ci(r["accuracy"]),
-        "macro": {m: nanmean(r[m][0]) for m in ("precision", "sensitivity", "specificity", "f1")}
-        | {"auc": nanmean(auc[0])},
-        "per_class": per_class,
+        "n": n, "n_groups": group_index(groups)[1] if groups is not None else n,
+        "accuracy": float(r["accuracy"][0]), "accuracy_ci": ci(r["accuracy"]),
+        "macro": macro, "per_class": per_class,
         "confusion": confusion_counts(y, pred, k, np.ones((1, n)))[0].astype(int).tolist(),
         "ci_level": level, "bootstrap_rounds": rounds,
     }
