@@ -16,30 +16,67 @@ from .checkpoint import data_config, find_checkpoint, load_classifier
 from .config import EvalConfig
 from .inference import predict
 from .metrics import (bootstrap_weights, classification_metrics, interval, pr_curve, roc_curve,
-                      sensitivity_at_specificity, weighted_auc)
+                      transferred_threshold, weighted_auc)
 from .overlays import write_overlays
 from .plots import confusion_image, curves_image, save_png
 from .report import key_table, markdown_report
 
 
-def binary_view(y: np.ndarray, prob: np.ndarray, positive: int, cfg: EvalConfig, seed: int) -> dict:
-    """One class against the rest: AUC with interval and the best sensitivity at ``cfg.specificity``."""
+def binary_view(y: np.ndarray, prob: np.ndarray, positive: int, cfg: EvalConfig, seed: int, groups,
+                val: tuple[np.ndarray, np.ndarray, list] | str) -> dict:
+    """One class against the rest: AUC with interval and, at the threshold chosen on the validation
+    split for ``cfg.specificity``, the test sensitivity and specificity with intervals (over ``groups``).
+
+    ``val``: the validation labels ``(M,)``, probabilities ``(M, K)`` and M group ids to choose the
+    threshold on, or a sentence saying why there are none; then no operating point is reported (choosing the threshold
+    on the test set would flatter it)."""
     pos, score = y == positive, prob[:, positive]
-    w = np.vstack([np.ones((1, len(y))), bootstrap_weights(len(y), cfg.bootstrap, seed)])
+    w = np.ones((1, len(y)))
+    if cfg.bootstrap:
+        w = np.vstack([w, bootstrap_weights(len(y), cfg.bootstrap, seed, groups)])
+
+    def ci(a):
+        return list(interval(a[1:], cfg.ci_level)) if cfg.bootstrap else None
+
     auc = weighted_auc(pos, score, w)
-    sens, thr = sensitivity_at_specificity(pos, score, cfg.specificity)
-    return {"auc": float(auc[0]), "auc_ci": list(interval(auc[1:], cfg.ci_level)) if cfg.bootstrap else None,
-            "specificity_target": cfg.specificity, "sensitivity_at_specificity": sens, "threshold": thr,
-            "n_positive": int(pos.sum()), "n_negative": int((~pos).sum())}
+    out = {"auc": float(auc[0]), "auc_ci": ci(auc), "specificity_target": cfg.specificity,
+           "n_positive": int(pos.sum()), "n_negative": int((~pos).sum())}
+    if isinstance(val, tuple):
+        val_pos = val[0] == positive
+        if val_pos.all() or not val_pos.any():
+            val = "the validation split lacks positive or negative images to choose a threshold on"
+    if isinstance(val, str):
+        return out | {"operating_point": None, "no_operating_point": val}
+    t = transferred_threshold(val_pos, val[1][:, positive], pos, score, cfg.specificity, w)
+    return out | {"operating_point": {
+        "threshold": t["threshold"], "sensitivity": float(t["sensitivity"][0]), "sensitivity_ci": ci(t["sensitivity"]),
+        "specificity": float(t["specificity"][0]), "specificity_ci": ci(t["specificity"]),
+        "validation": {"sensitivity": t["chosen_sensitivity"], "specificity": t["chosen_specificity"],
+                       "n_positive": int(val_pos.sum()), "n_negative": int((~val_pos).sum()),
+                       "n_groups": len(set(val[2]))}}}
 
 
-def per_source(y, prob, sources, classes, cfg: EvalConfig, seed: int) -> dict:
-    """Accuracy (with interval) and per-class sensitivity for each image source."""
+def validation_predictions(ckpt: dict, split: str) -> tuple[np.ndarray, np.ndarray, list] | str:
+    """The validation labels ``(M,)``, probabilities ``(M, K)`` and group ids that ``best.pt`` keeps from its best
+    epoch, or why there are none to choose a threshold on."""
+    if split == "val":
+        return "the evaluation is on the validation split itself, where the threshold would be chosen"
+    if "validation" not in ckpt:
+        return ("the checkpoint holds no validation predictions (a last.pt, or a run trained before best.pt kept "
+                "them); evaluate a best.pt of a new classify-train run")
+    v = ckpt["validation"]
+    return v["labels"].numpy(), v["prob"].numpy(), v["groups"]
+
+
+def per_source(y, prob, sources, classes, cfg: EvalConfig, seed: int, groups) -> dict:
+    """Accuracy (with interval over the source's groups) and per-class sensitivity for each image source."""
     out = {}
     for s in sorted(set(sources)):
         keep = np.asarray(sources) == s
-        m = classification_metrics(y[keep], prob[keep], classes, cfg.bootstrap, cfg.ci_level, seed)
-        out[s or "(unknown)"] = {"n": m["n"], "accuracy": m["accuracy"], "accuracy_ci": m["accuracy_ci"],
+        m = classification_metrics(y[keep], prob[keep], classes, cfg.bootstrap, cfg.ci_level, seed,
+                                   [g for g, k in zip(groups, keep) if k])
+        out[s or "(unknown)"] = {"n": m["n"], "n_groups": m["n_groups"], "accuracy": m["accuracy"],
+                                 "accuracy_ci": m["accuracy_ci"],
                                  "sensitivity": {c: m["per_class"][c]["sensitivity"] for c in classes}}
     return out
 
@@ -73,14 +110,16 @@ def evaluate(data: str | Path, checkpoint: str | Path | None = None, out: str | 
     y = ds.labels[idx].numpy()
     prob = predict(model, ds.images[idx], size, dev, cfg.batch_size).numpy()
 
-    metrics = classification_metrics(y, prob, classes, cfg.bootstrap, cfg.ci_level, seed)
+    groups = [ds.groups[i] for i in idx.tolist()]
+    metrics = classification_metrics(y, prob, classes, cfg.bootstrap, cfg.ci_level, seed, groups)
     metrics |= {"checkpoint": str(path), "data": str(data), "split": split, "trained_epochs": ckpt.get("epoch")}
     if cfg.positive_class in classes:
         metrics["binary"] = {"positive_class": cfg.positive_class,
-                             **binary_view(y, prob, classes.index(cfg.positive_class), cfg, seed)}
+                             **binary_view(y, prob, classes.index(cfg.positive_class), cfg, seed, groups,
+                                         validation_predictions(ckpt, split))}
     sources = [ds.sources[i] for i in idx.tolist()]
     if any(sources):
-        metrics["per_source"] = per_source(y, prob, sources, classes, cfg, seed)
+        metrics["per_source"] = per_source(y, prob, sources, classes, cfg, seed, groups)
 
     out_dir = path.parent / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)

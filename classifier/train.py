@@ -132,6 +132,7 @@ class Trainer:
         self.train_data = DeviceImages(images, labels, self.device)
         val = ds.indices("val")
         self.val_images, self.val_labels = ds.images[val], ds.labels[val].numpy()
+        self.val_groups = [ds.groups[i] for i in val.tolist()]
 
         self.model = create_model(pretrained=cfg.model.pretrained if ckpt is None else "none",
                                   **model_args(cfg, len(self.classes)))
@@ -201,12 +202,17 @@ class Trainer:
         if self.dist.is_main:
             save_checkpoint(state, self.run_dir / name)
 
-    def save_best(self, f1: float) -> None:
+    def save_best(self, f1: float, prob: np.ndarray) -> None:
+        """``best.pt``: the weights and, so evaluation can choose thresholds on validation data, the
+        validation labels ``(M,)``, probabilities ``(M, K)`` and group ids of this epoch."""
         if self.dist.is_main:
             weights = (self.ema.module if self.ema else self.model).state_dict()
+            validation = {"labels": torch.from_numpy(self.val_labels), "prob": torch.from_numpy(prob),
+                          "groups": self.val_groups}
             save_checkpoint({"model": weights, "classes": list(self.classes), "epoch": self.epoch + 1,
                              "val_macro_f1": f1, "model_args": model_args(self.cfg, len(self.classes)),
-                             "input_size": self.size, "config": config_to_dict(self.cfg)}, self.run_dir / "best.pt")
+                             "input_size": self.size, "config": config_to_dict(self.cfg),
+                             "validation": validation}, self.run_dir / "best.pt")
 
     # ------------------------------------------------------------ one phase, one step
     def _enter_phase(self, phase: Phase) -> nn.Module:
@@ -364,7 +370,7 @@ class Trainer:
         self.log_validation(m)
         if f1 > self.best_f1:
             self.best_f1, self.best_epoch, self.bad_epochs = f1, self.epoch, 0
-            self.save_best(f1)
+            self.save_best(f1, m["prob"])
         else:
             self.bad_epochs += 1
         if self.dist.is_main and not self.quiet:
