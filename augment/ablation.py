@@ -10,8 +10,9 @@ under three conditions:
 plus ``tstr`` (train on synthetic minority images, test on real: the minority class's real training
 images are replaced by synthetic ones). With ``minority_fraction`` f, only a seeded fraction f of the
 minority class's training patients is kept, and the CycleGAN is trained on that same subset.
-The CycleGAN is trained once per experiment (seed 0); seeds vary the classifiers. Every finished cell
-is saved as JSON, so a rerun resumes where it stopped.
+By default the CycleGAN is trained once per experiment (seed 0) and seeds vary the classifiers; with
+``gan_per_seed`` each seed trains its own CycleGAN (and synthetic set), so the paired interval also
+covers the GAN's variance. Every finished cell is saved as JSON, so a rerun resumes where it stopped.
 
 The model packages are not imported here: the caller passes the stages as callables (:class:`Stages`).
 """
@@ -34,8 +35,9 @@ from .runtime import write_text_atomic
 
 CONDITIONS = ("real", "classic", "synthetic")
 METRICS = ("accuracy", "minority_sensitivity", "minority_f1", "macro_auc")
-# two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+# two-sided 95 % quantiles of Student's t for 2..30 degrees of freedom (with 1 it is 12.706: an interval
+# wider than any rate's range, so fewer than 3 seeds give none)
+T975 = (4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
         2.045, 2.042)
 
@@ -60,19 +62,22 @@ class Stages:
 def run_ablation(data: str | Path, out: str | Path, stages: Stages, cfg: DataConfig, seeds=(0, 1, 2),
                  minority: str = "covid", minority_fraction: float | None = None,
                  policy: str = "match-majority", log: Callable[[str], None] = print,
-                 settings: dict | None = None) -> dict:
+                 settings: dict | None = None, gan_per_seed: bool = False) -> dict:
     """Run (or resume) every cell of the ablation in ``out`` and return the summary (also ``summary.json``).
 
     ``settings`` (e.g. the backbone) join the data and options in ``experiment.json``: a folder holding
-    an experiment with other settings is refused, so finished cells are only reused for the same one."""
+    an experiment with other settings is refused, so finished cells are only reused for the same one.
+    ``gan_per_seed``: one CycleGAN, synthetic set, balanced and tstr manifest per seed (files suffixed
+    ``-seed<s>``) instead of one for all seeds."""
     out = Path(out)
     if minority not in cfg.classes:
         raise UserError(f"--minority {minority!r}: not one of the classes {', '.join(cfg.classes)}")
     Policy.parse(policy)
     out.mkdir(parents=True, exist_ok=True)
+    # gan_per_seed is recorded only when set, so folders written before the option existed still resume
     _same_experiment(out / "experiment.json", {"data": str(Path(data).resolve()), "minority": minority,
                                                "minority_fraction": minority_fraction, "policy": policy,
-                                               **(settings or {})})
+                                               **({"gan_per_seed": True} if gan_per_seed else {}), **(settings or {})})
     base = out / "real.csv"
     if not base.exists():
         write_real_manifest(data, cfg, base, minority, minority_fraction, seed=0)
@@ -80,30 +85,37 @@ def run_ablation(data: str | Path, out: str | Path, stages: Stages, cfg: DataCon
     train_counts = Counter(real.classes[y] for y, s in zip(real.labels.tolist(), real.splits) if s == "train")
     log(f"training images: {dict(train_counts)} (minority {minority}"
         + (f", kept fraction {minority_fraction})" if minority_fraction else ")"))
-
-    gan = _cached(out / "gan.json", lambda: {"checkpoint": str(stages.train_gan(base, out, 0))})
-    checkpoint = Path(gan["checkpoint"])
     n_synthetic = max(max(train_counts.values()) - train_counts[minority], train_counts[minority], 1)
-    syn = _cached(out / "synthetic.json", lambda: {
-        "folder": str(stages.synthesize(checkpoint, base, out / "synthetic", n_synthetic, 0))})
-    syn_dir = Path(syn["folder"])
-    balanced = out / "balanced.csv"
-    if not balanced.exists():
-        balance(base, syn_dir, Policy.parse(policy), balanced, cfg)
-    tstr = out / "tstr.csv"
-    if not tstr.exists():
-        write_tstr_manifest(balanced, tstr, minority)
 
-    cells = {}
+    def synthetic_set(tag: str, seed: int) -> tuple[Path, Path, Path]:
+        """CycleGAN, synthesis, balanced and tstr manifests, each kept for reruns: (checkpoint, balanced, tstr)."""
+        gan = _cached(out / f"gan{tag}.json", lambda: {"checkpoint": str(stages.train_gan(base, out, seed))})
+        checkpoint = Path(gan["checkpoint"])
+        syn = _cached(out / f"synthetic{tag}.json", lambda: {
+            "folder": str(stages.synthesize(checkpoint, base, out / f"synthetic{tag}", n_synthetic, seed))})
+        balanced, tstr = out / f"balanced{tag}.csv", out / f"tstr{tag}.csv"
+        if not balanced.exists():
+            balance(base, Path(syn["folder"]), Policy.parse(policy), balanced, cfg)
+        if not tstr.exists():
+            write_tstr_manifest(balanced, tstr, minority)
+        return checkpoint, balanced, tstr
+
+    tags = {seed: f"-seed{seed}" if gan_per_seed else "" for seed in seeds}
+    cells, sets = {}, {}
     for seed in seeds:
-        for cond, manifest, classic in (("real", base, False), ("classic", base, True), ("synthetic", balanced, True)):
+        sets[seed] = synthetic_set(tags[seed], seed if gan_per_seed else 0)
+        for cond, manifest, classic in (("real", base, False), ("classic", base, True),
+                                        ("synthetic", sets[seed][1], True)):
             cells[(cond, seed)] = _cell(out, stages, cond, seed, manifest, classic, minority, log)
-    tstr_cell = _cell(out, stages, "tstr", seeds[0], tstr, True, minority, log)
-    gan_quality = (_cached(out / "gan_quality.json", lambda: stages.gan_eval(checkpoint, base))
-                   if stages.gan_eval else {})
-    summary = summarize(cells, seeds)
-    summary.update(tstr=tstr_cell, gan_quality=gan_quality, minority=minority, minority_fraction=minority_fraction,
-                   seeds=list(seeds), n_synthetic=n_synthetic)
+    tstr_cell = _cell(out, stages, "tstr", seeds[0], sets[seeds[0]][2], True, minority, log)
+    gan_quality = {}
+    if stages.gan_eval:
+        quality = {seed: _cached(out / f"gan_quality{tags[seed]}.json", lambda c=sets[seed][0]: stages.gan_eval(c, base))
+                   for seed in (seeds if gan_per_seed else seeds[:1])}
+        gan_quality = {f"seed{seed}": q for seed, q in quality.items()} if gan_per_seed else quality[seeds[0]]
+    summary = summarize(cells, seeds, minority)
+    summary.update(tstr=tstr_cell, gan_quality=gan_quality, gan_per_seed=gan_per_seed, minority=minority,
+                   minority_fraction=minority_fraction, seeds=list(seeds), n_synthetic=n_synthetic)
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_text_atomic(out / "table.md", format_table(summary) + "\n")
     return summary
@@ -172,17 +184,17 @@ def write_tstr_manifest(balanced: Path, dest: Path, minority: str) -> None:
 
 
 # ---------------------------------------------------------------- statistics
-def mean_interval(values) -> tuple[float, float, float]:
-    """Mean and two-sided 95 % Student-t interval of ``values`` (NaN bounds for one value)."""
+def mean_interval(values) -> tuple[float, float | None, float | None]:
+    """Mean and two-sided 95 % Student-t interval of ``values``; no bounds (None) for fewer than 3 values."""
     x = np.asarray(values, dtype=float)
     m = float(x.mean())
-    if len(x) < 2:
-        return m, math.nan, math.nan
-    half = T975[min(len(x) - 1, len(T975)) - 1] * float(x.std(ddof=1)) / math.sqrt(len(x))
+    if len(x) < 3:
+        return m, None, None
+    half = T975[min(len(x) - 1, 30) - 2] * float(x.std(ddof=1)) / math.sqrt(len(x))
     return m, m - half, m + half
 
 
-def summarize(cells: dict, seeds) -> dict:
+def summarize(cells: dict, seeds, minority: str = "minority") -> dict:
     """Mean ± sd per condition and metric; the paired difference synthetic − classic over seeds."""
     table = {}
     for cond in CONDITIONS:
@@ -195,21 +207,31 @@ def summarize(cells: dict, seeds) -> dict:
         d = [cells[("synthetic", s)][metric] - cells[("classic", s)][metric] for s in seeds]
         m, lo, hi = mean_interval(d)
         diff[metric] = {"mean": m, "low": lo, "high": hi}
-    return {"conditions": table, "synthetic_minus_classic": diff, "verdict": verdict(diff, len(seeds))}
+    return {"conditions": table, "synthetic_minus_classic": diff, "verdict": verdict(diff, len(seeds), minority)}
 
 
-def verdict(diff: dict, n_seeds: int) -> str:
-    """One plain sentence: did the synthetic images help, hurt, or make no measurable difference?"""
-    acc, sens = diff["accuracy"], diff["minority_sensitivity"]
-    if n_seeds < 2:
-        return "With one seed there is no interval: run at least two seeds before drawing a conclusion."
-    fmt = f"accuracy {acc['mean']:+.3f} (95 % CI {acc['low']:+.3f} to {acc['high']:+.3f})"
-    if acc["low"] > 0:
-        return f"The synthetic images helped: {fmt} over real images with classic augmentation."
-    if acc["high"] < 0:
-        return f"The synthetic images hurt: {fmt} against real images with classic augmentation."
-    return (f"The synthetic images made no measurable difference: {fmt}, an interval that includes zero "
-            f"(minority sensitivity {sens['mean']:+.3f}, 95 % CI {sens['low']:+.3f} to {sens['high']:+.3f}).")
+def verdict(diff: dict, n_seeds: int, minority: str = "minority") -> str:
+    """One plain sentence: which way accuracy, minority sensitivity and macro AUC went with the synthetic
+    images, each with its paired 95 % interval; with fewer than 3 seeds, that the interval is uninformative."""
+    names = {"accuracy": "accuracy", "minority_sensitivity": f"{minority} sensitivity", "macro_auc": "macro AUC"}
+    if n_seeds < 3:
+        means = ", ".join(f"{name} {diff[k]['mean']:+.3f}" for k, name in names.items())
+        why = ("there is no interval" if n_seeds == 1 else "a 95 % interval is uninformative (Student's t with 1 "
+               "degree of freedom gives ±12.7 standard errors, wider than any rate's range)")
+        return (f"With {n_seeds} seed{'s' * (n_seeds > 1)} {why}: run at least 3 seeds before drawing a conclusion. "
+                f"Mean differences, synthetic − classic: {means}.")
+    parts = []
+    for k, name in names.items():
+        d = diff[k]
+        ci = f"95 % CI {d['low']:+.3f} to {d['high']:+.3f}"
+        if d["low"] > 0:
+            parts.append(f"{name} rose by {d['mean']:.3f} ({ci})")
+        elif d["high"] < 0:
+            parts.append(f"{name} fell by {-d['mean']:.3f} ({ci})")
+        else:
+            parts.append(f"{name} showed no measurable change ({d['mean']:+.3f}, {ci}, an interval that includes zero)")
+    return (f"With the synthetic images, against real images with classic augmentation over {n_seeds} seeds: "
+            + "; ".join(parts) + ".")
 
 
 def format_table(summary: dict) -> str:
@@ -219,15 +241,16 @@ def format_table(summary: dict) -> str:
     for cond, row in summary["conditions"].items():
         lines.append(f"| {cond} | " + " | ".join(f"{row[m]['mean']:.3f} ± {row[m]['sd']:.3f}" for m in METRICS) + " |")
     d = summary["synthetic_minus_classic"]
-    lines.append("| synthetic − classic (95 % CI) | "
-                 + " | ".join(f"{d[m]['mean']:+.3f} [{d[m]['low']:+.3f}, {d[m]['high']:+.3f}]" for m in METRICS) + " |")
+    lines.append("| synthetic − classic (95 % CI) | " + " | ".join(
+        f"{d[m]['mean']:+.3f} " + (f"[{d[m]['low']:+.3f}, {d[m]['high']:+.3f}]" if d[m]["low"] is not None
+                                   else "(no interval: fewer than 3 seeds)") for m in METRICS) + " |")
     if summary.get("tstr"):
         t = summary["tstr"]
         lines.append(f"\nTrain on synthetic {summary['minority']}, test on real: accuracy {t['accuracy']:.3f}, "
                      f"{summary['minority']} sensitivity {t['minority_sensitivity']:.3f}, F1 {t['minority_f1']:.3f}.")
-    if summary.get("gan_quality"):
-        lines.append("GAN quality: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                                 for k, v in summary["gan_quality"].items()
-                                                 if isinstance(v, (int, float, str))))
+    quality = summary.get("gan_quality") or {}
+    for name, q in (quality.items() if summary.get("gan_per_seed") else [("", quality)] * bool(quality)):
+        lines.append(f"GAN quality{' ' + name if name else ''}: " + ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in q.items() if isinstance(v, (int, float, str))))
     lines.append("\n" + summary["verdict"])
     return "\n".join(lines)

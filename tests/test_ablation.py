@@ -18,15 +18,17 @@ class FakeStages:
 
     def __init__(self, cfg, effect):
         self.cfg, self.effect = cfg, effect
-        self.gan_manifests, self.classifier_calls = [], []
+        self.gan_manifests, self.gan_seeds, self.synthesized, self.classifier_calls = [], [], [], []
 
     def train_gan(self, manifest, out, seed):
         self.gan_manifests.append(Path(manifest))
+        self.gan_seeds.append(seed)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "gan.pt").write_bytes(b"stand-in")
-        return out / "gan.pt"
+        (out / f"gan{seed}.pt").write_bytes(b"stand-in")
+        return out / f"gan{seed}.pt"
 
     def synthesize(self, checkpoint, manifest, dest, n, seed):
+        self.synthesized.append((Path(checkpoint).name, dest.name, seed))
         ds = load_dataset(manifest, self.cfg, quiet=True)
         normal_train = ds.indices("train", "normal").tolist()
         (dest / "covid").mkdir(parents=True, exist_ok=True)
@@ -51,7 +53,7 @@ class FakeStages:
     def evaluate(self, run):
         manifest = Path((run / "manifest").read_text()).name
         seed = int(run.name.rsplit("seed", 1)[1])
-        gain = self.effect if manifest == "balanced.csv" else 0.0
+        gain = self.effect if manifest.startswith("balanced") else 0.0
         noise = 0.01 * ((seed * 7) % 3 - 1)  # the same seed noise in each condition: paired
         acc = 0.8 + gain + noise
         return {"accuracy": acc, "sensitivity": {"covid": acc - 0.1}, "f1": {"covid": acc - 0.05}, "macro_auc": 0.9}
@@ -101,22 +103,68 @@ def test_finished_cells_are_not_rerun(data, tmp_path):
                      settings={"backbone": "vgg16"})
 
 
-@pytest.mark.parametrize("effect,word", [(0.05, "helped"), (-0.05, "hurt"), (0.0, "no measurable difference")])
+@pytest.mark.parametrize("effect,word", [(0.05, "accuracy rose by 0.050"), (-0.05, "accuracy fell by 0.050"),
+                                         (0.0, "accuracy showed no measurable change")])
 def test_verdict_follows_the_paired_interval(data, tmp_path, effect, word):
     real, cfg = data
     summary = run_ablation(real, tmp_path / "abl", FakeStages(cfg, effect).stages(), cfg, seeds=(0, 1, 2),
                            log=lambda s: None)
-    assert word in summary["verdict"]
+    assert word in summary["verdict"] and "covid sensitivity" in summary["verdict"] and "macro AUC" in summary["verdict"]
     assert summary["synthetic_minus_classic"]["accuracy"]["mean"] == pytest.approx(effect)
     table = (tmp_path / "abl" / "table.md").read_text()
     assert "synthetic − classic" in table and word in table
+
+
+def test_verdict_names_three_metrics_with_intervals_and_refuses_an_interval_below_three_seeds():
+    diff = {"accuracy": {"mean": 0.05, "low": 0.03, "high": 0.07},
+            "minority_sensitivity": {"mean": -0.02, "low": -0.03, "high": -0.01},
+            "macro_auc": {"mean": 0.001, "low": -0.01, "high": 0.012}}
+    text = verdict(diff, 3, "covid")
+    assert "over 3 seeds" in text
+    assert "accuracy rose by 0.050 (95 % CI +0.030 to +0.070)" in text
+    assert "covid sensitivity fell by 0.020 (95 % CI -0.030 to -0.010)" in text
+    assert "macro AUC showed no measurable change (+0.001, 95 % CI -0.010 to +0.012" in text
+    few = {k: {"mean": v["mean"], "low": None, "high": None} for k, v in diff.items()}
+    text = verdict(few, 2, "covid")
+    assert "uninformative" in text and "at least 3 seeds" in text and "CI" not in text
+    assert "accuracy +0.050, covid sensitivity -0.020, macro AUC +0.001" in text
+    assert "no interval" in verdict(few, 1, "covid")
+
+
+def test_two_seeds_print_no_interval(data, tmp_path):
+    real, cfg = data
+    summary = run_ablation(real, tmp_path / "abl", FakeStages(cfg, 0.05).stages(), cfg, seeds=(0, 1), log=lambda s: None)
+    assert summary["synthetic_minus_classic"]["accuracy"]["low"] is None and "uninformative" in summary["verdict"]
+    table = (tmp_path / "abl" / "table.md").read_text()
+    assert "+0.050 (no interval: fewer than 3 seeds)" in table and "uninformative" in table
+    json.loads((tmp_path / "abl" / "summary.json").read_text(), parse_constant=pytest.fail)  # strict JSON
+
+
+def test_gan_per_seed_trains_one_gan_and_synthetic_set_per_seed(data, tmp_path):
+    real, cfg = data
+    fake = FakeStages(cfg, effect=0.05)
+    run = dict(seeds=(3, 4), minority_fraction=0.5, log=lambda s: None)  # half the covid: synthetic images join
+    run_ablation(real, tmp_path / "abl", fake.stages(), cfg, gan_per_seed=True, **run)
+    assert fake.gan_seeds == [3, 4]
+    assert fake.synthesized == [("gan3.pt", "synthetic-seed3", 3), ("gan4.pt", "synthetic-seed4", 4)]
+    assert ("balanced-seed3.csv", 3, True) in fake.classifier_calls and ("balanced-seed4.csv", 4, True) in fake.classifier_calls
+    assert ("tstr-seed3.csv", 3, True) in fake.classifier_calls  # tstr on the first seed's synthetic set
+    for seed in (3, 4):
+        rows = list(csv.DictReader(open(tmp_path / "abl" / f"balanced-seed{seed}.csv")))
+        assert any(f"synthetic-seed{seed}" in r["path"] for r in rows if r["origin"] == "synthetic")
+    (tmp_path / "abl" / "cells" / "synthetic-seed4.json").unlink()
+    again = FakeStages(cfg, effect=0.05)
+    run_ablation(real, tmp_path / "abl", again.stages(), cfg, gan_per_seed=True, **run)
+    assert again.gan_seeds == [] and again.classifier_calls == [("balanced-seed4.csv", 4, True)]
+    with pytest.raises(UserError, match="gan_per_seed differ"):  # a folder of the other mode is refused
+        run_ablation(real, tmp_path / "abl", again.stages(), cfg, **run)
 
 
 def test_mean_interval_on_a_known_case():
     m, lo, hi = mean_interval([1.0, 2.0, 3.0])  # sd 1, n 3, t(0.975, 2) = 4.303
     assert m == 2.0
     assert hi - m == pytest.approx(4.303 / math.sqrt(3), rel=1e-6) and m - lo == pytest.approx(hi - m)
-    assert math.isnan(mean_interval([0.5])[1])
+    assert mean_interval([0.5, 0.7])[1:] == (None, None)  # t with 1 degree of freedom: ±12.7 sd, no use
 
 
 def test_summary_pairs_by_seed():
@@ -130,8 +178,7 @@ def test_summary_pairs_by_seed():
     d = summary["synthetic_minus_classic"]["accuracy"]
     assert d["mean"] == pytest.approx(0.02) and d["high"] - d["low"] < 1e-9
     assert summary["conditions"]["classic"]["accuracy"]["sd"] == pytest.approx(0.1)
-    assert "helped" in summary["verdict"]
-    assert "one seed" in verdict(summary["synthetic_minus_classic"], 1)
+    assert "accuracy rose by 0.020" in summary["verdict"]
 
 
 def test_cli_ablation_runs_every_stage_and_resumes(tmp_path):
@@ -155,6 +202,8 @@ def test_cli_ablation_runs_every_stage_and_resumes(tmp_path):
 
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0 and r.output.count("done earlier, kept") == 7, r.output
+    r = CliRunner().invoke(cli, [*args, "--gan-per-seed"])
+    assert r.exit_code == 2 and "gan_per_seed differ" in r.output
     r = CliRunner().invoke(cli, [*args, "--policy", "count:3"])
     assert r.exit_code == 2 and "policy differ" in r.output
     r = CliRunner().invoke(cli, [*args, "--set", "train.epochs=2"])
