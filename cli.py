@@ -271,7 +271,9 @@ def cam(images, checkpoint, method, target_class, out, device):
 @common_options
 @click.option("--backbone", help="Classifier backbone (default: model.backbone of the classifier config).")
 @click.option("--seeds", type=click.IntRange(1), default=3, show_default=True,
-              help="Classifier seeds per condition: --seed, --seed + 1, ...")
+              help="Classifier seeds per condition: --seed, --seed + 1, ... (fewer than 3 give no interval).")
+@click.option("--gan-per-seed", is_flag=True,
+              help="Train one CycleGAN and synthetic set per seed, so the interval covers the GAN's variance too.")
 @click.option("--minority", default="covid", show_default=True, help="The scarce class the CycleGAN synthesises.")
 @click.option("--minority-fraction", type=click.FloatRange(0, 1, min_open=True),
               help="Keep only this share of the minority's training patients, for the GAN and the classifiers.")
@@ -281,9 +283,10 @@ def cam(images, checkpoint, method, target_class, out, device):
               help="YAML for the CycleGAN (default: configs/gan-train.yaml, demo: gan-train-demo.yaml).")
 @click.option("--gan-set", multiple=True, metavar="KEY=VALUE", help="Override one CycleGAN config value (repeatable).")
 @click.option("--dest", type=click.Path(path_type=Path),
-              help="Experiment folder (default: <out>/ablation/<backbone>[-f<fraction>]); run again to resume.")
-def ablation(data, config, out, device, seed, set_, backbone, seeds, minority, minority_fraction, policy,
-             gan_config, gan_set, dest):
+              help="Experiment folder (default: <out>/ablation/<backbone>[-f<fraction>][-gan-per-seed]); "
+                   "run again to resume.")
+def ablation(data, config, out, device, seed, set_, backbone, seeds, gan_per_seed, minority, minority_fraction,
+             policy, gan_config, gan_set, dest):
     """Do CycleGAN images help? Real vs real + classic augmentation vs + balanced synthetic images, over seeds.
 
     --config and --set configure the classifiers (default: configs/classify-train.yaml)."""
@@ -298,13 +301,14 @@ def ablation(data, config, out, device, seed, set_, backbone, seeds, minority, m
     if minority != gan_cfg.train.domain_b:
         raise UserError(f"--minority {minority}: the CycleGAN translates into {gan_cfg.train.domain_b!r}; "
                         f"add --gan-set train.domain_b={minority}")
-    name = clf_cfg.model.backbone + (f"-f{minority_fraction:g}" if minority_fraction else "")
+    name = (clf_cfg.model.backbone + (f"-f{minority_fraction:g}" if minority_fraction else "")
+            + ("-gan-per-seed" if gan_per_seed else ""))
     dest = dest or out / "ablation" / name
     summary = run_ablation(data, dest, ablation_stages(gan_cfg, clf_cfg, dest, device), clf_cfg.data,
                            tuple(range(seed, seed + seeds)), minority, minority_fraction, policy,
                            log=lambda line: click.echo(f"ablation: {line}", err=True),
                            settings={"backbone": clf_cfg.model.backbone, "classifier_config": experiment_config(clf_cfg),
-                                     "gan_config": experiment_config(gan_cfg)})
+                                     "gan_config": experiment_config(gan_cfg)}, gan_per_seed=gan_per_seed)
     click.echo(format_table(summary))
     click.echo(f"wrote {dest / 'table.md'} and {dest / 'summary.json'}")
     return dest
