@@ -62,10 +62,10 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     batch_size: int = 64
-    bootstrap: int = 1000             # resamples of the test images for 95 % intervals
+    bootstrap: int = 1000             # resamples of the test patients for 95 % intervals
     ci_level: float = 0.95
     positive_class: str = "covid"     # binary view: this class against the rest
-    specificity: float = 0.9          # report sensitivity at this specificity (Minaee et al.)
+    specificity: float = 0.9          # threshold chosen on validation for this specificity (Minaee et al.)
     cam_method: Literal["cam", "gradcam", "gradcampp"] = "gradcampp"
 
 
