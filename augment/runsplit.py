@@ -148,16 +148,17 @@ def _run_split(ds: XrayDataset, data, run_dir: Path, rows: list[dict], quiet: bo
     held = [r for r in rows if r["split"] == split]
     pos = match(held, ds)
     gone = [r["path"] for r, p in zip(held, pos) if p is None]
-    if gone:
-        given = [r for r in rows if r["origin"] == "data"]
-        raise UserError(f"{data}: {len(gone)} of the {len(held)} {split} images of run {run_dir} are gone or altered "
-                        f"(e.g. {', '.join(gone[:3])}); changed since training: {changes(given, ds)}; pass the data "
-                        f"the run was trained on, or --split-from-data to evaluate the data's current {split} split")
     listed = {r["sha256"] for r in rows}
     added = [i for i, digest in enumerate(ds.hashes) if digest not in listed]
+    if gone:
+        raise UserError(f"{data}: changed since run {run_dir} was trained: {len(gone)} of its {len(held)} {split} "
+                        f"images are gone or altered (e.g. {', '.join(gone[:3])})"
+                        + (f", {len(added)} image(s) new to it (e.g. {_examples(ds, added)})" if added else "")
+                        + f"; pass the data the run was trained on, or --split-from-data to evaluate the data's "
+                        f"current {split} split")
     if added and not quiet:
-        warn(f"{data}: {len(added)} image(s) added since run {run_dir.name} was trained (e.g. {_examples(ds, added)}) "
-             f"are not evaluated; it is tested on its own {split} split ({SPLIT_FILE})")
+        warn(f"{data}: {len(added)} image(s) new to run {run_dir.name} (added or altered since training, e.g. "
+             f"{_examples(ds, added)}) are not evaluated; it is tested on its own {split} split ({SPLIT_FILE})")
     return EvalSet(torch.tensor(pos, dtype=torch.int64), split, "")
 
 

@@ -95,7 +95,7 @@ def test_added_images_never_enter_the_evaluated_set(trained, tmp_path, capsys):
     assert test_hashes(load_dataset(copy, cfg.data, quiet=True)) != old_test  # the data's own split moved
     after = evaluate(copy, run, cfg=QUICK, device="cpu")
     assert evaluated(run / "eval") == first and after["n"] == before["n"] == len(first)
-    assert "18 image(s) added since" in capsys.readouterr().err
+    assert "18 image(s) new to run" in capsys.readouterr().err
 
 
 def test_a_gone_or_altered_test_image_is_a_one_line_refusal(trained, tmp_path, capsys):
@@ -105,7 +105,8 @@ def test_a_gone_or_altered_test_image_is_a_one_line_refusal(trained, tmp_path, c
     rel = [str(Path(r["path"]).relative_to(data.resolve())) for r in tests[:2]]
     (copy / rel[0]).unlink()
     Image.new("L", (32, 32), 7).save(copy / rel[1])  # same name, other content
-    with pytest.raises(UserError, match=rf"2 of the {len(tests)} test images .* gone or altered") as e:
+    add_phantoms(copy, seed=8, n=1)  # with the altered image, 4 images are new to the run
+    with pytest.raises(UserError, match=rf"2 of its {len(tests)} test images .* gone or altered.*, 4 image\(s\) new") as e:
         evaluate(copy, run, cfg=QUICK, device="cpu", quiet=True)
     assert "\n" not in str(e.value) and rel[0] in str(e.value) and "--split-from-data" in str(e.value)
 
