@@ -106,7 +106,8 @@ def test_a_gone_or_altered_test_image_is_a_one_line_refusal(trained, tmp_path, c
     (copy / rel[0]).unlink()
     Image.new("L", (32, 32), 7).save(copy / rel[1])  # same name, other content
     add_phantoms(copy, seed=8, n=1)  # with the altered image, 4 images are new to the run
-    with pytest.raises(UserError, match=rf"2 of its {len(tests)} test images .* gone or altered.*, 4 image\(s\) new") as e:
+    refusal = rf"2 of its {len(tests)} test images .* gone or altered.*, 4 image\(s\) new"
+    with pytest.raises(UserError, match=refusal) as e:
         evaluate(copy, run, cfg=QUICK, device="cpu", quiet=True)
     assert "\n" not in str(e.value) and rel[0] in str(e.value) and "--split-from-data" in str(e.value)
 
