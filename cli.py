@@ -240,14 +240,20 @@ def classify_train(data, config, out, device, seed, set_, backbone, pretrained, 
 @common_options
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Classifier run folder or checkpoint (default: latest run).")
 @click.option("--cam", "cam_n", type=click.IntRange(0), default=0, show_default=True, help="Write CAM overlays for N test images per class.")
-def evaluate(data, config, out, device, seed, set_, checkpoint, cam_n):
-    """Metrics with 95 % bootstrap intervals, per source and covid-vs-rest, plots and report of a classifier."""
+@click.option("--split-from-data", is_flag=True,
+              help="On the run's own data: evaluate the data's current test split instead of the run's split.csv "
+                   "(less the images the run trained on); for data that changed since training.")
+@click.option("--overwrite", is_flag=True, help="Replace a report on other images in the same folder.")
+def evaluate(data, config, out, device, seed, set_, checkpoint, cam_n, split_from_data, overwrite):
+    """Metrics with 95 % bootstrap intervals, per source and covid-vs-rest, plots and report of a classifier,
+    on its run's own test split (split.csv) or on another test set (written to <run>/eval/<name>-<split>)."""
     from augment.config import load_config
     from classifier.config import ClassifierConfig
     from classifier.evaluate import evaluate as run_evaluate
     data, config, _ = resolve_inputs("classify-train", data, config, out)
     cfg = load_config(ClassifierConfig, config, set_)
-    run_evaluate(data, checkpoint, out, cfg.eval, device, cam_n, seed)
+    run_evaluate(data, checkpoint, out, cfg.eval, device, cam_n, seed, split_from_data=split_from_data,
+                 overwrite=overwrite)
 
 
 @cli.command()

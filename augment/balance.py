@@ -9,12 +9,14 @@ from __future__ import annotations
 import csv
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
+import torch
 
-from .data import DataConfig, discover, load_dataset, warn, write_csv
+from .data import DataConfig, XrayDataset, discover, load_dataset, warn, write_csv
 from .errors import UserError
 
 COLUMNS = ["path", "label", "split", "group_id", "source", "origin", "source_image", "checkpoint_sha256"]
@@ -66,16 +68,12 @@ def balance(data: str | Path, synthetic: str | Path, policy: Policy, dest: str |
     if dest.exists() and not overwrite:
         raise UserError(f"{dest}: already exists; pass --overwrite or choose another --dest")
     real = load_dataset(data, cfg)
-    train_groups = {g for g, s in zip(real.groups, real.splits) if s == "train"}
     syn_root, syn_records, _ = discover(synthetic, cfg.classes)
     if not syn_records:
         raise UserError(f"{synthetic}: no synthetic images found; run `python cli.py synthesize` first")
     meta = _manifest_rows(syn_root / "manifest.csv")
-    leaking = [r for r in syn_records if r.group not in train_groups]
-    if leaking:
-        warn(f"{synthetic}: refused {len(leaking)} synthetic image(s) made from patients outside the training "
-             f"split (e.g. {leaking[0].path}, group {leaking[0].group})")
-    pool = [r for r in syn_records if r.group in train_groups]
+    pool = [syn_records[i] for i in training_patients(real, [r.group for r in syn_records],
+                                                      [r.path for r in syn_records], synthetic)]
 
     real_train = Counter(real.classes[y] for y, s in zip(real.labels.tolist(), real.splits) if s == "train")
     majority = max(real_train.values())
@@ -98,6 +96,26 @@ def balance(data: str | Path, synthetic: str | Path, policy: Policy, dest: str |
         summary[c] = {"real_train": real_train[c], "synthetic": len(take)}
     write_csv(dest, rows, COLUMNS)
     return summary
+
+
+def training_patients(real: XrayDataset, groups: Sequence[str], paths: Sequence[str], where) -> list[int]:
+    """Positions of the synthetic images (source patient ``groups``) made from a patient of ``real``'s
+    training split. The others are refused with a warning naming one and the count: a validation or
+    test patient must not reach training through its translation."""
+    train_groups = {g for g, s in zip(real.groups, real.splits) if s == "train"}
+    refused = [i for i, g in enumerate(groups) if g not in train_groups]
+    if refused:
+        warn(f"{where}: refused {len(refused)} synthetic image(s) made from patients outside the training "
+             f"split (e.g. {paths[refused[0]]}, group {groups[refused[0]]})")
+    return [i for i, g in enumerate(groups) if g in train_groups]
+
+
+def keep_training_patients(real: XrayDataset, synthetic: XrayDataset, where) -> XrayDataset:
+    """``synthetic`` without the images :func:`training_patients` refuses."""
+    keep = training_patients(real, synthetic.groups, synthetic.paths, where)
+    pick = torch.tensor(keep, dtype=torch.int64)
+    lists = {k: [getattr(synthetic, k)[i] for i in keep] for k in ("paths", "groups", "splits", "sources", "hashes")}
+    return replace(synthetic, images=synthetic.images[pick], labels=synthetic.labels[pick], **lists)
 
 
 def _manifest_rows(path: Path) -> dict[str, dict]:

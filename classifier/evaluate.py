@@ -1,5 +1,6 @@
 """``evaluate``: metrics with bootstrap intervals, per-source and covid-vs-rest views, plots, a report,
-and optionally CAM overlays, written next to the checkpoint in ``<run>/eval``."""
+and optionally CAM overlays, written next to the checkpoint in ``<run>/eval`` (the run's own test split)
+or ``<run>/eval/<data name>-<split>`` (another test set)."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from augment.data import load_dataset
+from augment.runsplit import EVALUATED_FILE, claim_report, evaluation_set, split_rows, write_split
 from augment.runtime import pick_device, write_text_atomic
 
 from .checkpoint import data_config, find_checkpoint, load_classifier
@@ -93,11 +95,14 @@ def json_safe(value):
 
 def evaluate(data: str | Path, checkpoint: str | Path | None = None, out: str | Path = "runs",
              cfg: EvalConfig | None = None, device: str = "auto", cam: int = 0, seed: int = 0,
-             quiet: bool = False) -> dict:
-    """Evaluate a classifier on the test split (the validation split when there is none).
+             quiet: bool = False, split_from_data: bool = False, overwrite: bool = False) -> dict:
+    """Evaluate a classifier on its run's test split (the validation split when there is none), or on
+    another test set; :func:`augment.runsplit.evaluation_set` says which images and refuses leaks.
 
-    Writes ``metrics.json``, ``report.md``, ``confusion.png``, ``roc.png``, ``pr.png`` and, with ``cam``
-    > 0, overlays for ``cam`` images per class under ``<run>/eval``; prints the key table.
+    Writes ``metrics.json``, ``report.md``, ``confusion.png``, ``roc.png``, ``pr.png``, ``images.csv``
+    (the images evaluated) and, with ``cam`` > 0, overlays for ``cam`` images per class under
+    ``<run>/eval`` (another test set: ``<run>/eval/<name>-<split>``); prints the key table. A folder
+    holding a report on other images is refused unless ``overwrite``.
     """
     cfg = cfg or EvalConfig()
     dev = pick_device(device)
@@ -105,8 +110,11 @@ def evaluate(data: str | Path, checkpoint: str | Path | None = None, out: str | 
     model, ckpt = load_classifier(path, dev)
     classes, size = tuple(ckpt["classes"]), ckpt["input_size"]
     ds = load_dataset(data, data_config(ckpt), quiet=quiet)
-    split = "test" if len(ds.indices("test")) else "val"
-    idx = ds.indices(split)
+    chosen = evaluation_set(ds, data, path.parent, split_from_data, quiet)
+    split, idx = chosen.split, chosen.indices
+    out_dir = path.parent / "eval" / chosen.folder
+    evaluated = split_rows(ds, idx, split)
+    claim_report(out_dir, evaluated, overwrite)
     y = ds.labels[idx].numpy()
     prob = predict(model, ds.images[idx], size, dev, cfg.batch_size).numpy()
 
@@ -121,7 +129,6 @@ def evaluate(data: str | Path, checkpoint: str | Path | None = None, out: str | 
     if any(sources):
         metrics["per_source"] = per_source(y, prob, sources, classes, cfg, seed, groups)
 
-    out_dir = path.parent / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     save_png(confusion_image(np.asarray(metrics["confusion"]), classes), out_dir / "confusion.png")
     rocs, prs = [], []
@@ -142,7 +149,9 @@ def evaluate(data: str | Path, checkpoint: str | Path | None = None, out: str | 
 
     write_text_atomic(out_dir / "metrics.json", json.dumps(json_safe(metrics), indent=2) + "\n")
     write_text_atomic(out_dir / "report.md", markdown_report(metrics, classes))
+    write_split(out_dir / EVALUATED_FILE, evaluated)
     if not quiet:
         print(key_table(metrics, classes))
-        print(f"wrote metrics.json, report.md, confusion.png, roc.png, pr.png to {out_dir}", file=sys.stderr)
+        print(f"wrote metrics.json, report.md, confusion.png, roc.png, pr.png, {EVALUATED_FILE} to {out_dir}",
+              file=sys.stderr)
     return metrics

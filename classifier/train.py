@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from augment.balance import keep_training_patients
 from augment.config import config_to_dict, load_config
 from augment.data import XrayDataset, load_dataset
 from augment.errors import UserError
@@ -20,6 +21,7 @@ from augment.gpu import DeviceImages, build_augment, epoch_batches
 from augment.runtime import (Dist, GracefulStop, autocast, close_distributed, init_distributed, load_checkpoint,
                              new_run_dir, pick_device, rng_state, save_checkpoint, seed_everything, set_rng_state,
                              tensorboard_writer, write_run_info)
+from augment.runsplit import SPLIT_FILE, split_rows, write_split
 
 from .config import ClassifierConfig
 from .inference import predict
@@ -120,6 +122,8 @@ class Trainer:
 
         ds = load_dataset(data, cfg.data, quiet=self.quiet)
         syn = load_dataset(synthetic, cfg.data, split="train", required=(), quiet=self.quiet) if synthetic else None
+        if syn is not None:
+            syn = keep_training_patients(ds, syn, synthetic)
         if len(ds.indices("val")) == 0:
             raise UserError(f"{data}: no validation images; give the manifest a split column or more images per class")
         self.classes = ds.classes
@@ -160,8 +164,10 @@ class Trainer:
             self.run_dir = self._make_run_dir(out)
             if main:
                 write_run_info(self.run_dir, cfg, seed, fingerprint, classes=list(self.classes),
-                               synthetic=str(synthetic) if synthetic else None, n_synthetic=self.n_synthetic,
-                               world_size=self.dist.world_size, device=str(self.device))
+                               data=str(Path(data).resolve()), synthetic=str(synthetic) if synthetic else None,
+                               n_synthetic=self.n_synthetic, world_size=self.dist.world_size, device=str(self.device))
+                write_split(self.run_dir / SPLIT_FILE,
+                            split_rows(ds) + (split_rows(syn, split="train", origin="synthetic") if syn else []))
         self.fingerprint = fingerprint
         self.writer = tensorboard_writer(self.run_dir, main and cfg.train.tensorboard)
 
@@ -210,7 +216,8 @@ class Trainer:
             validation = {"labels": torch.from_numpy(self.val_labels), "prob": torch.from_numpy(prob),
                           "groups": self.val_groups}
             save_checkpoint({"model": weights, "classes": list(self.classes), "epoch": self.epoch + 1,
-                             "val_macro_f1": f1, "model_args": model_args(self.cfg, len(self.classes)),
+                             "val_macro_f1": f1, "data_fingerprint": self.fingerprint,
+                             "model_args": model_args(self.cfg, len(self.classes)),
                              "input_size": self.size, "config": config_to_dict(self.cfg),
                              "validation": validation}, self.run_dir / "best.pt")
 

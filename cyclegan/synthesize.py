@@ -13,6 +13,7 @@ from PIL import Image
 from augment.data import file_sha256, load_dataset, write_csv
 from augment.errors import UserError
 from augment.gpu import DeviceImages, build_augment
+from augment.runsplit import SPLIT_FILE, changes, read_split
 from augment.runtime import pick_device
 
 from .checkpoint import load_generator_ab, resolve_checkpoint
@@ -58,9 +59,10 @@ def synthesize(n: int, data: str | Path, out: str | Path = "runs", checkpoint: s
     t = cfg.train
     dest = Path(dest) if dest is not None else Path(out) / "synthetic" / path.parent.name
     folder = dest / t.domain_b
+    dataset = load_dataset(data, cfg.data, required=(t.domain_a,))
+    _same_data(path, state, dataset, data)  # before an earlier synthesis is cleared
     _clear_or_refuse(dest, folder, overwrite)
 
-    dataset = load_dataset(data, cfg.data, required=(t.domain_a,))
     sources = dataset.indices("train", t.domain_a)
     if len(sources) == 0:
         raise UserError(f"{data}: no training-split image of class '{t.domain_a}' to translate; pass the GAN's --data")
@@ -99,6 +101,19 @@ def synthesize(n: int, data: str | Path, out: str | Path = "runs", checkpoint: s
     print(f"wrote {n} synthetic {t.domain_b} images to {folder}/ and {dest / 'manifest.csv'} "
           f"(from {path}, step {state['step']}, seed {seed})")
     return dest
+
+
+def _same_data(checkpoint: Path, state: dict, dataset, data) -> None:
+    """Refuse data other than the GAN's: compared by content with its run's ``split.csv`` (same images,
+    labels and splits; moving the folder is fine), else by the checkpoint's data fingerprint."""
+    rows = read_split(checkpoint.parent / SPLIT_FILE)
+    if rows is not None:
+        diff = changes(rows, dataset)
+    else:
+        diff = "" if state.get("data_fingerprint") == dataset.fingerprint else "other files, labels or splits"
+    if diff:
+        raise UserError(f"{data}: not the data GAN checkpoint {checkpoint} was trained on ({diff}); "
+                        "pass the GAN's --data")
 
 
 def _clear_or_refuse(dest: Path, folder: Path, overwrite: bool) -> None:

@@ -23,6 +23,7 @@ from augment.gpu import DeviceImages, build_augment
 from augment.runtime import (Dist, GracefulStop, close_distributed, init_distributed, new_run_dir,
                              pick_device, rng_state, save_checkpoint, seed_everything, set_rng_state,
                              tensorboard_writer, write_run_info)
+from augment.runsplit import SPLIT_FILE, split_rows, write_split
 
 from .checkpoint import CHECKPOINT_NAME, read_gan_checkpoint, resolve_checkpoint
 from .config import GanConfig
@@ -131,6 +132,7 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile) -> GanTrainResult:
     if run_dir is not None and checkpoint is None:
         write_run_info(run_dir, cfg, seed, dataset.fingerprint, data=str(data), total_steps=total,
                        world_size=dist.world_size, train_images={t.domain_a: len(images_a), t.domain_b: len(images_b)})
+        write_split(run_dir / SPLIT_FILE, split_rows(dataset))
 
     def save(at_step: int) -> None:
         if dist.is_main:

@@ -1,5 +1,6 @@
 """classify-train on tiny phantoms: exact resume after a stop signal, evaluation outputs, synthetic
 images in training only, and DistributedDataParallel with two CPU processes."""
+import csv
 import json
 import os
 import signal
@@ -86,6 +87,15 @@ def test_pretrained_runs_train_the_head_first_then_everything(tmp_path, data):
 def test_synthetic_images_join_the_training_split_only(tmp_path, data):
     synthetic = write_phantoms(tmp_path / "syn", 3, size=32, seed=7, classes=("covid",))
     cfg = tiny_cfg(tmp_path, "train.epochs=1")
+    from augment.data import load_dataset
+    ds = load_dataset(data, cfg.data, quiet=True)
+    rows = list(csv.DictReader(open(synthetic / "manifest.csv")))  # made from a training patient
+    for r in rows:
+        r["group_id"] = next(g for g, s in zip(ds.groups, ds.splits) if s == "train")
+    with open(synthetic / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
     trainer = Trainer(cfg, data, tmp_path, synthetic=synthetic, device="cpu", quiet=True)
     real_train = int((torch.tensor([s == "train" for s in trainer_splits(data, cfg)])).sum())
     assert trainer.n_synthetic == 3 and len(trainer.train_data) == real_train + 3
