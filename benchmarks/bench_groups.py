@@ -6,7 +6,7 @@ some of them, each shifted, cropped, stored at a lower resolution, noisy (``augm
 and, for half of them, re-encoded as JPEG. Grouping runs on the ``uint8 (N, 1, S, S)`` tensor, as
 ``load_dataset`` runs it on the cache.
 
-    python benchmarks/bench_groups.py --n 20000 --size 128 --thresholds 6 8 10 12
+    python benchmarks/bench_groups.py --n 20000 --size 128 --thresholds 4 6 8
 """
 from __future__ import annotations
 
