@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from .errors import UserError
+from .groups import check_pattern, near_duplicate_pairs, pattern_groups, union_find
 from .imageio import IMAGE_SUFFIXES, UnreadableImage, read_xray
 
 SPLITS = ("train", "val", "test")
@@ -33,6 +34,9 @@ class DataConfig:
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, val, test when none is given
     split_seed: int = 0
     cache_dir: str = "runs/cache"
+    group_pattern: str = ""  # regex with a group 'patient' searched in paths without patient ids; "" = none
+    near_duplicates: bool = True  # images without patient ids that are near-duplicates share a group
+    near_duplicate_threshold: int = 6  # most hash bits (of 63) in which near-duplicates differ
 
     def check(self):
         if self.size < 8:
@@ -45,6 +49,11 @@ class DataConfig:
                                  "(no '/' or '\\', not starting with '.')")
         if any(f < 0 for f in self.split_fractions) or abs(sum(self.split_fractions) - 1) > 1e-6:
             raise ValueError(f"data.split_fractions must be non-negative and sum to 1, got {list(self.split_fractions)}")
+        if self.group_pattern:
+            check_pattern(self.group_pattern)
+        if not 0 <= self.near_duplicate_threshold <= 16:
+            raise ValueError(f"data.near_duplicate_threshold must be between 0 and 16 bits, "
+                             f"got {self.near_duplicate_threshold}")
 
 
 @dataclass
@@ -55,6 +64,7 @@ class Record:
     group: str
     split: str | None = None
     source: str = ""
+    has_id: bool = False  # the manifest named the patient (group_id or patient_id)
 
 
 @dataclass
@@ -75,6 +85,7 @@ class XrayDataset:
     sources: list[str]
     fingerprint: str
     hashes: list[str] = field(default_factory=list)  # sha256 of each file's bytes: the image's identity
+    grouping: dict[str, int] = field(default_factory=dict)  # images per way their group was formed
     skipped: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -143,8 +154,8 @@ def _read_manifest(path: Path, classes: Sequence[str]) -> tuple[list[Record], di
             skipped[p] = f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}"
         else:
             seen.add(p)
-            group = (row.get("group_id") or row.get("patient_id") or "").strip() or p
-            records.append(Record(p, label, group, split, (row.get("source") or "").strip()))
+            group = (row.get("group_id") or row.get("patient_id") or "").strip()
+            records.append(Record(p, label, group or p, split, (row.get("source") or "").strip(), bool(group)))
     return records, skipped
 
 
@@ -280,6 +291,8 @@ def load_dataset(data: str | Path, cfg: DataConfig, split: str | None = None,
         if counts[c] == 0:
             raise UserError(f"{data}: no readable image of class '{c}'; add images under {data}/{c}/ "
                             f"or rows labelled {c} to the manifest (run `python cli.py inspect --data {data}`)")
+    images = torch.from_numpy(np.load(npy, mmap_mode="c")).unsqueeze(1)
+    grouping = group_records(records, images, cfg, quiet)
     if split is not None:
         splits = [split] * len(records)
     else:  # a manifest's splits are kept (a patient's other rows follow them); the rest are split here
@@ -290,12 +303,43 @@ def load_dataset(data: str | Path, cfg: DataConfig, split: str | None = None,
                              cfg.split_fractions, cfg.split_seed)
         for i, s in zip(rest, auto):
             splits[i] = s
-    images = torch.from_numpy(np.load(npy, mmap_mode="c")).unsqueeze(1)
     labels = torch.tensor([cfg.classes.index(r.label) for r in records], dtype=torch.int64)
     fingerprint = hashlib.sha256((key + json.dumps([[r.label, s] for r, s in zip(records, splits)])).encode())
     return XrayDataset(root, tuple(cfg.classes), images, labels, [r.path for r in records],
                        [r.group for r in records], splits, [r.source for r in records],
-                       fingerprint.hexdigest()[:16], info["hashes"], skipped)
+                       fingerprint.hexdigest()[:16], info["hashes"], grouping, skipped)
+
+
+def group_records(records: list[Record], images: torch.Tensor, cfg: DataConfig, quiet: bool = False) -> dict[str, int]:
+    """Set ``Record.group`` of images without a patient id: ``cfg.group_pattern``'s patient, joined
+    (union-find) with their near-duplicates among ``images`` ``uint8 (N, 1, S, S)``.
+
+    Returns the images per way their group was formed (``manifest_ids``, ``pattern``,
+    ``near_duplicates``, ``one_per_image``), plus ``pattern_unmatched`` and ``near_duplicate_pairs``.
+    """
+    free = np.array([not r.has_id for r in records], dtype=bool)
+    patients = pattern_groups([r.path for r in records], cfg.group_pattern) if cfg.group_pattern else [None] * len(records)
+    by_pattern = free & np.array([p is not None for p in patients], dtype=bool)
+    unmatched = int(free.sum() - by_pattern.sum()) if cfg.group_pattern else 0
+    if unmatched and not quiet:
+        warn(f"data.group_pattern matched no patient in {unmatched} of {int(free.sum())} paths; "
+             "each of those is its own group (unless near-duplicates join it)")
+    pairs = near_duplicate_pairs(images, cfg.near_duplicate_threshold) if cfg.near_duplicates else np.zeros((0, 2), int)
+    pairs = pairs[free[pairs[:, 0]] & free[pairs[:, 1]]]  # a manifest's patient ids are never merged
+    first = {}  # images of one pattern patient are chained to its first image
+    links = [(first.setdefault(patients[i], i), i) for i in np.flatnonzero(by_pattern)]
+    root = union_find(len(records), np.concatenate([np.array(links, dtype=np.int64).reshape(-1, 2), pairs]))
+    name = {}  # a group is named by its first patient from the pattern, else by its first image's path
+    for i in np.flatnonzero(by_pattern):
+        name.setdefault(root[i], patients[i])
+    for i in np.flatnonzero(free):
+        records[i].group = name.get(root[i], records[root[i]].path)
+    in_pair = np.zeros(len(records), dtype=bool)
+    in_pair[pairs.ravel()] = True
+    return {"manifest_ids": int((~free).sum()), "pattern": int(by_pattern.sum()),
+            "near_duplicates": int((free & ~by_pattern & in_pair).sum()),
+            "one_per_image": int((free & ~by_pattern & ~in_pair).sum()),
+            "pattern_unmatched": unmatched, "near_duplicate_pairs": len(pairs)}
 
 
 def _report_skipped(skipped: dict[str, str], data, quiet: bool, show: int = 10) -> None:

@@ -9,6 +9,7 @@ from PIL import Image
 
 from .data import DataConfig, XrayDataset, load_dataset
 from .errors import UserError
+from .groups import near_duplicate_pairs
 
 
 @dataclass
@@ -18,8 +19,9 @@ class InspectConfig:
 
 
 def inspect_data(data: str | Path, cfg: DataConfig) -> dict:
-    """Counts per class, split and source; unreadable files with reasons; exact duplicates;
-    patient groups found in two splits; image size and mode statistics.
+    """Counts per class, split and source; unreadable files with reasons; exact duplicates; how
+    patient groups were formed; patient groups and near-duplicate pairs found in two splits; image
+    size and mode statistics.
 
     Uses the same reader and dataset code as training. Raises :class:`UserError` (after the
     report is complete) when a required class has no readable image.
@@ -33,7 +35,10 @@ def inspect_data(data: str | Path, cfg: DataConfig) -> dict:
         "per_source_class": _count(ds, [s or "(none)" for s in ds.sources]),
         "skipped": ds.skipped,
         "duplicates": _duplicates(ds),
+        "grouping": ds.grouping,
+        "no_patient_information": not any(ds.grouping.get(k) for k in ("manifest_ids", "pattern", "near_duplicates")),
         "groups_in_two_splits": _leaks(ds),
+        "near_duplicates_in_two_splits": _near_duplicate_leaks(ds, cfg.near_duplicate_threshold),
         "sizes_and_modes": _headers(ds),
     }
     report["missing_classes"] = [c for c in cfg.classes if report["per_class"].get(c, 0) == 0]
@@ -59,6 +64,12 @@ def _leaks(ds: XrayDataset) -> dict[str, list[str]]:
     for g, s in zip(ds.groups, ds.splits):
         splits[g].add(s)
     return {g: sorted(s) for g, s in sorted(splits.items()) if len(s) > 1}
+
+
+def _near_duplicate_leaks(ds: XrayDataset, threshold: int) -> list[list[str]]:
+    """``[path, split, path, split]`` for each near-duplicate pair whose images sit in two splits."""
+    return [[ds.paths[i], ds.splits[i], ds.paths[j], ds.splits[j]]
+            for i, j in near_duplicate_pairs(ds.images, threshold).tolist() if ds.splits[i] != ds.splits[j]]
 
 
 def _headers(ds: XrayDataset) -> dict:
@@ -93,8 +104,21 @@ def format_report(r: dict) -> str:
     lines += [f"  {p}: {why}" for p, why in r["skipped"].items()]
     lines.append(f"exact duplicates (same bytes): {len(r['duplicates'])} set(s)")
     lines += ["  " + " = ".join(ps) for ps in r["duplicates"]]
+    g = r["grouping"]
+    lines.append("patient groups formed by: " + ", ".join(
+        f"{what} {g.get(key, 0)}" for key, what in (("manifest_ids", "manifest ids"), ("pattern", "data.group_pattern"),
+                                                     ("near_duplicates", "near-duplicates"),
+                                                     ("one_per_image", "one per image (no patient information)")))
+                 + f" images; {g.get('near_duplicate_pairs', 0)} near-duplicate pair(s)"
+                 + (f"; {g['pattern_unmatched']} path(s) the pattern did not match" if g.get("pattern_unmatched") else ""))
+    if r["no_patient_information"]:
+        lines.append("warning: the data carries no patient information (no group_id/patient_id, no data.group_pattern, "
+                     "no near-duplicates found): every image is its own group, so films of one patient can land in "
+                     "two splits; add patient ids to a manifest or set data.group_pattern")
     lines.append(f"patient groups in two splits: {len(r['groups_in_two_splits'])}")
     lines += [f"  {g}: {', '.join(s)}" for g, s in r["groups_in_two_splits"].items()]
+    lines.append(f"near-duplicate images in two splits (a leak): {len(r['near_duplicates_in_two_splits'])} pair(s)")
+    lines += [f"  {a} ({sa}) ~ {b} ({sb})" for a, sa, b, sb in r["near_duplicates_in_two_splits"]]
     if r["missing_classes"]:
         lines.append(f"missing classes: {', '.join(r['missing_classes'])}")
     return "\n".join(lines)

@@ -110,6 +110,49 @@ def write_phantoms(out: str | Path, n_per_class: int | Mapping[str, int], size: 
     return out
 
 
+def film(img: np.ndarray, rng: np.random.Generator, crop: float = 0.03, scale: tuple[float, float] = (0.5, 1.0),
+         noise: float = 3.0) -> np.ndarray:
+    """Another film of the same picture, ``uint8 (S, S)`` like ``img``: each border cropped by up to
+    ``crop`` of the side (so the picture is also shifted and stretched), stored at a lower resolution
+    (``scale`` of the side) and back, plus gaussian noise of ``noise`` gray levels."""
+    s = img.shape[0]
+    left, top, right, bottom = rng.uniform(0, crop * s, 4)
+    im = Image.fromarray(img).transform((s, s), Image.Transform.EXTENT, (left, top, s - right, s - bottom),
+                                        Image.Resampling.BILINEAR)
+    small = max(8, round(s * rng.uniform(*scale)))
+    im = im.resize((small, small), Image.Resampling.BILINEAR).resize((s, s), Image.Resampling.BILINEAR)
+    out = np.asarray(im, np.float64) + rng.normal(0, noise, (s, s))
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def place(img: np.ndarray, rng: np.random.Generator, zoom: float = 0.15, offset: float = 0.08) -> np.ndarray:
+    """``img`` as another patient's film frames it: zoomed by up to ``zoom`` either way and moved by
+    up to ``offset`` of the side (black fills in); ``uint8 (S, S)``."""
+    s = img.shape[0]
+    half = s / 2 / rng.uniform(1 - zoom, 1 + zoom)
+    cx, cy = s / 2 + rng.uniform(-offset, offset, 2) * s
+    box = (cx - half, cy - half, cx + half, cy + half)
+    return np.asarray(Image.fromarray(img).transform((s, s), Image.Transform.EXTENT, box, Image.Resampling.BILINEAR))
+
+
+def write_patient_films(out: str | Path, n_patients: int | Mapping[str, int], films: int = 3, size: int = 256,
+                        seed: int = 0, classes: tuple[str, ...] = CLASSES) -> Path:
+    """Class folders without a manifest, 1 to ``films`` films per patient (seeded), named
+    ``<out>/<class>/<class><patient>_<n>.png`` (e.g. ``covid/covid007_2.png``): each film is
+    :func:`film` of one rendering of the patient (framed by :func:`place`), as when one film is scanned
+    or exported twice."""
+    out = Path(out)
+    counts = n_patients if isinstance(n_patients, Mapping) else dict.fromkeys(classes, n_patients)
+    for ci, label in enumerate(classes):
+        (out / label).mkdir(parents=True, exist_ok=True)
+        for k in range(counts[label]):
+            rng = np.random.default_rng([seed, ci, k, 1])
+            img = place(make_phantom(label, size, _anatomy(rng), rng), rng)
+            for n in range(int(rng.integers(1, films + 1))):
+                Image.fromarray(film(img, rng, crop=0.015)).save(out / label / f"{label}{k:03d}_{n}.png")
+    return out
+
+
 def demo_data(out_root: str | Path) -> Path:
     """The built-in demo set under ``<out_root>/demo-data`` (written once, then reused): 64² phantoms,
     36 covid, 80 normal and 80 pneumonia."""
