@@ -201,6 +201,29 @@ def latest_run(out: str | Path, kind: str, marker: str = "run.json") -> Path | N
     return max(runs, key=_run_order, default=None)
 
 
+def resolve_run_file(checkpoint: str | Path | None, out: str | Path, kind: str, names: tuple[str, ...],
+                     marker: str = "run.json") -> Path:
+    """The file a command reads from a run: ``checkpoint`` itself when it is a file; the first of ``names``
+    in it when it is a run folder; with None, that file of the latest run of ``kind`` under ``out`` that
+    holds ``marker``. Anything else is a one-line :class:`UserError` saying what to pass."""
+    wanted = " or ".join(names)
+    if checkpoint is None:
+        checkpoint = latest_run(out, kind, marker)
+        if checkpoint is None:
+            command = {"gan": "gan-train", "classifier": "classify-train"}.get(kind, "the training command")
+            raise UserError(f"{Path(out) / kind}: no {kind} run with {wanted} yet; run `python cli.py {command}` "
+                            "first or pass --checkpoint")
+    path = Path(checkpoint)
+    if path.is_dir():
+        found = next((path / name for name in names if (path / name).is_file()), None)
+        if found is None:
+            raise UserError(f"{path}: no {wanted} here; give a {kind} run folder or a checkpoint file")
+        return found
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint; give a {kind} run folder or a checkpoint file that exists")
+    return path
+
+
 def _run_order(run: Path) -> tuple[list[str], int]:
     """``<date>-<time>-10`` is newer than ``<date>-<time>-9``."""
     parts = run.name.split("-")

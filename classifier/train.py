@@ -18,7 +18,7 @@ from augment.data import XrayDataset, load_dataset
 from augment.errors import UserError
 from augment.gpu import DeviceImages, build_augment, epoch_batches
 from augment.runtime import (Dist, GracefulStop, autocast, close_distributed, init_distributed, load_checkpoint,
-                             new_run_dir, pick_device, rng_state, save_checkpoint, seed_everything, set_rng_state,
+                             new_run_dir, pick_device, resolve_run_file, rng_state, save_checkpoint, seed_everything, set_rng_state,
                              tensorboard_writer, write_run_info)
 
 from .config import ClassifierConfig
@@ -88,16 +88,6 @@ def balanced_batches(labels: torch.Tensor, batch_size: int, generator: torch.Gen
     return list(torch.multinomial(weights, n, replacement=True, generator=generator).split(batch_size))
 
 
-def resolve_checkpoint(path: str | Path, name: str) -> Path:
-    """A run folder gives its ``name`` file; a file is taken as is."""
-    path = Path(path)
-    if path.is_dir():
-        if not (path / name).is_file():
-            raise UserError(f"{path}: no {name} in this folder; give a classifier run folder or a checkpoint file")
-        return path / name
-    return path
-
-
 class Trainer:
     """One training run: set up from a config (or a checkpoint to resume), then :meth:`run`."""
 
@@ -108,7 +98,7 @@ class Trainer:
         self.device = pick_device(device, self.dist.local_rank)
         ckpt = None
         if resume is not None:
-            path = resolve_checkpoint(resume, "last.pt")
+            path = resolve_run_file(resume, out, "classifier", ("last.pt",))
             ckpt = load_checkpoint(path)
             if not isinstance(ckpt, dict) or "optimizer" not in ckpt:
                 raise UserError(f"{path}: not a classifier training checkpoint; give a classifier run folder")

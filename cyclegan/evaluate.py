@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from augment.data import load_dataset
-from augment.runtime import pick_device, write_text_atomic
+from augment.runtime import pick_device, resolve_run_file, write_text_atomic
 
-from .checkpoint import load_generator_ab, resolve_checkpoint
+from .checkpoint import CHECKPOINT_NAME, load_generator_ab
 from .inference import in_batches, translate
 from .metrics import frechet_distance, intensity_texture_features, kernel_inception_distance, ssim_pairs
 
@@ -60,7 +60,7 @@ def evaluate_gan(data: str | Path, out: str | Path = "runs", checkpoint: str | P
 
     Writes ``gan-eval-step<step>.json`` next to the checkpoint, prints a table and returns the dict.
     """
-    path = resolve_checkpoint(checkpoint, out)
+    path = resolve_run_file(checkpoint, out, "gan", (CHECKPOINT_NAME,), CHECKPOINT_NAME)
     dev = pick_device(device)
     generator, cfg, state = load_generator_ab(path, dev)
     t = cfg.train

@@ -21,10 +21,10 @@ from augment.data import load_dataset
 from augment.errors import UserError
 from augment.gpu import DeviceImages, build_augment
 from augment.runtime import (Dist, GracefulStop, close_distributed, init_distributed, new_run_dir,
-                             pick_device, rng_state, save_checkpoint, seed_everything, set_rng_state,
+                             pick_device, resolve_run_file, rng_state, save_checkpoint, seed_everything, set_rng_state,
                              tensorboard_writer, write_run_info)
 
-from .checkpoint import CHECKPOINT_NAME, read_gan_checkpoint, resolve_checkpoint
+from .checkpoint import CHECKPOINT_NAME, read_gan_checkpoint
 from .config import GanConfig
 from .evaluate import measure_translation
 from .inference import in_batches, to_model_range, to_unit_range, translate
@@ -97,7 +97,7 @@ def train_gan(cfg: Optional[GanConfig], data: str | Path, out: str | Path = "run
 def _train(cfg, data, out, dev, dist, seed, resume, compile) -> GanTrainResult:
     checkpoint = None
     if resume is not None:
-        ckpt_path = resolve_checkpoint(resume, out)
+        ckpt_path = resolve_run_file(resume, out, "gan", (CHECKPOINT_NAME,), CHECKPOINT_NAME)
         checkpoint, cfg = read_gan_checkpoint(ckpt_path)
         seed, run_dir = checkpoint["seed"], ckpt_path.parent
     else:
