@@ -178,6 +178,20 @@ class GracefulStop:
         return False
 
 
+def stop_agreed(stop: GracefulStop, dist: Dist, step: int, every: int, device: torch.device) -> bool:
+    """Whether to stop after ``step``: at once on one process; under ``torchrun`` all ranks agree every
+    ``every`` steps (one all-reduce), so every rank saves at the same step even when the signal reached
+    them at different times."""
+    if dist.world_size == 1:
+        return stop.requested
+    if step % every:
+        return False
+    import torch.distributed as td
+    flag = torch.tensor([float(stop.requested)], device=device)
+    td.all_reduce(flag, op=td.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 # ---------------------------------------------------------------- run folders
 def new_run_dir(out: str | Path, kind: str) -> Path:
     """A fresh folder ``<out>/<kind>/<YYYYmmdd-HHMMSS>`` (suffixed if that exists)."""

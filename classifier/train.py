@@ -19,7 +19,7 @@ from augment.errors import UserError
 from augment.gpu import DeviceImages, build_augment, epoch_batches
 from augment.runtime import (Dist, GracefulStop, autocast, close_distributed, init_distributed, load_checkpoint,
                              new_run_dir, pick_device, resolve_run_file, rng_state, save_checkpoint, seed_everything, set_rng_state,
-                             tensorboard_writer, write_run_info)
+                             stop_agreed, tensorboard_writer, write_run_info)
 
 from .config import ClassifierConfig
 from .inference import predict
@@ -329,23 +329,11 @@ class Trainer:
                 self.writer.add_scalar("train/lr", self.optimizer.param_groups[1]["lr"], self.step)
                 bar.set_postfix(loss=f"{loss:.3f}")
                 running, count = torch.zeros((), device=self.device), 0
-            if self._stop_agreed(stop):
+            if stop_agreed(stop, self.dist, self.step, self.cfg.train.log_every, self.device):
                 bar.close()
                 return True
         bar.close()
         return False
-
-    def _stop_agreed(self, stop: GracefulStop) -> bool:
-        """Whether to stop now: at once on one process; under torchrun all ranks agree at logging steps,
-        so every rank saves at the same step even when the signal reached them at different times."""
-        if self.dist.world_size == 1:
-            return stop.requested
-        if self.step % self.cfg.train.log_every:
-            return False
-        import torch.distributed as td
-        flag = torch.tensor([float(stop.requested)], device=self.device)
-        td.all_reduce(flag, op=td.ReduceOp.MAX)
-        return bool(flag.item())
 
     def _end_epoch(self) -> None:
         m = self.validate()

@@ -22,7 +22,7 @@ from augment.errors import UserError
 from augment.gpu import DeviceImages, build_augment
 from augment.runtime import (Dist, GracefulStop, close_distributed, init_distributed, new_run_dir,
                              pick_device, resolve_run_file, rng_state, save_checkpoint, seed_everything, set_rng_state,
-                             tensorboard_writer, write_run_info)
+                             stop_agreed, tensorboard_writer, write_run_info)
 
 from .checkpoint import CHECKPOINT_NAME, read_gan_checkpoint
 from .config import GanConfig
@@ -163,7 +163,7 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile) -> GanTrainResult:
                 writer.add_image("translation", _image_grid(model), step)
             if dist.is_main and t.eval_every and step % t.eval_every == 0:
                 _log_quality(model, images_a, images_b, cfg, writer, step)
-            interrupted = _stop_requested(stop, dist, step, t.log_every, dev)
+            interrupted = stop_agreed(stop, dist, step, t.log_every, dev)
             if step % t.checkpoint_every == 0 or step == total or interrupted:
                 _check_finite(meter, ckpt_path, last_saved)
                 save(step)
@@ -222,13 +222,3 @@ def _log_quality(model: CycleGAN, images_a: DeviceImages, images_b: DeviceImages
         writer.add_scalar(f"quality/{key}", result[key], step)
     tqdm.write(f"step {step}: FD {result['fd']:.4g}, KID {result['kid']:.4g}, SSIM {result['ssim_mean']:.3f}")
 
-
-def _stop_requested(stop: GracefulStop, dist: Dist, step: int, every: int, dev: torch.device) -> bool:
-    """Ctrl-C / SIGTERM seen; under torchrun all ranks agree at log steps so they stop together."""
-    if dist.world_size == 1:
-        return stop.requested
-    if step % every:
-        return False
-    flag = torch.tensor([float(stop.requested)], device=dev)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return bool(flag.item())
