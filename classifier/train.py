@@ -17,7 +17,7 @@ from augment.config import config_to_dict, load_config
 from augment.data import XrayDataset, load_dataset
 from augment.errors import UserError
 from augment.gpu import DeviceImages, build_augment, epoch_batches
-from augment.runtime import (Dist, GracefulStop, autocast, close_distributed, init_distributed, load_checkpoint,
+from augment.runtime import (Dist, GracefulStop, LossMeter, autocast, close_distributed, init_distributed, load_checkpoint,
                              new_run_dir, pick_device, resolve_run_file, rng_state, save_checkpoint, seed_everything, set_rng_state,
                              stop_agreed, tensorboard_writer, write_run_info)
 
@@ -141,6 +141,7 @@ class Trainer:
         self.epoch = self.batch = self.step = 0
         self.best_f1, self.best_epoch, self.bad_epochs = -1.0, -1, 0
         self.schedule_state = None
+        self.saved_step = None  # step of the last last.pt, kept when a loss diverges
 
         if ckpt is not None:
             self.run_dir = path.parent
@@ -183,13 +184,14 @@ class Trainer:
             self.ema.load_state_dict(ckpt["ema"])
         for key in ("epoch", "batch", "step", "best_f1", "best_epoch", "bad_epochs"):
             setattr(self, key, ckpt[key])
-        self.schedule_state = ckpt["schedule"]
+        self.schedule_state, self.saved_step = ckpt["schedule"], ckpt["step"]
         set_rng_state(ckpt["rng"][self.dist.rank % len(ckpt["rng"])])
 
     def save(self, name: str) -> None:
         state = self._state()  # every rank joins the RNG gather
         if self.dist.is_main:
             save_checkpoint(state, self.run_dir / name)
+        self.saved_step = self.step
 
     def save_best(self, f1: float) -> None:
         if self.dist.is_main:
@@ -312,28 +314,30 @@ class Trainer:
         return False
 
     def _train_epoch(self, net: nn.Module, phase: Phase, stop: GracefulStop) -> bool:
-        """Steps of the current epoch from ``self.batch`` on; True when a stop was requested."""
+        """Steps of the current epoch from ``self.batch`` on; True when a stop was requested. A NaN or
+        infinite loss raises a :class:`UserError` before any checkpoint is written from the diverged model."""
         batches = self._batches(self.epoch)
         net.train()
-        running, count = torch.zeros((), device=self.device), 0
+        meter = LossMeter(("loss",), self.device)
         bar = tqdm(total=len(batches), initial=self.batch, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
                    unit="step", disable=self.quiet, file=sys.stderr, leave=False)
-        while self.batch < len(batches):
+        stopped = False
+        while self.batch < len(batches) and not stopped:
             step_in_phase = (self.epoch - phase.start) * len(batches) + self.batch
-            running += self.train_step(net, batches[self.batch], phase, step_in_phase)
-            self.batch, self.step, count = self.batch + 1, self.step + 1, count + 1
+            loss = self.train_step(net, batches[self.batch], phase, step_in_phase)
+            self.batch, self.step = self.batch + 1, self.step + 1
+            meter.add(loss[None], self.step)
             bar.update()
             if self.step % self.cfg.train.log_every == 0:
-                loss = (running / count).item()
+                meter.check_finite(self.run_dir / "last.pt", self.saved_step)
+                loss = meter.read()["loss"]
                 self.writer.add_scalar("train/loss", loss, self.step)
                 self.writer.add_scalar("train/lr", self.optimizer.param_groups[1]["lr"], self.step)
                 bar.set_postfix(loss=f"{loss:.3f}")
-                running, count = torch.zeros((), device=self.device), 0
-            if stop_agreed(stop, self.dist, self.step, self.cfg.train.log_every, self.device):
-                bar.close()
-                return True
+            stopped = stop_agreed(stop, self.dist, self.step, self.cfg.train.log_every, self.device)
         bar.close()
-        return False
+        meter.check_finite(self.run_dir / "last.pt", self.saved_step)  # before last.pt or best.pt is written
+        return stopped
 
     def _end_epoch(self) -> None:
         m = self.validate()

@@ -20,7 +20,7 @@ from augment.config import config_to_dict
 from augment.data import load_dataset
 from augment.errors import UserError
 from augment.gpu import DeviceImages, build_augment
-from augment.runtime import (Dist, GracefulStop, close_distributed, init_distributed, new_run_dir,
+from augment.runtime import (Dist, GracefulStop, LossMeter, close_distributed, init_distributed, new_run_dir,
                              pick_device, resolve_run_file, rng_state, save_checkpoint, seed_everything, set_rng_state,
                              stop_agreed, tensorboard_writer, write_run_info)
 
@@ -37,33 +37,6 @@ class GanTrainResult:
     step: int                 # steps done when the run ended
     model: CycleGAN
     interrupted: bool         # stopped early by Ctrl-C / SIGTERM
-
-
-class LossMeter:
-    """Running sums of the losses on the device, and the first step whose losses were not finite."""
-
-    def __init__(self, device: torch.device):
-        self.sums = torch.zeros(len(LOSS_NAMES), device=device)
-        self.count = 0
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
-
-    def add(self, losses: torch.Tensor, step: int) -> None:
-        """``losses (8,)`` of ``step``; no host sync."""
-        self.sums += losses
-        self.count += 1
-        newly_bad = ~torch.isfinite(losses).all() & (self.first_bad < 0)
-        self.first_bad = torch.where(newly_bad, torch.full_like(self.first_bad, step), self.first_bad)
-
-    def read(self) -> dict[str, float]:
-        """Mean of each loss since the last read (one host sync), then start over."""
-        means = (self.sums / max(self.count, 1)).tolist()
-        self.sums.zero_()
-        self.count = 0
-        return dict(zip(LOSS_NAMES, means))
-
-    def bad_step(self) -> Optional[int]:
-        step = int(self.first_bad)
-        return step if step >= 0 else None
 
 
 def epoch_order(n: int, steps_per_epoch: int, dist: Dist, batch_size: int, generator: torch.Generator) -> torch.Tensor:
@@ -138,7 +111,7 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile) -> GanTrainResult:
                              "data_fingerprint": dataset.fingerprint, "model": model.state_dict(),
                              "rng": rng_state()}, ckpt_path)
 
-    meter = LossMeter(dev)
+    meter = LossMeter(LOSS_NAMES, dev)
     last_saved = step if checkpoint is not None else None
     order_epoch, interrupted, tick = None, False, (time.perf_counter(), step)
     writer = tensorboard_writer(run_dir, t.tensorboard and run_dir is not None)
@@ -157,7 +130,7 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile) -> GanTrainResult:
             step += 1
             bar.update()
             if step % t.log_every == 0 or step == total:
-                _check_finite(meter, ckpt_path, last_saved)
+                meter.check_finite(ckpt_path, last_saved)
                 tick = _log_losses(meter, model, writer, bar, step, tick)
             if dist.is_main and step % t.image_every == 0:
                 writer.add_image("translation", _image_grid(model), step)
@@ -165,7 +138,7 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile) -> GanTrainResult:
                 _log_quality(model, images_a, images_b, cfg, writer, step)
             interrupted = stop_agreed(stop, dist, step, t.log_every, dev)
             if step % t.checkpoint_every == 0 or step == total or interrupted:
-                _check_finite(meter, ckpt_path, last_saved)
+                meter.check_finite(ckpt_path, last_saved)
                 save(step)
                 last_saved = step
             if interrupted:
@@ -177,16 +150,6 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile) -> GanTrainResult:
         else:
             print(f"trained {step} steps; checkpoint {ckpt_path}; TensorBoard: tensorboard --logdir {run_dir}")
     return GanTrainResult(run_dir, step, model, interrupted)
-
-
-def _check_finite(meter: LossMeter, ckpt_path: Optional[Path], last_saved: Optional[int]) -> None:
-    bad = meter.bad_step()
-    if bad is None:
-        return
-    kept = (f"the last good checkpoint, {ckpt_path} (step {last_saved}), is kept" if last_saved is not None
-            else "no checkpoint had been written yet")
-    raise UserError(f"a loss became NaN or infinite at step {bad}; training stopped and {kept}; "
-                    "lower train.lr or check the images")
 
 
 def _log_losses(meter: LossMeter, model: CycleGAN, writer, bar, step: int, tick: tuple) -> tuple:

@@ -83,6 +83,25 @@ def test_pretrained_runs_train_the_head_first_then_everything(tmp_path, data):
     assert trainer.phases[1].lr == pytest.approx(cfg.train.lr * cfg.train.finetune_lr_factor)
 
 
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, data, monkeypatch):
+    cfg = tiny_cfg(tmp_path, "train.epochs=3", "train.log_every=100")  # 3 steps per epoch
+    calls = {"n": 0}
+    real_loss = torch.nn.functional.cross_entropy
+
+    def poisoned(*args, **kwargs):  # NaN from step 5 on, in the second epoch
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if calls["n"] >= 5 else loss
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", poisoned)
+    with pytest.raises(UserError, match=r"NaN or infinite at step 5.*last.pt \(step 3\), is kept"):
+        train(cfg, data, tmp_path / "runs", device="cpu", quiet=True)
+    [run] = (tmp_path / "runs" / "classifier").iterdir()
+    last, best = load_checkpoint(run / "last.pt"), load_checkpoint(run / "best.pt")
+    assert (last["step"], last["epoch"], best["epoch"]) == (3, 1, 1)  # neither written from the diverged model
+    assert all(torch.isfinite(v).all() for part in (last["model"], best["model"]) for v in part.values())
+
+
 def test_synthetic_images_join_the_training_split_only(tmp_path, data):
     synthetic = write_phantoms(tmp_path / "syn", 3, size=32, seed=7, classes=("covid",))
     cfg = tiny_cfg(tmp_path, "train.epochs=1")
