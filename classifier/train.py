@@ -298,19 +298,18 @@ class Trainer:
         return self.run_dir
 
     def _train_phases(self, stop: GracefulStop) -> bool:
-        """Every remaining epoch of every phase, until early stopping; True when stopped by a signal."""
+        """Every remaining epoch of every phase; True when stopped by a signal. Early stopping ends only
+        the current phase: a pretrained run always goes on to fine-tune, with patience counted afresh."""
         for phase in self.phases:
             if self.epoch >= phase.end:
                 continue
+            if self.epoch <= phase.start and self.batch == 0:  # a phase begins, maybe after an early stop
+                self.epoch, self.bad_epochs = phase.start, 0
             net = self._enter_phase(phase)
-            if self.epoch == phase.start and self.batch == 0:
-                self.bad_epochs = 0
             while self.epoch < phase.end and self.bad_epochs < self.cfg.train.patience:
                 if self._train_epoch(net, phase, stop):
                     return True
                 self._end_epoch()
-            if self.bad_epochs >= self.cfg.train.patience and not phase.frozen:
-                break
         return False
 
     def _train_epoch(self, net: nn.Module, phase: Phase, stop: GracefulStop) -> bool:
