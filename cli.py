@@ -176,8 +176,9 @@ def synthesize_command(data, config, out, device, seed, set_, n, checkpoint, des
 @common_options
 @click.option("--checkpoint", type=click.Path(path_type=Path),
               help="GAN run folder or checkpoint file (default: the latest GAN run under --out).")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True,
-              help="Split whose normal images are translated and whose covid images are the reference.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True,
+              help="Split whose normal images are translated and whose covid images are the reference "
+                   "(test: held out from the GAN; val when there is no test image).")
 @click.option("--classifier", type=click.Path(path_type=Path),
               help="Classifier run or checkpoint: its penultimate features replace the hand-crafted ones, "
                    "and the share of translations it calls covid is reported.")
