@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 from augment.config import load_config  # noqa: E402
 from augment.data import load_dataset  # noqa: E402
-from augment.gpu import DeviceImages, build_augment  # noqa: E402
+from augment.gpu import DeviceImages, resize_and_crop  # noqa: E402
 from augment.runtime import git_commit, pick_device, seed_everything  # noqa: E402
 from common import cpu_name, load_usual  # noqa: E402
 from cyclegan.config import GanConfig  # noqa: E402
@@ -76,7 +76,7 @@ def our_train_rate(cfg: GanConfig, dataset, device: torch.device, steps: int, wa
                           for idx in (dataset.indices("train", t.domain_a), dataset.indices("train", t.domain_b)))
     seed_everything(0)
     model = CycleGAN(cfg, device, total_steps=10 * (warmup + steps), compile=compile)
-    augment = build_augment(cfg.augment, cfg.data.size).to(device)
+    augment = resize_and_crop(cfg.data.size, cfg.augment.load_size(cfg.data.size)).to(device)
     meter = LossMeter(LOSS_NAMES, device)
     g = torch.Generator().manual_seed(0)
     order_a = torch.randint(len(images_a), (warmup + steps, t.batch_size), generator=g).to(device)

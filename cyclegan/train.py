@@ -19,7 +19,7 @@ from tqdm import tqdm
 from augment.config import config_to_dict
 from augment.data import load_dataset
 from augment.errors import UserError
-from augment.gpu import DeviceImages, build_augment
+from augment.gpu import DeviceImages, resize_and_crop
 from augment.runtime import (Dist, GracefulStop, LossMeter, close_distributed, init_distributed, new_run_dir,
                              pick_device, resolve_run_file, rng_state, save_checkpoint, seed_everything, set_rng_state,
                              stop_agreed, tensorboard_writer, write_run_info)
@@ -93,7 +93,7 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile) -> GanTrainResult:
 
     seed_everything(seed)
     model = CycleGAN(cfg, dev, total, distributed=dist.world_size > 1, compile=compile)
-    augment = build_augment(cfg.augment, cfg.data.size).to(dev)
+    augment = resize_and_crop(cfg.data.size, cfg.augment.load_size(cfg.data.size)).to(dev)
     step = 0
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
