@@ -187,6 +187,17 @@ def init_distributed(device_name: str = "auto") -> Dist:
     return Dist(td.get_rank(), td.get_world_size(), local)
 
 
+def all_ranks(obj: Any, dist: Dist) -> list:
+    """``obj`` of every rank, in rank order, on every rank (``[obj]`` on one process). Picklable objects
+    only; tensors in them should be on the CPU."""
+    if dist.world_size == 1:
+        return [obj]
+    import torch.distributed as td
+    gathered = [None] * dist.world_size
+    td.all_gather_object(gathered, obj)
+    return gathered
+
+
 def close_distributed() -> None:
     import torch.distributed as td
     if td.is_available() and td.is_initialized():

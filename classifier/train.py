@@ -17,7 +17,7 @@ from augment.config import config_to_dict, load_config
 from augment.data import XrayDataset, load_dataset
 from augment.errors import UserError
 from augment.gpu import DeviceImages, build_augment, epoch_batches
-from augment.runtime import (Dist, GracefulStop, LossMeter, autocast, close_distributed, init_distributed, load_checkpoint,
+from augment.runtime import (Dist, GracefulStop, LossMeter, all_ranks, autocast, close_distributed, init_distributed, load_checkpoint,
                              new_run_dir, pick_device, resolve_run_file, rng_state, save_checkpoint, seed_everything, set_rng_state,
                              stop_agreed, tensorboard_writer, write_run_info)
 
@@ -164,11 +164,7 @@ class Trainer:
 
     # ------------------------------------------------------------ checkpoints
     def _state(self) -> dict:
-        rng = [rng_state()]
-        if self.dist.world_size > 1:
-            import torch.distributed as td
-            rng = [None] * self.dist.world_size
-            td.all_gather_object(rng, rng_state())
+        rng = all_ranks(rng_state(), self.dist)
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
                 "epoch": self.epoch, "batch": self.batch, "step": self.step, "best_f1": self.best_f1,

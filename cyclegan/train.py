@@ -20,7 +20,7 @@ from augment.config import config_to_dict
 from augment.data import load_dataset
 from augment.errors import UserError
 from augment.gpu import DeviceImages, resize_and_crop
-from augment.runtime import (Dist, GracefulStop, LossMeter, close_distributed, init_distributed, new_run_dir,
+from augment.runtime import (Dist, GracefulStop, LossMeter, all_ranks, close_distributed, init_distributed, new_run_dir,
                              pick_device, resolve_run_file, rng_state, save_checkpoint, seed_everything, set_rng_state,
                              stop_agreed, tensorboard_writer, write_run_info)
 
@@ -98,18 +98,21 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile) -> GanTrainResult:
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         step = checkpoint["step"]
-        set_rng_state(checkpoint["rng"])  # rank 0's; other ranks re-seed below
-    if dist.rank:
-        seed_everything(seed + 7919 * dist.rank + step)
+        mine = checkpoint["ranks"][dist.rank % len(checkpoint["ranks"])]  # this rank's pools and RNG
+        model.load_pool_state(mine["pools"])
+        set_rng_state(mine["rng"])
+    elif dist.rank:
+        seed_everything(seed + 7919 * dist.rank)  # each rank its own augmentation and pool draws
     if run_dir is not None and checkpoint is None:
         write_run_info(run_dir, cfg, seed, dataset.fingerprint, data=str(data), total_steps=total,
                        world_size=dist.world_size, train_images={t.domain_a: len(images_a), t.domain_b: len(images_b)})
 
     def save(at_step: int) -> None:
+        ranks = all_ranks({"rng": rng_state(), "pools": model.pool_state()}, dist)  # every rank joins
         if dist.is_main:
             save_checkpoint({"step": at_step, "total_steps": total, "seed": seed, "config": config_to_dict(cfg),
                              "data_fingerprint": dataset.fingerprint, "model": model.state_dict(),
-                             "rng": rng_state()}, ckpt_path)
+                             "ranks": ranks}, ckpt_path)
 
     meter = LossMeter(LOSS_NAMES, dev)
     last_saved = step if checkpoint is not None else None
