@@ -197,9 +197,12 @@ def test_ddp_with_two_gloo_processes(tmp_path, data):
     script.write_text(
         "from augment.config import load_config\n"
         "from classifier.config import ClassifierConfig\n"
-        "from classifier.train import train\n"
+        "from classifier.train import Trainer\n"
+        "import os, torch\n"
         f"cfg = load_config(ClassifierConfig, None, {overrides!r})\n"
-        f"train(cfg, {str(data)!r}, {str(tmp_path / 'runs')!r}, device='cpu', quiet=True)\n")
+        f"trainer = Trainer(cfg, {str(data)!r}, {str(tmp_path / 'runs')!r}, device='cpu', quiet=True)\n"
+        "trainer.run()\n"
+        f"torch.save(dict(trainer.model.named_parameters()), os.path.join({str(tmp_path)!r}, 'rank' + os.environ['RANK'] + '.pt'))\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              str(script)], env=env, capture_output=True, text=True, timeout=180)
@@ -210,6 +213,10 @@ def test_ddp_with_two_gloo_processes(tmp_path, data):
     assert info["world_size"] == 2
     ckpt = load_checkpoint(runs[0] / "last.pt")
     assert len(ckpt["rng"]) == 2 and ckpt["epoch"] == 1
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert ranks[0].keys() == ranks[1].keys() and ranks[0]
+    for k in ranks[0]:  # gradients were averaged: both ranks hold the saved weights
+        assert torch.equal(ranks[0][k], ckpt["model"][k]) and torch.equal(ranks[1][k], ckpt["model"][k]), k
 
 
 @pytest.mark.gpu
