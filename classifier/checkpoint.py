@@ -7,7 +7,7 @@ import torch
 
 from augment.data import DataConfig
 from augment.errors import UserError
-from augment.runtime import load_checkpoint, resolve_run_file
+from augment.runtime import load_checkpoint
 
 from .model import Classifier, create_model
 

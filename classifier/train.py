@@ -17,9 +17,9 @@ from augment.config import config_to_dict, load_config
 from augment.data import XrayDataset, load_dataset
 from augment.errors import UserError
 from augment.gpu import DeviceImages, build_augment, epoch_batches
-from augment.runtime import (Dist, GracefulStop, LossMeter, all_ranks, autocast, close_distributed, init_distributed, load_checkpoint,
-                             new_run_dir, pick_device, resolve_run_file, rng_state, save_checkpoint, seed_everything, set_rng_state,
-                             stop_agreed, tensorboard_writer, write_run_info)
+from augment.runtime import (Dist, GracefulStop, LossMeter, all_ranks, autocast, close_distributed, init_distributed,
+                             load_checkpoint, new_run_dir, pick_device, resolve_run_file, rng_state, save_checkpoint,
+                             seed_everything, set_rng_state, stop_agreed, tensorboard_writer, write_run_info)
 
 from .config import ClassifierConfig
 from .inference import predict

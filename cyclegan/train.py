@@ -20,9 +20,9 @@ from augment.config import config_to_dict
 from augment.data import load_dataset
 from augment.errors import UserError
 from augment.gpu import DeviceImages, resize_and_crop
-from augment.runtime import (Dist, GracefulStop, LossMeter, all_ranks, close_distributed, init_distributed, new_run_dir,
-                             pick_device, resolve_run_file, rng_state, save_checkpoint, seed_everything, set_rng_state,
-                             stop_agreed, tensorboard_writer, write_run_info)
+from augment.runtime import (Dist, GracefulStop, LossMeter, all_ranks, close_distributed, init_distributed,
+                             new_run_dir, pick_device, resolve_run_file, rng_state, save_checkpoint, seed_everything,
+                             set_rng_state, stop_agreed, tensorboard_writer, write_run_info)
 
 from .checkpoint import CHECKPOINT_NAME, read_gan_checkpoint
 from .config import GanConfig
@@ -187,4 +187,3 @@ def _log_quality(model: CycleGAN, images_a: DeviceImages, images_b: DeviceImages
     for key in ("fd", "kid", "ssim_mean"):
         writer.add_scalar(f"quality/{key}", result[key], step)
     tqdm.write(f"step {step}: FD {result['fd']:.4g}, KID {result['kid']:.4g}, SSIM {result['ssim_mean']:.3f}")
-

@@ -114,7 +114,6 @@ def test_step_losses_and_gradients_match_a_hand_computation(monkeypatch):
     LSGAN generator terms, λ_cycle · L1 cycle terms, λ_identity · λ_cycle · L1 identity terms, and
     0.5 · (real + fake) per discriminator; the generator loss gives the discriminators no gradient."""
     import copy
-    import torch.nn.functional as F
     from cyclegan.model import CycleGAN
     cfg = load_config(GanConfig, None, ["model.ngf=4", "model.ndf=4", "model.n_blocks=1", "model.n_layers_d=2",
                                         "train.pool_size=0", "train.bf16=false", "train.lambda_cycle=7",
