@@ -176,8 +176,9 @@ def synthesize_command(data, config, out, device, seed, set_, n, checkpoint, des
 @common_options
 @click.option("--checkpoint", type=click.Path(path_type=Path),
               help="GAN run folder or checkpoint file (default: the latest GAN run under --out).")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True,
-              help="Split whose normal images are translated and whose covid images are the reference.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True,
+              help="Split whose normal images are translated and whose covid images are the reference "
+                   "(test: held out from the GAN; val when there is no test image).")
 @click.option("--classifier", type=click.Path(path_type=Path),
               help="Classifier run or checkpoint: its penultimate features replace the hand-crafted ones, "
                    "and the share of translations it calls covid is reported.")
@@ -194,12 +195,12 @@ def gan_eval(data, config, out, device, seed, set_, checkpoint, split, classifie
 
 def classifier_yardstick(classifier: Path, gan_checkpoint: Path | None, out: Path, device: str):
     """``(features, classify)`` for gan-eval from a classifier run, for the GAN's target class."""
-    from augment.runtime import pick_device
-    from classifier.checkpoint import find_checkpoint, load_classifier
+    from augment.runtime import pick_device, resolve_run_file
+    from classifier.checkpoint import CHECKPOINTS, load_classifier
     from classifier.inference import classifier_probe
-    from cyclegan.checkpoint import read_gan_checkpoint, resolve_checkpoint
-    _, gan_cfg = read_gan_checkpoint(resolve_checkpoint(gan_checkpoint, out))
-    model, meta = load_classifier(find_checkpoint(classifier, out), pick_device(device))
+    from cyclegan.checkpoint import CHECKPOINT_NAME, read_gan_checkpoint
+    _, gan_cfg = read_gan_checkpoint(resolve_run_file(gan_checkpoint, out, "gan", (CHECKPOINT_NAME,), CHECKPOINT_NAME))
+    model, meta = load_classifier(resolve_run_file(classifier, out, "classifier", CHECKPOINTS), pick_device(device))
     return classifier_probe(model, meta["input_size"], list(meta["classes"]), gan_cfg.train.domain_b)
 
 

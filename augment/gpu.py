@@ -64,6 +64,14 @@ def build_augment(cfg: AugmentConfig, size: int) -> nn.Module:
     return K.AugmentationSequential(*ops)
 
 
+def resize_and_crop(size: int, load_size: int) -> nn.Module:
+    """Float ``(B, 1, S, S)`` → ``(B, 1, size, size)``: resized to ``load_size`` then cropped back to ``size``
+    at a random place per image (Zhu et al.'s jitter: load 286, crop 256). Draws from torch's global RNG."""
+    if load_size == size:
+        return Resize(size)
+    return nn.Sequential(Resize(load_size), K.RandomCrop((size, size)))
+
+
 class Resize(nn.Module):
     """Bilinear resize to ``(size, size)``; the identity when the size already matches."""
 

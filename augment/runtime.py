@@ -1,5 +1,6 @@
 """Run machinery shared by both training loops: device and precision, seeding and RNG state,
-atomic checkpoints, distributed set-up from ``torchrun``, run folders and TensorBoard."""
+atomic checkpoints, the loss meter that stops a diverged run, distributed set-up from ``torchrun``,
+run folders and TensorBoard."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -118,6 +119,46 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+# ---------------------------------------------------------------- losses
+class LossMeter:
+    """Running sums of named losses on the device, and the first step whose losses were not finite.
+
+    :meth:`add` never syncs with the host; :meth:`read` and :meth:`check_finite` do, so a loop calls
+    them only at its logging steps.
+    """
+
+    def __init__(self, names: tuple[str, ...], device: torch.device):
+        self.names = names
+        self.sums = torch.zeros(len(names), device=device)
+        self.count = 0
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def add(self, losses: torch.Tensor, step: int) -> None:
+        """``losses (K,)`` (one per name) of ``step``; no host sync."""
+        self.sums += losses
+        self.count += 1
+        newly_bad = ~torch.isfinite(losses).all() & (self.first_bad < 0)
+        self.first_bad = torch.where(newly_bad, torch.full_like(self.first_bad, step), self.first_bad)
+
+    def read(self) -> dict[str, float]:
+        """Mean of each loss since the last read (one host sync), then start over."""
+        means = (self.sums / max(self.count, 1)).tolist()
+        self.sums.zero_()
+        self.count = 0
+        return dict(zip(self.names, means))
+
+    def check_finite(self, checkpoint: Path | None, saved_step: int | None) -> None:
+        """Raise a :class:`UserError` naming the first step with a NaN or infinite loss, and the last good
+        ``checkpoint`` (written at ``saved_step``; None when none was written), which the caller keeps."""
+        bad = int(self.first_bad)
+        if bad < 0:
+            return
+        kept = (f"the last good checkpoint, {checkpoint} (step {saved_step}), is kept" if saved_step is not None
+                else "no checkpoint had been written yet")
+        raise UserError(f"a loss became NaN or infinite at step {bad}; training stopped and {kept}; "
+                        "lower train.lr or check the images")
+
+
 # ---------------------------------------------------------------- distributed
 @dataclass(frozen=True)
 class Dist:
@@ -144,6 +185,17 @@ def init_distributed(device_name: str = "auto") -> Dist:
     if not td.is_initialized():
         td.init_process_group("nccl" if use_cuda else "gloo")
     return Dist(td.get_rank(), td.get_world_size(), local)
+
+
+def all_ranks(obj: Any, dist: Dist) -> list:
+    """``obj`` of every rank, in rank order, on every rank (``[obj]`` on one process). Picklable objects
+    only; tensors in them should be on the CPU."""
+    if dist.world_size == 1:
+        return [obj]
+    import torch.distributed as td
+    gathered = [None] * dist.world_size
+    td.all_gather_object(gathered, obj)
+    return gathered
 
 
 def close_distributed() -> None:
@@ -178,6 +230,20 @@ class GracefulStop:
         return False
 
 
+def stop_agreed(stop: GracefulStop, dist: Dist, step: int, every: int, device: torch.device) -> bool:
+    """Whether to stop after ``step``: at once on one process; under ``torchrun`` all ranks agree every
+    ``every`` steps (one all-reduce), so every rank saves at the same step even when the signal reached
+    them at different times."""
+    if dist.world_size == 1:
+        return stop.requested
+    if step % every:
+        return False
+    import torch.distributed as td
+    flag = torch.tensor([float(stop.requested)], device=device)
+    td.all_reduce(flag, op=td.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 # ---------------------------------------------------------------- run folders
 def new_run_dir(out: str | Path, kind: str) -> Path:
     """A fresh folder ``<out>/<kind>/<YYYYmmdd-HHMMSS>`` (suffixed if that exists)."""
@@ -199,6 +265,29 @@ def latest_run(out: str | Path, kind: str, marker: str = "run.json") -> Path | N
     base = Path(out) / kind
     runs = [p for p in base.glob("*") if (p / marker).exists()] if base.is_dir() else []
     return max(runs, key=_run_order, default=None)
+
+
+def resolve_run_file(checkpoint: str | Path | None, out: str | Path, kind: str, names: tuple[str, ...],
+                     marker: str = "run.json") -> Path:
+    """The file a command reads from a run: ``checkpoint`` itself when it is a file; the first of ``names``
+    in it when it is a run folder; with None, that file of the latest run of ``kind`` under ``out`` that
+    holds ``marker``. Anything else is a one-line :class:`UserError` saying what to pass."""
+    wanted = " or ".join(names)
+    if checkpoint is None:
+        checkpoint = latest_run(out, kind, marker)
+        if checkpoint is None:
+            command = {"gan": "gan-train", "classifier": "classify-train"}.get(kind, "the training command")
+            raise UserError(f"{Path(out) / kind}: no {kind} run with {wanted} yet; run `python cli.py {command}` "
+                            "first or pass --checkpoint")
+    path = Path(checkpoint)
+    if path.is_dir():
+        found = next((path / name for name in names if (path / name).is_file()), None)
+        if found is None:
+            raise UserError(f"{path}: no {wanted} here; give a {kind} run folder or a checkpoint file")
+        return found
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint; give a {kind} run folder or a checkpoint file that exists")
+    return path
 
 
 def _run_order(run: Path) -> tuple[list[str], int]:

@@ -36,14 +36,14 @@ import torch  # noqa: E402
 
 from augment.config import load_config  # noqa: E402
 from augment.data import load_dataset  # noqa: E402
-from augment.gpu import DeviceImages, build_augment  # noqa: E402
-from augment.runtime import git_commit, pick_device, seed_everything  # noqa: E402
+from augment.gpu import DeviceImages, resize_and_crop  # noqa: E402
+from augment.runtime import LossMeter, git_commit, pick_device, seed_everything  # noqa: E402
 from common import cpu_name, load_usual  # noqa: E402
 from cyclegan.config import GanConfig  # noqa: E402
 from cyclegan.inference import to_model_range, translate  # noqa: E402
-from cyclegan.model import CycleGAN  # noqa: E402
+from cyclegan.model import LOSS_NAMES, CycleGAN  # noqa: E402
 from cyclegan.synthesize import synthesize  # noqa: E402
-from cyclegan.train import LossMeter, train_gan  # noqa: E402
+from cyclegan.train import train_gan  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -75,8 +75,8 @@ def our_train_rate(cfg: GanConfig, dataset, device: torch.device, steps: int, wa
                           for idx in (dataset.indices("train", t.domain_a), dataset.indices("train", t.domain_b)))
     seed_everything(0)
     model = CycleGAN(cfg, device, total_steps=10 * (warmup + steps), compile=compile)
-    augment = build_augment(cfg.augment, cfg.data.size).to(device)
-    meter = LossMeter(device)
+    augment = resize_and_crop(cfg.data.size, cfg.augment.load_size(cfg.data.size)).to(device)
+    meter = LossMeter(LOSS_NAMES, device)
     g = torch.Generator().manual_seed(0)
     order_a = torch.randint(len(images_a), (warmup + steps, t.batch_size), generator=g).to(device)
     order_b = torch.randint(len(images_b), (warmup + steps, t.batch_size), generator=g).to(device)

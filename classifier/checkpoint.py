@@ -1,4 +1,4 @@
-"""Find and load a trained classifier from a run folder or checkpoint file."""
+"""Load a trained classifier from a checkpoint file."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,26 +7,11 @@ import torch
 
 from augment.data import DataConfig
 from augment.errors import UserError
-from augment.runtime import latest_run, load_checkpoint
+from augment.runtime import load_checkpoint
 
 from .model import Classifier, create_model
 
-
-def find_checkpoint(checkpoint: str | Path | None, out: str | Path = "runs") -> Path:
-    """``best.pt`` of a run folder, a checkpoint file as given, or (None) the latest classifier run's."""
-    if checkpoint is None:
-        run = latest_run(out, "classifier")
-        if run is None:
-            raise UserError(f"{Path(out) / 'classifier'}: no classifier run yet; run `python cli.py classify-train` "
-                            "or give --checkpoint")
-        checkpoint = run
-    path = Path(checkpoint)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-        raise UserError(f"{path}: no best.pt or last.pt here; give a classifier run folder or a checkpoint file")
-    return path
+CHECKPOINTS = ("best.pt", "last.pt")  # what a run folder gives, in order of preference
 
 
 def load_classifier(path: Path, device: torch.device) -> tuple[Classifier, dict]:

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from augment.data import load_dataset
+from augment.runtime import pick_device, resolve_run_file, write_text_atomic
 from augment.runsplit import EVALUATED_FILE, claim_report, evaluation_set, split_rows, write_split
-from augment.runtime import pick_device, write_text_atomic
 
-from .checkpoint import data_config, find_checkpoint, load_classifier
+from .checkpoint import CHECKPOINTS, data_config, load_classifier
 from .config import EvalConfig
 from .inference import predict
 from .metrics import (bootstrap_weights, classification_metrics, interval, pr_curve, roc_curve,
@@ -106,7 +106,7 @@ def evaluate(data: str | Path, checkpoint: str | Path | None = None, out: str | 
     """
     cfg = cfg or EvalConfig()
     dev = pick_device(device)
-    path = find_checkpoint(checkpoint, out)
+    path = resolve_run_file(checkpoint, out, "classifier", CHECKPOINTS)
     model, ckpt = load_classifier(path, dev)
     classes, size = tuple(ckpt["classes"]), ckpt["input_size"]
     ds = load_dataset(data, data_config(ckpt), quiet=quiet)

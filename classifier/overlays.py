@@ -63,10 +63,10 @@ def read_images(paths: list[str | Path], size: int, resize: str = "crop") -> tor
 def explain_files(paths: list[str | Path], checkpoint: str | Path | None = None, out: str | Path = "runs",
                   method: str = "gradcampp", target_class: str | None = None, device: str = "auto") -> list[Path]:
     """Overlays of image files by a classifier (default: the latest run), in ``<run>/cam/<method>``."""
-    from augment.runtime import pick_device
-    from .checkpoint import data_config, find_checkpoint, load_classifier
+    from augment.runtime import pick_device, resolve_run_file
+    from .checkpoint import CHECKPOINTS, data_config, load_classifier
     dev = pick_device(device)
-    ckpt_path = find_checkpoint(checkpoint, out)
+    ckpt_path = resolve_run_file(checkpoint, out, "classifier", CHECKPOINTS)
     model, ckpt = load_classifier(ckpt_path, dev)
     data = data_config(ckpt)
     images = read_images(list(paths), data.size, data.resize)

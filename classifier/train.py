@@ -18,9 +18,9 @@ from augment.config import config_to_dict, load_config
 from augment.data import XrayDataset, load_dataset
 from augment.errors import UserError
 from augment.gpu import DeviceImages, build_augment, epoch_batches
-from augment.runtime import (Dist, GracefulStop, autocast, close_distributed, init_distributed, load_checkpoint,
-                             new_run_dir, pick_device, rng_state, save_checkpoint, seed_everything, set_rng_state,
-                             tensorboard_writer, write_run_info)
+from augment.runtime import (Dist, GracefulStop, LossMeter, all_ranks, autocast, close_distributed, init_distributed,
+                             load_checkpoint, new_run_dir, pick_device, resolve_run_file, rng_state, save_checkpoint,
+                             seed_everything, set_rng_state, stop_agreed, tensorboard_writer, write_run_info)
 from augment.runsplit import SPLIT_FILE, split_rows, write_split
 
 from .config import ClassifierConfig
@@ -90,16 +90,6 @@ def balanced_batches(labels: torch.Tensor, batch_size: int, generator: torch.Gen
     return list(torch.multinomial(weights, n, replacement=True, generator=generator).split(batch_size))
 
 
-def resolve_checkpoint(path: str | Path, name: str) -> Path:
-    """A run folder gives its ``name`` file; a file is taken as is."""
-    path = Path(path)
-    if path.is_dir():
-        if not (path / name).is_file():
-            raise UserError(f"{path}: no {name} in this folder; give a classifier run folder or a checkpoint file")
-        return path / name
-    return path
-
-
 class Trainer:
     """One training run: set up from a config (or a checkpoint to resume), then :meth:`run`."""
 
@@ -110,7 +100,7 @@ class Trainer:
         self.device = pick_device(device, self.dist.local_rank)
         ckpt = None
         if resume is not None:
-            path = resolve_checkpoint(resume, "last.pt")
+            path = resolve_run_file(resume, out, "classifier", ("last.pt",))
             ckpt = load_checkpoint(path)
             if not isinstance(ckpt, dict) or "optimizer" not in ckpt:
                 raise UserError(f"{path}: not a classifier training checkpoint; give a classifier run folder")
@@ -156,6 +146,7 @@ class Trainer:
         self.epoch = self.batch = self.step = 0
         self.best_f1, self.best_epoch, self.bad_epochs = -1.0, -1, 0
         self.schedule_state = None
+        self.saved_step = None  # step of the last last.pt, kept when a loss diverges
 
         if ckpt is not None:
             self.run_dir = path.parent
@@ -180,11 +171,7 @@ class Trainer:
 
     # ------------------------------------------------------------ checkpoints
     def _state(self) -> dict:
-        rng = [rng_state()]
-        if self.dist.world_size > 1:
-            import torch.distributed as td
-            rng = [None] * self.dist.world_size
-            td.all_gather_object(rng, rng_state())
+        rng = all_ranks(rng_state(), self.dist)
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
                 "epoch": self.epoch, "batch": self.batch, "step": self.step, "best_f1": self.best_f1,
@@ -200,13 +187,14 @@ class Trainer:
             self.ema.load_state_dict(ckpt["ema"])
         for key in ("epoch", "batch", "step", "best_f1", "best_epoch", "bad_epochs"):
             setattr(self, key, ckpt[key])
-        self.schedule_state = ckpt["schedule"]
+        self.schedule_state, self.saved_step = ckpt["schedule"], ckpt["step"]
         set_rng_state(ckpt["rng"][self.dist.rank % len(ckpt["rng"])])
 
     def save(self, name: str) -> None:
         state = self._state()  # every rank joins the RNG gather
         if self.dist.is_main:
             save_checkpoint(state, self.run_dir / name)
+        self.saved_step = self.step
 
     def save_best(self, f1: float, prob: np.ndarray) -> None:
         """``best.pt``: the weights and, so evaluation can choose thresholds on validation data, the
@@ -319,56 +307,45 @@ class Trainer:
         return self.run_dir
 
     def _train_phases(self, stop: GracefulStop) -> bool:
-        """Every remaining epoch of every phase, until early stopping; True when stopped by a signal."""
+        """Every remaining epoch of every phase; True when stopped by a signal. Early stopping ends only
+        the current phase: a pretrained run always goes on to fine-tune, with patience counted afresh."""
         for phase in self.phases:
             if self.epoch >= phase.end:
                 continue
+            if self.epoch <= phase.start and self.batch == 0:  # a phase begins, maybe after an early stop
+                self.epoch, self.bad_epochs = phase.start, 0
             net = self._enter_phase(phase)
-            if self.epoch == phase.start and self.batch == 0:
-                self.bad_epochs = 0
             while self.epoch < phase.end and self.bad_epochs < self.cfg.train.patience:
                 if self._train_epoch(net, phase, stop):
                     return True
                 self._end_epoch()
-            if self.bad_epochs >= self.cfg.train.patience and not phase.frozen:
-                break
         return False
 
     def _train_epoch(self, net: nn.Module, phase: Phase, stop: GracefulStop) -> bool:
-        """Steps of the current epoch from ``self.batch`` on; True when a stop was requested."""
+        """Steps of the current epoch from ``self.batch`` on; True when a stop was requested. A NaN or
+        infinite loss raises a :class:`UserError` before any checkpoint is written from the diverged model."""
         batches = self._batches(self.epoch)
         net.train()
-        running, count = torch.zeros((), device=self.device), 0
+        meter = LossMeter(("loss",), self.device)
         bar = tqdm(total=len(batches), initial=self.batch, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
                    unit="step", disable=self.quiet, file=sys.stderr, leave=False)
-        while self.batch < len(batches):
+        stopped = False
+        while self.batch < len(batches) and not stopped:
             step_in_phase = (self.epoch - phase.start) * len(batches) + self.batch
-            running += self.train_step(net, batches[self.batch], phase, step_in_phase)
-            self.batch, self.step, count = self.batch + 1, self.step + 1, count + 1
+            loss = self.train_step(net, batches[self.batch], phase, step_in_phase)
+            self.batch, self.step = self.batch + 1, self.step + 1
+            meter.add(loss[None], self.step)
             bar.update()
             if self.step % self.cfg.train.log_every == 0:
-                loss = (running / count).item()
+                meter.check_finite(self.run_dir / "last.pt", self.saved_step)
+                loss = meter.read()["loss"]
                 self.writer.add_scalar("train/loss", loss, self.step)
                 self.writer.add_scalar("train/lr", self.optimizer.param_groups[1]["lr"], self.step)
                 bar.set_postfix(loss=f"{loss:.3f}")
-                running, count = torch.zeros((), device=self.device), 0
-            if self._stop_agreed(stop):
-                bar.close()
-                return True
+            stopped = stop_agreed(stop, self.dist, self.step, self.cfg.train.log_every, self.device)
         bar.close()
-        return False
-
-    def _stop_agreed(self, stop: GracefulStop) -> bool:
-        """Whether to stop now: at once on one process; under torchrun all ranks agree at logging steps,
-        so every rank saves at the same step even when the signal reached them at different times."""
-        if self.dist.world_size == 1:
-            return stop.requested
-        if self.step % self.cfg.train.log_every:
-            return False
-        import torch.distributed as td
-        flag = torch.tensor([float(stop.requested)], device=self.device)
-        td.all_reduce(flag, op=td.ReduceOp.MAX)
-        return bool(flag.item())
+        meter.check_finite(self.run_dir / "last.pt", self.saved_step)  # before last.pt or best.pt is written
+        return stopped
 
     def _end_epoch(self) -> None:
         m = self.validate()

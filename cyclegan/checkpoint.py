@@ -1,4 +1,4 @@
-"""Finding and reading GAN checkpoints: a run folder or a file in, config and generator out."""
+"""Reading GAN checkpoints: config and generator out (:func:`augment.runtime.resolve_run_file` finds them)."""
 from __future__ import annotations
 
 import tempfile
@@ -9,28 +9,12 @@ import yaml
 
 from augment.config import load_config
 from augment.errors import UserError
-from augment.runtime import latest_run, load_checkpoint
+from augment.runtime import load_checkpoint
 
 from .config import GanConfig
 from .networks import ResnetGenerator
 
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-def resolve_checkpoint(checkpoint: str | Path | None, out: str | Path) -> Path:
-    """``checkpoint`` as a file, a run folder (its ``checkpoint.pt``) or, when None, the latest GAN run."""
-    if checkpoint is None:
-        run = latest_run(out, "gan", marker=CHECKPOINT_NAME)
-        if run is None:
-            raise UserError(f"{Path(out) / 'gan'}: no GAN run with a checkpoint; run `python cli.py gan-train` "
-                            "first or pass --checkpoint")
-        return run / CHECKPOINT_NAME
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    if not path.is_file():
-        raise UserError(f"{path}: no such checkpoint; pass a GAN run folder or its {CHECKPOINT_NAME}")
-    return path
 
 
 def config_from_dict(values: dict) -> GanConfig:

@@ -25,6 +25,22 @@ class ModelConfig:
 
 
 @dataclass
+class JitterConfig:
+    """What the CycleGAN trains on: each image enlarged by ``load_scale`` and cropped back to
+    ``data.size`` at a random place (Zhu et al.: load 286, crop 256; 1.0 turns it off). Nothing else:
+    no intensity jitter, which the generator would learn to imitate as part of the covid films' look,
+    and no horizontal flip, since on a chest X-ray the heart sits on the left."""
+    load_scale: float = 286 / 256
+
+    def load_size(self, size: int) -> int:
+        return round(size * self.load_scale)
+
+    def check(self):
+        if self.load_scale < 1:
+            raise ValueError(f"augment.load_scale enlarges before the crop: it must be >= 1, got {self.load_scale}")
+
+
+@dataclass
 class TrainConfig:
     """Optimisation, schedule, logging and checkpoints of ``gan-train``."""
     domain_a: str = "normal"       # class translated from (domain A)
@@ -83,7 +99,7 @@ class SynthConfig:
 @dataclass
 class GanConfig:
     data: DataConfig = field(default_factory=DataConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: JitterConfig = field(default_factory=JitterConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)

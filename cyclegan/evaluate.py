@@ -7,12 +7,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from torch import nn
 
 from augment.data import load_dataset
-from augment.runtime import pick_device, write_text_atomic
+from augment.runtime import pick_device, resolve_run_file, write_text_atomic
 
-from .checkpoint import load_generator_ab, resolve_checkpoint
+from .checkpoint import CHECKPOINT_NAME, load_generator_ab
 from .inference import in_batches, translate
 from .metrics import frechet_distance, intensity_texture_features, kernel_inception_distance, ssim_pairs
 
@@ -54,17 +53,22 @@ def measure_translation(sources: torch.Tensor, translated: torch.Tensor, real_b:
 
 def evaluate_gan(data: str | Path, out: str | Path = "runs", checkpoint: str | Path | None = None,
                  features: Optional[FeatureFn] = None, classify: Optional[ClassifyFn] = None,
-                 device: str = "auto", split: str = "train", n: Optional[int] = None) -> dict:
+                 device: str = "auto", split: str = "test", n: Optional[int] = None) -> dict:
     """Translate the domain-A images of ``split`` with a GAN checkpoint (default: the latest run under
-    ``out``) and measure them against the real domain-B images of that split.
+    ``out``) and measure them against the real domain-B images of that split. The default is the held-out
+    ``test`` split (the discriminator has seen the training images); without test images of both
+    domains, ``val``, saying so.
 
     Writes ``gan-eval-step<step>.json`` next to the checkpoint, prints a table and returns the dict.
     """
-    path = resolve_checkpoint(checkpoint, out)
+    path = resolve_run_file(checkpoint, out, "gan", (CHECKPOINT_NAME,), CHECKPOINT_NAME)
     dev = pick_device(device)
     generator, cfg, state = load_generator_ab(path, dev)
     t = cfg.train
     dataset = load_dataset(data, cfg.data, required=(t.domain_a, t.domain_b))
+    if split == "test" and min(len(dataset.indices("test", c)) for c in (t.domain_a, t.domain_b)) == 0:
+        print(f"{data}: no test image of class '{t.domain_a}' or '{t.domain_b}'; measuring on the val split")
+        split = "val"
     sources = dataset.images[dataset.indices(split, t.domain_a)][:n].float() / 255
     real_b = dataset.images[dataset.indices(split, t.domain_b)].float() / 255
     translated = in_batches(lambda x: translate(generator, x, t.bf16), sources, cfg.synth.batch_size, dev)

@@ -91,6 +91,11 @@ def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, subsets: int =
 
 
 def ssim_pairs(sources: torch.Tensor, outputs: torch.Tensor) -> np.ndarray:
-    """SSIM of each source with its translation; both ``(N, 1, H, W)`` in [0, 1] → ``(N,)``."""
+    """SSIM of each source with its translation; both ``(N, 1, H, W)`` in [0, 1] → ``(N,)``.
+
+    Wang et al.'s definition: an 11×11 Gaussian window (σ 1.5), population (not sample) covariances,
+    C1 = (0.01 L)², C2 = (0.03 L)² with L = 1, averaged over the positions where the window fits.
+    """
     src, out = sources[:, 0].float().cpu().numpy(), outputs[:, 0].float().cpu().numpy()
-    return np.array([structural_similarity(s, o, data_range=1.0) for s, o in zip(src, out)])
+    return np.array([structural_similarity(s, o, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                           use_sample_covariance=False) for s, o in zip(src, out)])

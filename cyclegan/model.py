@@ -126,8 +126,7 @@ class CycleGAN:
     def state_dict(self) -> dict:
         return {"generators": self.generators.state_dict(), "discriminators": self.discriminators.state_dict(),
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
-                "pool_a": self.pool_a.state_dict(), "pool_b": self.pool_b.state_dict()}
+                "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.generators.load_state_dict(state["generators"])
@@ -136,5 +135,12 @@ class CycleGAN:
         self.opt_d.load_state_dict(state["opt_d"])
         self.sched_g.load_state_dict(state["sched_g"])
         self.sched_d.load_state_dict(state["sched_d"])
-        self.pool_a.load_state_dict(state["pool_a"], self.device)
-        self.pool_b.load_state_dict(state["pool_b"], self.device)
+
+    def pool_state(self) -> dict:
+        """This process's image pools (under torchrun each rank has its own), on the CPU."""
+        return {"a": self.pool_a.state_dict(), "b": self.pool_b.state_dict()}
+
+    def load_pool_state(self, state: dict) -> None:
+        """Restore what :meth:`pool_state` returned."""
+        self.pool_a.load_state_dict(state["a"], self.device)
+        self.pool_b.load_state_dict(state["b"], self.device)

@@ -38,7 +38,8 @@ class ImagePool:
         return torch.cat(out)
 
     def state_dict(self) -> dict:
-        return {"count": self.count, "images": self.images}
+        """The count and stored images (on the CPU)."""
+        return {"count": self.count, "images": None if self.images is None else self.images.cpu()}
 
     def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
         self.count = state["count"]

@@ -13,10 +13,10 @@ from PIL import Image
 from augment.data import file_sha256, load_dataset, write_csv
 from augment.errors import UserError
 from augment.gpu import DeviceImages, build_augment
+from augment.runtime import pick_device, resolve_run_file
 from augment.runsplit import SPLIT_FILE, changes, read_split
-from augment.runtime import pick_device
 
-from .checkpoint import load_generator_ab, resolve_checkpoint
+from .checkpoint import CHECKPOINT_NAME, load_generator_ab
 from .inference import translate
 
 MANIFEST_COLUMNS = ("path", "label", "split", "source", "group_id", "source_image", "checkpoint_sha256", "seed")
@@ -53,7 +53,7 @@ def synthesize(n: int, data: str | Path, out: str | Path = "runs", checkpoint: s
     """
     if n < 1:
         raise UserError(f"--n {n}: give the number of images to write, at least 1")
-    path = resolve_checkpoint(checkpoint, out)
+    path = resolve_run_file(checkpoint, out, "gan", (CHECKPOINT_NAME,), CHECKPOINT_NAME)
     dev = pick_device(device)
     generator, cfg, state = load_generator_ab(path, dev)
     t = cfg.train

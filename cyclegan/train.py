@@ -19,13 +19,13 @@ from tqdm import tqdm
 from augment.config import config_to_dict
 from augment.data import load_dataset
 from augment.errors import UserError
-from augment.gpu import DeviceImages, build_augment
-from augment.runtime import (Dist, GracefulStop, close_distributed, init_distributed, new_run_dir,
-                             pick_device, rng_state, save_checkpoint, seed_everything, set_rng_state,
-                             tensorboard_writer, write_run_info)
+from augment.gpu import DeviceImages, resize_and_crop
+from augment.runtime import (Dist, GracefulStop, LossMeter, all_ranks, close_distributed, init_distributed,
+                             new_run_dir, pick_device, resolve_run_file, rng_state, save_checkpoint, seed_everything,
+                             set_rng_state, stop_agreed, tensorboard_writer, write_run_info)
 from augment.runsplit import SPLIT_FILE, split_rows, write_split
 
-from .checkpoint import CHECKPOINT_NAME, read_gan_checkpoint, resolve_checkpoint
+from .checkpoint import CHECKPOINT_NAME, read_gan_checkpoint
 from .config import GanConfig
 from .evaluate import measure_translation
 from .inference import in_batches, to_model_range, to_unit_range, translate
@@ -38,33 +38,6 @@ class GanTrainResult:
     step: int                 # steps done when the run ended
     model: CycleGAN
     interrupted: bool         # stopped early by Ctrl-C / SIGTERM
-
-
-class LossMeter:
-    """Running sums of the losses on the device, and the first step whose losses were not finite."""
-
-    def __init__(self, device: torch.device):
-        self.sums = torch.zeros(len(LOSS_NAMES), device=device)
-        self.count = 0
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
-
-    def add(self, losses: torch.Tensor, step: int) -> None:
-        """``losses (8,)`` of ``step``; no host sync."""
-        self.sums += losses
-        self.count += 1
-        newly_bad = ~torch.isfinite(losses).all() & (self.first_bad < 0)
-        self.first_bad = torch.where(newly_bad, torch.full_like(self.first_bad, step), self.first_bad)
-
-    def read(self) -> dict[str, float]:
-        """Mean of each loss since the last read (one host sync), then start over."""
-        means = (self.sums / max(self.count, 1)).tolist()
-        self.sums.zero_()
-        self.count = 0
-        return dict(zip(LOSS_NAMES, means))
-
-    def bad_step(self) -> Optional[int]:
-        step = int(self.first_bad)
-        return step if step >= 0 else None
 
 
 def epoch_order(n: int, steps_per_epoch: int, dist: Dist, batch_size: int, generator: torch.Generator) -> torch.Tensor:
@@ -98,7 +71,7 @@ def train_gan(cfg: Optional[GanConfig], data: str | Path, out: str | Path = "run
 def _train(cfg, data, out, dev, dist, seed, resume, compile) -> GanTrainResult:
     checkpoint = None
     if resume is not None:
-        ckpt_path = resolve_checkpoint(resume, out)
+        ckpt_path = resolve_run_file(resume, out, "gan", (CHECKPOINT_NAME,), CHECKPOINT_NAME)
         checkpoint, cfg = read_gan_checkpoint(ckpt_path)
         seed, run_dir = checkpoint["seed"], ckpt_path.parent
     else:
@@ -121,26 +94,29 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile) -> GanTrainResult:
 
     seed_everything(seed)
     model = CycleGAN(cfg, dev, total, distributed=dist.world_size > 1, compile=compile)
-    augment = build_augment(cfg.augment, cfg.data.size).to(dev)
+    augment = resize_and_crop(cfg.data.size, cfg.augment.load_size(cfg.data.size)).to(dev)
     step = 0
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         step = checkpoint["step"]
-        set_rng_state(checkpoint["rng"])  # rank 0's; other ranks re-seed below
-    if dist.rank:
-        seed_everything(seed + 7919 * dist.rank + step)
+        mine = checkpoint["ranks"][dist.rank % len(checkpoint["ranks"])]  # this rank's pools and RNG
+        model.load_pool_state(mine["pools"])
+        set_rng_state(mine["rng"])
+    elif dist.rank:
+        seed_everything(seed + 7919 * dist.rank)  # each rank its own augmentation and pool draws
     if run_dir is not None and checkpoint is None:
         write_run_info(run_dir, cfg, seed, dataset.fingerprint, data=str(data), total_steps=total,
                        world_size=dist.world_size, train_images={t.domain_a: len(images_a), t.domain_b: len(images_b)})
         write_split(run_dir / SPLIT_FILE, split_rows(dataset))
 
     def save(at_step: int) -> None:
+        ranks = all_ranks({"rng": rng_state(), "pools": model.pool_state()}, dist)  # every rank joins
         if dist.is_main:
             save_checkpoint({"step": at_step, "total_steps": total, "seed": seed, "config": config_to_dict(cfg),
                              "data_fingerprint": dataset.fingerprint, "model": model.state_dict(),
-                             "rng": rng_state()}, ckpt_path)
+                             "ranks": ranks}, ckpt_path)
 
-    meter = LossMeter(dev)
+    meter = LossMeter(LOSS_NAMES, dev)
     last_saved = step if checkpoint is not None else None
     order_epoch, interrupted, tick = None, False, (time.perf_counter(), step)
     writer = tensorboard_writer(run_dir, t.tensorboard and run_dir is not None)
@@ -159,15 +135,15 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile) -> GanTrainResult:
             step += 1
             bar.update()
             if step % t.log_every == 0 or step == total:
-                _check_finite(meter, ckpt_path, last_saved)
+                meter.check_finite(ckpt_path, last_saved)
                 tick = _log_losses(meter, model, writer, bar, step, tick)
             if dist.is_main and step % t.image_every == 0:
                 writer.add_image("translation", _image_grid(model), step)
             if dist.is_main and t.eval_every and step % t.eval_every == 0:
                 _log_quality(model, images_a, images_b, cfg, writer, step)
-            interrupted = _stop_requested(stop, dist, step, t.log_every, dev)
+            interrupted = stop_agreed(stop, dist, step, t.log_every, dev)
             if step % t.checkpoint_every == 0 or step == total or interrupted:
-                _check_finite(meter, ckpt_path, last_saved)
+                meter.check_finite(ckpt_path, last_saved)
                 save(step)
                 last_saved = step
             if interrupted:
@@ -179,16 +155,6 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile) -> GanTrainResult:
         else:
             print(f"trained {step} steps; checkpoint {ckpt_path}; TensorBoard: tensorboard --logdir {run_dir}")
     return GanTrainResult(run_dir, step, model, interrupted)
-
-
-def _check_finite(meter: LossMeter, ckpt_path: Optional[Path], last_saved: Optional[int]) -> None:
-    bad = meter.bad_step()
-    if bad is None:
-        return
-    kept = (f"the last good checkpoint, {ckpt_path} (step {last_saved}), is kept" if last_saved is not None
-            else "no checkpoint had been written yet")
-    raise UserError(f"a loss became NaN or infinite at step {bad}; training stopped and {kept}; "
-                    "lower train.lr or check the images")
 
 
 def _log_losses(meter: LossMeter, model: CycleGAN, writer, bar, step: int, tick: tuple) -> tuple:
@@ -223,14 +189,3 @@ def _log_quality(model: CycleGAN, images_a: DeviceImages, images_b: DeviceImages
     for key in ("fd", "kid", "ssim_mean"):
         writer.add_scalar(f"quality/{key}", result[key], step)
     tqdm.write(f"step {step}: FD {result['fd']:.4g}, KID {result['kid']:.4g}, SSIM {result['ssim_mean']:.3f}")
-
-
-def _stop_requested(stop: GracefulStop, dist: Dist, step: int, every: int, dev: torch.device) -> bool:
-    """Ctrl-C / SIGTERM seen; under torchrun all ranks agree at log steps so they stop together."""
-    if dist.world_size == 1:
-        return stop.requested
-    if step % every:
-        return False
-    flag = torch.tensor([float(stop.requested)], device=dev)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return bool(flag.item())

@@ -69,19 +69,94 @@ def test_resume_after_a_stop_signal_is_exact(tmp_path, data, monkeypatch, straig
     assert a["best_f1"] == b["best_f1"]
 
 
-def test_pretrained_runs_train_the_head_first_then_everything(tmp_path, data):
-    source = tmp_path / "w.pt"
+def pretrained_weights(tmp_path):
+    """A state dict file of a tiny network, standing in for pretrained weights, and the dict."""
     from classifier.model import create_model
-    backbone = create_model("shallow", 3, width=8)
-    torch.save(backbone.state_dict(), source)
+    weights = create_model("shallow", 3, width=8).state_dict()
+    torch.save(weights, tmp_path / "w.pt")
+    return tmp_path / "w.pt", weights
+
+
+def test_pretrained_runs_train_the_head_first_then_everything(tmp_path, data, monkeypatch):
+    source, loaded = pretrained_weights(tmp_path)
     cfg = tiny_cfg(tmp_path, f"model.pretrained={source}", "train.head_epochs=1", "train.ema=0")
+    at_finetune = {}
+    enter = Trainer._enter_phase
+
+    def spy(self, phase):
+        if not phase.frozen:  # the head phase is over: what did it change?
+            at_finetune.update({k: v.clone() for k, v in self.model.state_dict().items()})
+        return enter(self, phase)
+
+    monkeypatch.setattr(Trainer, "_enter_phase", spy)
     run = train(cfg, data, tmp_path, device="cpu", quiet=True)
+    backbone = [k for k in loaded if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(at_finetune[k], loaded[k]) for k in backbone)  # frozen, BN statistics too
+    assert not torch.equal(at_finetune["head.fc.weight"], loaded["head.fc.weight"])  # while the head learned
     last = load_checkpoint(run / "last.pt")["model"]
     # after phase 2 the backbone moved away from the loaded weights; the phase boundary is epoch 1
-    assert not torch.equal(last["backbone.conv0.weight"], backbone.state_dict()["backbone.conv0.weight"])
+    assert not torch.equal(last["backbone.conv0.weight"], loaded["backbone.conv0.weight"])
     trainer = Trainer(cfg, data, tmp_path / "x", device="cpu", quiet=True)
     assert [(p.start, p.end, p.frozen) for p in trainer.phases] == [(0, 1, True), (1, 2, False)]
     assert trainer.phases[1].lr == pytest.approx(cfg.train.lr * cfg.train.finetune_lr_factor)
+
+
+class Killed(Exception):
+    """Stands in for a SIGKILL between two epochs."""
+
+
+def test_early_stopping_in_the_head_phase_still_fine_tunes_also_after_a_resume(tmp_path, data, monkeypatch):
+    source, loaded = pretrained_weights(tmp_path)
+    cfg = tiny_cfg(tmp_path, f"model.pretrained={source}", "train.head_epochs=3", "train.epochs=5",
+                   "train.patience=1", "train.ema=0")
+    validate = Trainer.validate
+
+    def flat(self):  # macro-F1 never improves after the first epoch: patience 1 stops a phase after 2 epochs
+        return validate(self) | {"macro": {"f1": 0.5}}
+
+    monkeypatch.setattr(Trainer, "validate", flat)
+    straight = load_checkpoint(train(cfg, data, tmp_path / "a", device="cpu", quiet=True) / "last.pt")
+    # head: epochs 1-2 (stopped early, epoch 3 skipped); fine-tune: epoch 4 (patience counted afresh, stopped)
+    assert (straight["epoch"], straight["bad_epochs"]) == (4, 1)
+    assert not torch.equal(straight["model"]["backbone.conv0.weight"], loaded["backbone.conv0.weight"])
+
+    enter = Trainer._enter_phase
+
+    def killed_before_finetuning(self, phase):
+        if not phase.frozen:
+            raise Killed
+        return enter(self, phase)
+
+    monkeypatch.setattr(Trainer, "_enter_phase", killed_before_finetuning)
+    with pytest.raises(Killed):
+        train(cfg, data, tmp_path / "b", device="cpu", quiet=True)
+    [run] = (tmp_path / "b" / "classifier").iterdir()
+    stopped = load_checkpoint(run / "last.pt")
+    assert (stopped["epoch"], stopped["bad_epochs"]) == (2, 1)  # the head phase had stopped early
+    monkeypatch.setattr(Trainer, "_enter_phase", enter)
+    resumed = load_checkpoint(train(cfg, data, resume=run, device="cpu", quiet=True) / "last.pt")
+    assert resumed["epoch"] == 4
+    for k in straight["model"]:
+        assert torch.equal(resumed["model"][k], straight["model"][k]), k
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, data, monkeypatch):
+    cfg = tiny_cfg(tmp_path, "train.epochs=3", "train.log_every=100")  # 3 steps per epoch
+    calls = {"n": 0}
+    real_loss = torch.nn.functional.cross_entropy
+
+    def poisoned(*args, **kwargs):  # NaN from step 5 on, in the second epoch
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if calls["n"] >= 5 else loss
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", poisoned)
+    with pytest.raises(UserError, match=r"NaN or infinite at step 5.*last.pt \(step 3\), is kept"):
+        train(cfg, data, tmp_path / "runs", device="cpu", quiet=True)
+    [run] = (tmp_path / "runs" / "classifier").iterdir()
+    last, best = load_checkpoint(run / "last.pt"), load_checkpoint(run / "best.pt")
+    assert (last["step"], last["epoch"], best["epoch"]) == (3, 1, 1)  # neither written from the diverged model
+    assert all(torch.isfinite(v).all() for part in (last["model"], best["model"]) for v in part.values())
 
 
 def test_synthetic_images_join_the_training_split_only(tmp_path, data):
@@ -132,9 +207,12 @@ def test_ddp_with_two_gloo_processes(tmp_path, data):
     script.write_text(
         "from augment.config import load_config\n"
         "from classifier.config import ClassifierConfig\n"
-        "from classifier.train import train\n"
+        "from classifier.train import Trainer\n"
+        "import os, torch\n"
         f"cfg = load_config(ClassifierConfig, None, {overrides!r})\n"
-        f"train(cfg, {str(data)!r}, {str(tmp_path / 'runs')!r}, device='cpu', quiet=True)\n")
+        f"trainer = Trainer(cfg, {str(data)!r}, {str(tmp_path / 'runs')!r}, device='cpu', quiet=True)\n"
+        "trainer.run()\n"
+        f"torch.save(dict(trainer.model.named_parameters()), os.path.join({str(tmp_path)!r}, 'rank' + os.environ['RANK'] + '.pt'))\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              str(script)], env=env, capture_output=True, text=True, timeout=180)
@@ -145,6 +223,10 @@ def test_ddp_with_two_gloo_processes(tmp_path, data):
     assert info["world_size"] == 2
     ckpt = load_checkpoint(runs[0] / "last.pt")
     assert len(ckpt["rng"]) == 2 and ckpt["epoch"] == 1
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert ranks[0].keys() == ranks[1].keys() and ranks[0]
+    for k in ranks[0]:  # gradients were averaged: both ranks hold the saved weights
+        assert torch.equal(ranks[0][k], ckpt["model"][k]) and torch.equal(ranks[1][k], ckpt["model"][k]), k
 
 
 @pytest.mark.gpu

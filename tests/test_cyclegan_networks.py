@@ -106,3 +106,51 @@ def test_bad_config_is_a_user_error():
         load_config(GanConfig, None, ["data.size=30"])
     with pytest.raises(UserError, match="domain"):
         load_config(GanConfig, None, ["train.domain_b=tuberculosis"])
+
+
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+def test_step_losses_and_gradients_match_a_hand_computation(monkeypatch):
+    """One CycleGAN step against the paper's objective computed by hand on copies of the networks:
+    LSGAN generator terms, λ_cycle · L1 cycle terms, λ_identity · λ_cycle · L1 identity terms, and
+    0.5 · (real + fake) per discriminator; the generator loss gives the discriminators no gradient."""
+    import copy
+    from cyclegan.model import CycleGAN
+    cfg = load_config(GanConfig, None, ["model.ngf=4", "model.ndf=4", "model.n_blocks=1", "model.n_layers_d=2",
+                                        "train.pool_size=0", "train.bf16=false", "train.lambda_cycle=7",
+                                        "train.lambda_identity=0.3"])
+    torch.manual_seed(0)
+    model = CycleGAN(cfg, torch.device("cpu"), total_steps=10)
+    gens, discs = copy.deepcopy(model.generators), copy.deepcopy(model.discriminators)
+    a, b = torch.rand(2, 1, 1, 32, 32) * 2 - 1
+
+    fake_b, fake_a = gens.ab(a), gens.ba(b)
+    mse1 = lambda s: ((s - 1) ** 2).mean()  # noqa: E731
+    l1 = lambda x, y: (x - y).abs().mean()  # noqa: E731
+    g_terms = [mse1(discs.b(fake_b)), mse1(discs.a(fake_a)), 7 * l1(gens.ba(fake_b), a), 7 * l1(gens.ab(fake_a), b),
+               7 * 0.3 * l1(gens.ba(a), a), 7 * 0.3 * l1(gens.ab(b), b)]
+    d_terms = [0.5 * (mse1(discs.a(a)) + (discs.a(fake_a.detach()) ** 2).mean()),
+               0.5 * (mse1(discs.b(b)) + (discs.b(fake_b.detach()) ** 2).mean())]
+    g_grads = torch.autograd.grad(sum(g_terms), list(gens.parameters()))
+    d_grads = torch.autograd.grad(sum(d_terms), list(discs.parameters()))
+
+    seen = {}
+
+    def spy(name, optimizer, params):
+        step = optimizer.step
+
+        def recorded(*args, **kwargs):
+            seen[name] = [None if p.grad is None else p.grad.clone() for p in params()]
+            seen[name + "_discriminators"] = [p.grad for p in model.discriminators.parameters()]
+            return step(*args, **kwargs)
+        monkeypatch.setattr(optimizer, "step", recorded)
+
+    spy("g", model.opt_g, model.generators.parameters)
+    spy("d", model.opt_d, model.discriminators.parameters)
+    model.set_input(a, b)
+    losses = model.optimize_parameters()
+
+    expected = torch.stack([t.detach() for t in g_terms + d_terms])
+    torch.testing.assert_close(losses, expected, rtol=1e-5, atol=1e-6)
+    assert all(g is None for g in seen["g_discriminators"])  # frozen during the generator step
+    for got, want in zip(seen["g"] + seen["d"], g_grads + d_grads):  # float32, summed in another order
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=2e-5)

@@ -15,7 +15,7 @@ from augment.errors import UserError
 from augment.phantoms import write_phantoms
 from cyclegan import GanConfig, evaluate_gan, measure_translation, synthesize, train_gan
 from augment.data import file_sha256
-from cyclegan.metrics import frechet_distance, kernel_inception_distance
+from cyclegan.metrics import frechet_distance, kernel_inception_distance, ssim_pairs
 from cyclegan.synthesize import MANIFEST_COLUMNS
 
 
@@ -122,12 +122,50 @@ def test_measures_use_the_given_features_and_classifier():
     assert dark["features"] == "intensity_texture_features" and dark["fd"] > 0.1 and dark["share_called_b"] is None
 
 
+def test_ssim_is_wang_et_al_gaussian_11x11_window():
+    """SSIM against a direct computation: an 11×11 Gaussian window (σ 1.5) where it fits, population
+    covariances, C1 = 0.01², C2 = 0.03² (Wang et al. 2004)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 1, 32, 32, generator=g, dtype=torch.float64)
+    y = (0.7 * x + 0.3 * torch.rand(3, 1, 32, 32, generator=g, dtype=torch.float64)).clamp(0, 1)
+    r = torch.arange(-5, 6, dtype=torch.float64)
+    w = torch.exp(-r ** 2 / (2 * 1.5 ** 2))
+    window = (w[:, None] * w[None, :] / w.sum() ** 2).view(1, 1, 11, 11)
+    mean = lambda a: torch.nn.functional.conv2d(a, window)  # noqa: E731  (valid positions only)
+    mx, my = mean(x), mean(y)
+    vx, vy, cxy = mean(x * x) - mx ** 2, mean(y * y) - my ** 2, mean(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    ssim_map = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    expected = ssim_map.mean(dim=(1, 2, 3)).numpy()
+    np.testing.assert_allclose(ssim_pairs(x.float(), y.float()), expected, rtol=0, atol=2e-5)
+
+
 def test_gan_eval_writes_json_and_prints_a_table(gan_run, capsys):
-    data, out, run, _ = gan_run
+    data, out, run, cfg = gan_run
     result = evaluate_gan(data, out, device="cpu")
     saved = json.loads((run / "gan-eval-step2.json").read_text())
     assert saved["fd"] == pytest.approx(result["fd"]) and saved["n_translated"] > 0
-    assert "Fréchet distance" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Fréchet distance" in printed
+    # 12 phantoms per class leave no test split: the held-out val split is measured, and that is said
+    ds = load_dataset(data, cfg.data, quiet=True)
+    assert "test" not in ds.splits and result["split"] == "val" and "no test image" in printed
+    assert result["n_translated"] == len(ds.indices("val", "normal")) > 0
+
+
+def test_gan_eval_measures_the_test_split_by_default(gan_run, tmp_path, capsys):
+    data, out, run, cfg = gan_run
+    rows = list(csv.DictReader(open(data / "manifest.csv")))
+    for row, split in zip(rows, load_dataset(data, cfg.data, quiet=True).splits):  # the manifest's order
+        row["split"] = "test" if split == "val" else split  # the images the GAN never saw become the test split
+    manifest = data / "manifest_with_test.csv"
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    result = evaluate_gan(manifest, out, run, device="cpu")
+    assert result["split"] == "test" and "no test image" not in capsys.readouterr().out
+    assert result["n_translated"] == sum(r["split"] == "test" and r["label"] == "normal" for r in rows) > 0
 
 
 def test_cli_gan_train_then_synthesize_picks_up_the_run(tmp_path):

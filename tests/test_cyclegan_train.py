@@ -56,10 +56,10 @@ def test_losses_fall_and_everything_is_logged(tmp_path, data):
 
 
 class StopAfter:
-    """Stands in for GracefulStop: a Ctrl-C arrives during the 4th step."""
+    """Stands in for GracefulStop: a Ctrl-C arrives at the ``after``-th check (the 4th step by default)."""
 
-    def __init__(self):
-        self.checks = 0
+    def __init__(self, after: int = 4):
+        self.checks, self.after = 0, after
 
     def __enter__(self):
         return self
@@ -70,7 +70,7 @@ class StopAfter:
     @property
     def requested(self):
         self.checks += 1
-        return self.checks >= 4
+        return self.checks >= self.after
 
 
 def test_interrupt_then_resume_equals_a_straight_run(tmp_path, data, monkeypatch, capsys):
@@ -126,15 +126,21 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     assert all(torch.isfinite(v).all() for v in state["model"]["generators"].values())
 
 
-def _ddp_worker(rank, port, data, out, cache, result_dir):
+def _ddp_worker(rank, port, data, out, cache, result_file, stop_after, resume):
+    """One rank of a 2-process gloo run of 6 steps (seed 1); ``stop_after``: a Ctrl-C at that many stop
+    checks; ``resume``: a run folder to continue. Saves this rank's weights, pools and step."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE="2")
     torch.set_num_threads(1)
+    if stop_after:
+        cyclegan.train.GracefulStop = lambda: StopAfter(stop_after)
     cfg = load_config(GanConfig, None, [
         "data.size=32", f"data.cache_dir={cache}", "model.ngf=8", "model.ndf=8", "model.n_blocks=1",
-        "model.n_layers_d=2", "train.steps=3", "train.log_every=1"])
-    result = train_gan(cfg, data, out, device="cpu", seed=1)
-    torch.save(all_weights(result.model), os.path.join(result_dir, f"rank{rank}.pt"))
+        "model.n_layers_d=2", "train.pool_size=2", "train.steps=6", "train.log_every=1", "train.tensorboard=false"])
+    result = train_gan(None if resume else cfg, data, out, device="cpu", seed=1, resume=resume)
+    m = result.model
+    torch.save({"weights": all_weights(m), "pool_a": m.pool_a.images, "pool_b": m.pool_b.images, "step": result.step},
+               result_file.format(rank=rank))
 
 
 def free_port() -> int:
@@ -143,15 +149,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_two_gloo_processes_stay_in_sync(tmp_path, data):
+def spawn_two_ranks(tmp_path, data, cache, name, stop_after=0, resume=None) -> list[dict]:
+    result_file = str(tmp_path / f"{name}-rank{{rank}}.pt")
+    mp.spawn(_ddp_worker, args=(free_port(), str(data), str(tmp_path / name), cache, result_file, stop_after,
+                                resume and str(resume)), nprocs=2, join=True)
+    return [torch.load(result_file.format(rank=r)) for r in range(2)]
+
+
+def test_ddp_two_gloo_processes_stay_in_sync_and_resume_exactly(tmp_path, data):
     cfg = tiny_config(tmp_path)
     load_dataset(data, cfg.data, quiet=True)  # fill the cache before the workers start
-    mp.spawn(_ddp_worker, args=(free_port(), str(data), str(tmp_path / "runs"), cfg.data.cache_dir, str(tmp_path)),
-             nprocs=2, join=True)
-    w0, w1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
-    assert torch.equal(w0, w1)  # gradients were averaged: both ranks took identical steps
-    [run] = (tmp_path / "runs" / "gan").iterdir()  # rank 0 alone writes the run folder
-    info = json.loads((run / "run.json").read_text())
-    assert info["world_size"] == 2 and load_checkpoint(run / "checkpoint.pt")["step"] == 3
-    ckpt_weights = load_checkpoint(run / "checkpoint.pt")["model"]["generators"]
-    assert not torch.equal(ckpt_weights["ab.net.1.weight"].flatten(), torch.zeros(1))
+    straight = spawn_two_ranks(tmp_path, data, cfg.data.cache_dir, "straight")
+    # gradients were averaged: both ranks took identical steps, though each saw its own images and pool
+    assert torch.equal(straight[0]["weights"], straight[1]["weights"])
+    assert not torch.equal(straight[0]["pool_b"], straight[1]["pool_b"])
+    [run] = (tmp_path / "straight" / "gan").iterdir()  # rank 0 alone writes the run folder
+    assert json.loads((run / "run.json").read_text())["world_size"] == 2
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert state["step"] == 6 and len(state["ranks"]) == 2
+    saved = torch.cat([v.flatten() for part in ("generators", "discriminators") for v in state["model"][part].values()])
+    torch.testing.assert_close(saved, straight[0]["weights"], rtol=0, atol=0)  # shapes checked too
+
+    stopped = spawn_two_ranks(tmp_path, data, cfg.data.cache_dir, "resumed", stop_after=3)
+    assert [r["step"] for r in stopped] == [3, 3]  # both ranks stopped and saved at the same step
+    [run] = (tmp_path / "resumed" / "gan").iterdir()
+    resumed = spawn_two_ranks(tmp_path, data, cfg.data.cache_dir, "resumed", resume=run)
+    for rank in range(2):  # each rank continued with its own RNG state and image pools
+        for key in ("weights", "pool_a", "pool_b"):
+            torch.testing.assert_close(resumed[rank][key], straight[rank][key], rtol=0, atol=1e-6, msg=f"{key} {rank}")

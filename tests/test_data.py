@@ -191,15 +191,18 @@ def test_every_class_reaches_train_even_with_one_group():
     assert splits == ["train"] * 4
 
 
-def test_loaded_split_is_grouped_and_seeded(phantom_dir, cfg):
-    a = load_dataset(phantom_dir, cfg, quiet=True)
-    assert {g: s for g, s in zip(a.groups, a.splits)} == dict(zip(a.groups, a.splits))
+def test_loaded_split_is_grouped_and_seeded(tmp_path, cfg):
+    from augment.phantoms import write_phantoms
+    data = write_phantoms(tmp_path / "p", n_per_class=12, size=32, seed=0)  # 6 patients per class
+    a = load_dataset(data, cfg, quiet=True)
     for g in set(a.groups):
         assert len({s for gg, s in zip(a.groups, a.splits) if gg == g}) == 1
     for c in a.classes:
-        assert len(a.indices("train", c)) > 0
-    cfg.split_seed = 0
-    assert load_dataset(phantom_dir, cfg, quiet=True).splits == a.splits
+        assert len(a.indices("train", c)) > 0 and len(a.indices("val", c)) > 0
+    fresh = DataConfig(size=32, cache_dir=str(tmp_path / "other-cache"))  # an independent load, same seed
+    assert load_dataset(data, fresh, quiet=True).splits == a.splits
+    fresh.split_seed = cfg.split_seed + 1
+    assert load_dataset(data, fresh, quiet=True).splits != a.splits
 
 
 def test_manifest_split_column_is_respected(tmp_path, cfg):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from augment.gpu import AugmentConfig, DeviceImages, Resize, build_augment, epoch_batches
+from augment.gpu import AugmentConfig, DeviceImages, Resize, build_augment, epoch_batches, resize_and_crop
 
 
 def _images(n=6, s=32):
@@ -83,3 +83,22 @@ def test_tiny_sets():
     (batch,) = epoch_batches(3, 8, g)
     assert batch.shape == (8,) and set(batch.tolist()) <= {0, 1, 2}
     assert sorted(torch.cat(epoch_batches(3, 8, g, drop_last=False)).tolist()) == [0, 1, 2]
+
+
+def test_gan_jitter_only_enlarges_and_crops():
+    """Zhu et al.'s jitter as the CycleGAN uses it: every output is a crop of the enlarged input,
+    gray values untouched (no intensity jitter) and the sides kept (no flip); the place is random."""
+    from cyclegan import GanConfig
+    jitter = GanConfig().augment
+    assert jitter.load_size(256) == 286 and jitter.load_size(32) == 36
+    x = torch.rand(8, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    out = resize_and_crop(32, 36)(x)
+    big = Resize(36)(x)
+    offsets = []
+    for i in range(len(x)):
+        found = [(r, c) for r in range(5) for c in range(5) if torch.equal(out[i], big[i, :, r:r + 32, c:c + 32])]
+        assert found, f"image {i} is not a crop of its enlarged input"
+        offsets.append(found[0])
+    assert len(set(offsets)) > 1  # a random place per image
+    assert resize_and_crop(32, 32)(x) is x  # load_scale 1: unchanged

@@ -120,6 +120,14 @@ def wait_for_checkpoint(proc: subprocess.Popen, paths, key: str, at_least: int, 
     pytest.fail(f"timed out:\n{log.read_text()[-3000:]}")
 
 
+def kill_point_rng() -> random.Random:
+    """The generator of a test's kill point: seeded from ``$KILL_SEED`` or a fresh draw, printed either way
+    (pytest shows it with a failure), so ``KILL_SEED=<seed> pytest ...`` replays the same kill point."""
+    seed = int(os.environ.get("KILL_SEED", random.randrange(1 << 16)))
+    print(f"kill point seed {seed}; replay with KILL_SEED={seed}")
+    return random.Random(seed)
+
+
 def tensors(obj, prefix="") -> dict[str, torch.Tensor]:
     """Every tensor in nested dicts and lists, by its path."""
     if torch.is_tensor(obj):
@@ -141,7 +149,7 @@ def test_gan_train_killed_then_terminated_resumes_to_the_uninterrupted_weights(t
     out = tmp_path / "b"
     common = ["--data", str(data), "--out", str(out), "--device", "cpu"]
     checkpoints = lambda: (out / "gan").glob("*/checkpoint.pt")  # noqa: E731
-    rng = random.Random()
+    rng = kill_point_rng()
 
     proc = start(tmp_path, "kill", "gan-train", *common, "--seed", "3", *[f"--set={s}" for s in sets])
     wait_for_checkpoint(proc, checkpoints, "step", rng.choice([3, 6, 9, 12]), tmp_path / "kill.log")
@@ -176,7 +184,7 @@ def test_classify_train_killed_resumes_to_the_uninterrupted_weights(tmp_path, da
     config = tmp_path / "none.yaml"  # not the real-data recipe configs/classify-train.yaml
     config.write_text("{}\n")
     lasts = lambda: (out / "classifier").glob("*/last.pt")  # noqa: E731
-    rng = random.Random()
+    rng = kill_point_rng()
 
     proc = start(tmp_path, "kill", "classify-train", "--data", str(data), "--out", str(out), "--device", "cpu",
                  "--seed", "2", "--config", str(config), *[f"--set={s}" for s in sets])

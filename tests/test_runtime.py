@@ -15,8 +15,8 @@ import yaml
 
 import augment.runtime as runtime
 from augment.errors import UserError
-from augment.runtime import (GracefulStop, latest_run, load_checkpoint, new_run_dir, pick_device, rng_state,
-                             save_checkpoint, set_rng_state, write_run_info)
+from augment.runtime import (GracefulStop, latest_run, load_checkpoint, new_run_dir, pick_device, resolve_run_file,
+                             rng_state, save_checkpoint, set_rng_state, write_run_info)
 
 
 def test_checkpoint_roundtrip(tmp_path):
@@ -134,6 +134,25 @@ def test_latest_run_orders_numeric_suffixes(tmp_path):
         (tmp_path / "gan" / name).mkdir(parents=True)
         (tmp_path / "gan" / name / "run.json").write_text("{}")
     assert latest_run(tmp_path, "gan").name == "20260101-120000-10"
+
+
+def test_resolve_run_file_takes_a_file_a_run_folder_or_the_latest_run(tmp_path):
+    old, new = tmp_path / "classifier" / "20260101-120000", tmp_path / "classifier" / "20260102-120000"
+    for run in (old, new):
+        run.mkdir(parents=True)
+        (run / "run.json").write_text("{}")
+        (run / "last.pt").write_bytes(b"x")
+    (old / "best.pt").write_bytes(b"x")
+    names = ("best.pt", "last.pt")
+    assert resolve_run_file(old / "last.pt", tmp_path, "classifier", names) == old / "last.pt"  # a file as given
+    assert resolve_run_file(old, tmp_path, "classifier", names) == old / "best.pt"  # the first name present
+    assert resolve_run_file(None, tmp_path, "classifier", names) == new / "last.pt"  # the latest run
+    with pytest.raises(UserError, match=r"gan: no gan run with checkpoint.pt yet; run `python cli.py gan-train` first or pass --checkpoint"):
+        resolve_run_file(None, tmp_path, "gan", ("checkpoint.pt",), "checkpoint.pt")
+    with pytest.raises(UserError, match=r"20260102-120000: no best.pt here; give a classifier run folder"):
+        resolve_run_file(new, tmp_path, "classifier", ("best.pt",))
+    with pytest.raises(UserError, match=r"nothing.pt: no such checkpoint"):
+        resolve_run_file(tmp_path / "nothing.pt", tmp_path, "classifier", names)
 
 
 def test_write_run_info(tmp_path):
