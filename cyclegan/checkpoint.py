@@ -25,13 +25,22 @@ def config_from_dict(values: dict) -> GanConfig:
         return load_config(GanConfig, f.name)
 
 
-def read_gan_checkpoint(path: Path) -> tuple[dict, GanConfig]:
-    """The checkpoint dict (loaded with ``weights_only``) and its run's config."""
+def read_gan_checkpoint(path: Path, resume: bool = False) -> tuple[dict, GanConfig]:
+    """The checkpoint dict (loaded with ``weights_only``) and its run's config.
+
+    A checkpoint from before per-process state (no ``ranks``) trained with the classifier's
+    augmentation: its generators still translate, but it cannot ``resume`` exactly."""
     state = load_checkpoint(path)
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise UserError(f"{path}: not a GAN checkpoint of this toolkit (no config/model); pass one written "
                         "by `python cli.py gan-train`")
-    return state, config_from_dict(state["config"])
+    values = state["config"]
+    if "ranks" not in state:
+        if resume:
+            raise UserError(f"{path}: written by an earlier gan-train (another augmentation, one process's state); "
+                            "it can still synthesize and be evaluated, but not resume: start a new run")
+        values = {k: v for k, v in values.items() if k != "augment"}
+    return state, config_from_dict(values)
 
 
 def load_generator_ab(path: Path, device: torch.device) -> tuple[ResnetGenerator, GanConfig, dict]:

@@ -72,7 +72,7 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile) -> GanTrainResult:
     checkpoint = None
     if resume is not None:
         ckpt_path = resolve_run_file(resume, out, "gan", (CHECKPOINT_NAME,), CHECKPOINT_NAME)
-        checkpoint, cfg = read_gan_checkpoint(ckpt_path)
+        checkpoint, cfg = read_gan_checkpoint(ckpt_path, resume=True)
         seed, run_dir = checkpoint["seed"], ckpt_path.parent
     else:
         cfg = cfg or GanConfig()

@@ -15,6 +15,7 @@ from augment.errors import UserError
 from augment.phantoms import write_phantoms
 from cyclegan import GanConfig, evaluate_gan, measure_translation, synthesize, train_gan
 from augment.data import file_sha256
+from augment.runtime import load_checkpoint, save_checkpoint
 from cyclegan.metrics import frechet_distance, kernel_inception_distance, ssim_pairs
 from cyclegan.synthesize import MANIFEST_COLUMNS
 
@@ -35,6 +36,20 @@ def gan_run(tmp_path_factory):
     run = train_gan(cfg, data, tmp / "runs", device="cpu").run_dir
     torch.set_num_threads(threads)
     return data, tmp / "runs", run, cfg
+
+
+def test_checkpoint_of_an_earlier_layout_translates_but_does_not_resume(gan_run, tmp_path):
+    """Earlier checkpoints stored the classifier's augmentation keys and no per-process state."""
+    data, out, run, cfg = gan_run
+    state = load_checkpoint(run / "checkpoint.pt")
+    del state["ranks"]
+    state["config"]["augment"] = {"enabled": True, "crop_scale": [0.8, 1.0], "degrees": 10.0, "brightness": 0.1}
+    old = tmp_path / "old" / "checkpoint.pt"
+    save_checkpoint(state, old)
+    dest = synthesize(3, data, out, checkpoint=old, dest=tmp_path / "syn", device="cpu")
+    assert len(read_manifest(dest)) == 3
+    with pytest.raises(UserError, match="earlier gan-train.*start a new run"):
+        train_gan(None, data, out, device="cpu", resume=old)
 
 
 def read_manifest(dest):
