@@ -124,7 +124,8 @@ class LossMeter:
     """Running sums of named losses on the device, and the first step whose losses were not finite.
 
     :meth:`add` never syncs with the host; :meth:`read` and :meth:`check_finite` do, so a loop calls
-    them only at its logging steps.
+    them only at its logging steps. Under ``torchrun`` every rank must call :meth:`check_finite` at the
+    same steps: the ranks agree on the first bad step, so all of them stop.
     """
 
     def __init__(self, names: tuple[str, ...], device: torch.device):
@@ -150,7 +151,13 @@ class LossMeter:
     def check_finite(self, checkpoint: Path | None, saved_step: int | None) -> None:
         """Raise a :class:`UserError` naming the first step with a NaN or infinite loss, and the last good
         ``checkpoint`` (written at ``saved_step``; None when none was written), which the caller keeps."""
-        bad = int(self.first_bad)
+        bad = self.first_bad.clone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # all ranks stop together
+            none = torch.iinfo(torch.long).max
+            bad = torch.where(bad < 0, torch.full_like(bad, none), bad)
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MIN)
+            bad = torch.where(bad == none, torch.full_like(bad, -1), bad)
+        bad = int(bad)
         if bad < 0:
             return
         kept = (f"the last good checkpoint, {checkpoint} (step {saved_step}), is kept" if saved_step is not None
@@ -242,6 +249,14 @@ def stop_agreed(stop: GracefulStop, dist: Dist, step: int, every: int, device: t
     flag = torch.tensor([float(stop.requested)], device=device)
     td.all_reduce(flag, op=td.ReduceOp.MAX)
     return bool(flag.item())
+
+
+def broadcast_buffers(module: torch.nn.Module, dist: Dist) -> None:
+    """Give every rank rank 0's buffers (batch-norm running statistics): DDP copies them only at the
+    start of a forward pass, so after the last step of an epoch each rank holds its own."""
+    if dist.world_size > 1:
+        for buffer in module.buffers():
+            torch.distributed.broadcast(buffer, src=0)
 
 
 # ---------------------------------------------------------------- run folders

@@ -18,9 +18,10 @@ from augment.config import config_to_dict, load_config
 from augment.data import XrayDataset, load_dataset
 from augment.errors import UserError
 from augment.gpu import DeviceImages, build_augment, epoch_batches
-from augment.runtime import (Dist, GracefulStop, LossMeter, all_ranks, autocast, close_distributed, init_distributed,
-                             load_checkpoint, new_run_dir, pick_device, resolve_run_file, rng_state, save_checkpoint,
-                             seed_everything, set_rng_state, stop_agreed, tensorboard_writer, write_run_info)
+from augment.runtime import (Dist, GracefulStop, LossMeter, all_ranks, autocast, broadcast_buffers, close_distributed,
+                             init_distributed, load_checkpoint, new_run_dir, pick_device, resolve_run_file, rng_state,
+                             save_checkpoint, seed_everything, set_rng_state, stop_agreed, tensorboard_writer,
+                             write_run_info)
 from augment.runsplit import SPLIT_FILE, split_rows, write_split
 
 from .config import ClassifierConfig
@@ -264,6 +265,10 @@ class Trainer:
 
     # ------------------------------------------------------------ validation
     def validate(self) -> dict:
+        """Validation metrics and ``prob (M, K)`` of the evaluated model, the same on every rank."""
+        broadcast_buffers(self.model, self.dist)
+        if self.ema:
+            broadcast_buffers(self.ema.module, self.dist)
         model = self.ema.module if self.ema else self.model
         prob = predict(model, self.val_images, self.size, self.device, self.cfg.eval.batch_size, self.cfg.train.bf16)
         return classification_metrics(self.val_labels, prob.numpy(), self.classes, rounds=0) | {"prob": prob.numpy()}

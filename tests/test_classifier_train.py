@@ -212,7 +212,9 @@ def test_ddp_with_two_gloo_processes(tmp_path, data):
         f"cfg = load_config(ClassifierConfig, None, {overrides!r})\n"
         f"trainer = Trainer(cfg, {str(data)!r}, {str(tmp_path / 'runs')!r}, device='cpu', quiet=True)\n"
         "trainer.run()\n"
-        f"torch.save(dict(trainer.model.named_parameters()), os.path.join({str(tmp_path)!r}, 'rank' + os.environ['RANK'] + '.pt'))\n")
+        "state = {'params': dict(trainer.model.named_parameters()), 'buffers': dict(trainer.model.named_buffers()),"
+        " 'best_f1': trainer.best_f1}\n"
+        f"torch.save(state, os.path.join({str(tmp_path)!r}, 'rank' + os.environ['RANK'] + '.pt'))\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              str(script)], env=env, capture_output=True, text=True, timeout=180)
@@ -224,9 +226,14 @@ def test_ddp_with_two_gloo_processes(tmp_path, data):
     ckpt = load_checkpoint(runs[0] / "last.pt")
     assert len(ckpt["rng"]) == 2 and ckpt["epoch"] == 1
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    assert ranks[0].keys() == ranks[1].keys() and ranks[0]
-    for k in ranks[0]:  # gradients were averaged: both ranks hold the saved weights
-        assert torch.equal(ranks[0][k], ckpt["model"][k]) and torch.equal(ranks[1][k], ckpt["model"][k]), k
+    assert ranks[0]["params"].keys() == ranks[1]["params"].keys() and ranks[0]["params"]
+    for k in ranks[0]["params"]:  # gradients were averaged: both ranks hold the saved weights
+        assert torch.equal(ranks[0]["params"][k], ckpt["model"][k]) and torch.equal(ranks[1]["params"][k], ckpt["model"][k]), k
+    # batch-norm statistics are rank 0's on both before validation, so the ranks agree on the best epoch
+    assert any(k.endswith("running_mean") for k in ranks[0]["buffers"])
+    for k in ranks[0]["buffers"]:
+        assert torch.equal(ranks[0]["buffers"][k], ranks[1]["buffers"][k]), k
+    assert ranks[0]["best_f1"] == ranks[1]["best_f1"]
 
 
 @pytest.mark.gpu
