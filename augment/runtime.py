@@ -36,9 +36,16 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA when ``enabled``; a no-op context on the CPU."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+def autocast(device: torch.device, enabled: bool = True, cpu: bool = False):
+    """bf16 autocast when ``enabled``: on CUDA, and on the CPU only with ``cpu`` and a CPU that computes
+    bf16 natively (AVX512-BF16 or AMX; emulated bf16 is slower than float32); otherwise a no-op."""
+    on = device.type == "cuda" or (cpu and device.type == "cpu" and cpu_bf16_native())
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and on)
+
+
+def cpu_bf16_native() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def seed_everything(seed: int) -> None:

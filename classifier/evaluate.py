@@ -116,7 +116,8 @@ def evaluate(data: str | Path, checkpoint: str | Path | None = None, out: str | 
     evaluated = split_rows(ds, idx, split)
     claim_report(out_dir, evaluated, overwrite)
     y = ds.labels[idx].numpy()
-    prob = predict(model, ds.images[idx], size, dev, cfg.batch_size).numpy()
+    cpu_bf16 = ckpt["config"]["train"].get("cpu_bf16", False)  # as the run's validation predicted
+    prob = predict(model, ds.images[idx], size, dev, cfg.batch_size, cpu_bf16=cpu_bf16).numpy()
 
     groups = [ds.groups[i] for i in idx.tolist()]
     metrics = classification_metrics(y, prob, classes, cfg.bootstrap, cfg.ci_level, seed, groups)

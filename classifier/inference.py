@@ -19,14 +19,15 @@ def to_input(images_u8: torch.Tensor, size: int, device: torch.device) -> torch.
 
 @torch.no_grad()
 def predict(model: nn.Module, images_u8: torch.Tensor, size: int, device: torch.device,
-            batch_size: int = 64, bf16: bool = True) -> torch.Tensor:
-    """Class probabilities ``(N, K)`` (float32, CPU) of uint8 images ``(N, 1, S, S)``."""
+            batch_size: int = 64, bf16: bool = True, cpu_bf16: bool = False) -> torch.Tensor:
+    """Class probabilities ``(N, K)`` (float32, CPU) of uint8 images ``(N, 1, S, S)``; bf16 autocast as
+    :func:`augment.runtime.autocast` decides."""
     was = model.training
     model.eval()
     out = []
     for start in range(0, len(images_u8), batch_size):
         x = to_input(images_u8[start:start + batch_size], size, device)
-        with autocast(device, bf16):
+        with autocast(device, bf16, cpu_bf16):
             out.append(model(x).float().softmax(1).cpu())
     model.train(was)
     return torch.cat(out) if out else torch.zeros(0, 0)

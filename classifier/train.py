@@ -253,7 +253,7 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         if phase.frozen:
             self.model.backbone.eval()  # batch-norm statistics stay those of the pretrained backbone
-        with autocast(self.device, t.bf16):
+        with autocast(self.device, t.bf16, t.cpu_bf16):
             logits = net(x)
         loss = F.cross_entropy(logits.float(), target, weight=self.class_weights, label_smoothing=t.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
@@ -270,7 +270,8 @@ class Trainer:
         if self.ema:
             broadcast_buffers(self.ema.module, self.dist)
         model = self.ema.module if self.ema else self.model
-        prob = predict(model, self.val_images, self.size, self.device, self.cfg.eval.batch_size, self.cfg.train.bf16)
+        prob = predict(model, self.val_images, self.size, self.device, self.cfg.eval.batch_size, self.cfg.train.bf16,
+                       self.cfg.train.cpu_bf16)
         return classification_metrics(self.val_labels, prob.numpy(), self.classes, rounds=0) | {"prob": prob.numpy()}
 
     def log_validation(self, m: dict) -> None:

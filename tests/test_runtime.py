@@ -15,8 +15,8 @@ import yaml
 
 import augment.runtime as runtime
 from augment.errors import UserError
-from augment.runtime import (GracefulStop, latest_run, load_checkpoint, new_run_dir, pick_device, resolve_run_file,
-                             rng_state, save_checkpoint, set_rng_state, write_run_info)
+from augment.runtime import (GracefulStop, autocast, cpu_bf16_native, latest_run, load_checkpoint, new_run_dir,
+                             pick_device, resolve_run_file, rng_state, save_checkpoint, set_rng_state, write_run_info)
 
 
 def test_checkpoint_roundtrip(tmp_path):
@@ -185,3 +185,14 @@ def test_null_writer_when_disabled(tmp_path):
     writer.add_scalar("x", 1.0, 0)
     writer.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bf16_autocast_on_the_cpu_only_when_asked_and_native():
+    x, w = torch.rand(2, 8), torch.rand(8, 4)
+    cpu = torch.device("cpu")
+    with autocast(cpu):
+        assert (x @ w).dtype == torch.float32  # CUDA-only by default
+    with autocast(cpu, cpu=True):
+        assert (x @ w).dtype == (torch.bfloat16 if cpu_bf16_native() else torch.float32)
+    with autocast(cpu, enabled=False, cpu=True):
+        assert (x @ w).dtype == torch.float32
