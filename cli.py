@@ -212,15 +212,21 @@ def classifier_yardstick(classifier: Path, gan_checkpoint: Path | None, out: Pat
 @click.option("--synthetic", type=click.Path(path_type=Path), help="Folder written by synthesize: added to the training split only.")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue a classifier run folder (or its last.pt) exactly.")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model (default: train.compile).")
-def classify_train(data, config, out, device, seed, set_, backbone, pretrained, synthetic, resume, compile_):
+@click.option("--preset", type=click.Choice(["cpu"]),
+              help="A named configuration instead of --config: cpu = configs/classify-train-cpu.yaml (minutes on a CPU).")
+def classify_train(data, config, out, device, seed, set_, backbone, pretrained, synthetic, resume, compile_, preset):
     """Train a classifier: head then fine-tuning (pretrained) or from scratch, early stopping on val macro-F1."""
     from augment.config import load_config
     from classifier.config import ClassifierConfig
     from augment.runtime import latest_run
     from classifier.train import Trainer
-    if resume is not None and (config is not None or set_ or backbone or pretrained or compile_ is not None):
-        raise UserError(f"--resume {resume}: a resumed run keeps its own config; drop --config, --set, "
+    if resume is not None and (config is not None or set_ or backbone or pretrained or compile_ is not None or preset):
+        raise UserError(f"--resume {resume}: a resumed run keeps its own config; drop --config, --preset, --set, "
                         "--backbone, --pretrained and --compile")
+    if preset:
+        if config is not None:
+            raise UserError(f"--preset {preset} and --config {config}: give one of them")
+        config = CONFIGS / f"classify-train-{preset}.yaml"
     data, config, is_demo = resolve_inputs("classify-train", data, config, out)
     if is_demo and synthetic is None and resume is None:
         synthetic = latest_run(out, "synthetic", marker="manifest.csv")

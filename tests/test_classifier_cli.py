@@ -35,3 +35,17 @@ def test_classify_train_evaluate_cam_chain(tmp_path):
 def test_resume_refuses_config_changes(tmp_path):
     r = CliRunner().invoke(cli, ["classify-train", "--resume", str(tmp_path), "--backbone", "vgg16"])
     assert r.exit_code == 2 and "keeps its own config" in r.output
+
+
+def test_cpu_preset_is_one_flag(tmp_path):
+    data = write_phantoms(tmp_path / "data", 12, size=32, seed=0)
+    out = tmp_path / "runs"
+    r = CliRunner().invoke(cli, ["classify-train", "--preset", "cpu", "--data", str(data), "--out", str(out),
+                                 "--device", "cpu", "--backbone", "shallow", "--set", "data.size=32",
+                                 "--set", "model.input_size=32", "--set", "train.epochs=1",
+                                 "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "train.tensorboard=false"])
+    assert r.exit_code == 0, r.output
+    config = next((out / "classifier").iterdir()).joinpath("config.yaml").read_text()
+    assert "cpu_bf16: true" in config and "ema: 0.99" in config  # the preset's values, not the defaults
+    r = CliRunner().invoke(cli, ["classify-train", "--preset", "cpu", "--config", str(DEMO)])
+    assert r.exit_code == 2 and "give one of them" in r.output
