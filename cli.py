@@ -207,26 +207,40 @@ def classifier_yardstick(classifier: Path, gan_checkpoint: Path | None, out: Pat
 # ---- classifier commands ----
 @cli.command("classify-train")
 @common_options
-@click.option("--backbone", help="Backbone name (e.g. efficientnet_b0, resnet50, vgg16, shallow); overrides model.backbone.")
+@click.option("--backbone", help="Backbone name (e.g. efficientnet_b0, resnet50, vgg16, shallow, timm:xception); "
+                                 "overrides model.backbone.")
+@click.option("--backbones", "several", is_flag=True,
+              help="Train each backbone named after the options (--backbones vgg16 resnet50 efficientnet_b0) with the "
+                   "same data, split, seed and config, then compare them.")
 @click.option("--pretrained", help="none, imagenet or a state dict path; overrides model.pretrained.")
 @click.option("--synthetic", type=click.Path(path_type=Path), help="Folder written by synthesize: added to the training split only.")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue a classifier run folder (or its last.pt) exactly.")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model (default: train.compile).")
 @click.option("--preset", type=click.Choice(["cpu"]),
               help="A named configuration instead of --config: cpu = configs/classify-train-cpu.yaml (minutes on a CPU).")
-def classify_train(data, config, out, device, seed, set_, backbone, pretrained, synthetic, resume, compile_, preset):
-    """Train a classifier: head then fine-tuning (pretrained) or from scratch, early stopping on val macro-F1."""
+@click.argument("backbones", nargs=-1)
+def classify_train(data, config, out, device, seed, set_, backbone, several, pretrained, synthetic, resume, compile_,
+                   preset, backbones):
+    """Train a classifier: head then fine-tuning (pretrained) or from scratch, early stopping on val macro-F1.
+    With --backbones NAME NAME ..., one per backbone, then a comparison of them."""
     from augment.config import load_config
     from classifier.config import ClassifierConfig
     from augment.runtime import latest_run
     from classifier.train import Trainer
-    if resume is not None and (config is not None or set_ or backbone or pretrained or compile_ is not None or preset):
+    if resume is not None and (config is not None or set_ or backbone or several or pretrained
+                               or compile_ is not None or preset):
         raise UserError(f"--resume {resume}: a resumed run keeps its own config; drop --config, --preset, --set, "
-                        "--backbone, --pretrained and --compile")
+                        "--backbone, --backbones, --pretrained and --compile")
     if preset:
         if config is not None:
             raise UserError(f"--preset {preset} and --config {config}: give one of them")
         config = CONFIGS / f"classify-train-{preset}.yaml"
+    names = [b.strip() for name in backbones for b in name.split(",") if b.strip()]
+    if names and not several:
+        raise UserError(f"unexpected argument {backbones[0]!r}; to train several backbones write --backbones "
+                        f"{' '.join(backbones)}")
+    if several and (backbone or len(names) < 2):
+        raise UserError("--backbones takes two or more names (e.g. --backbones vgg16 resnet50) and replaces --backbone")
     data, config, is_demo = resolve_inputs("classify-train", data, config, out)
     if is_demo and synthetic is None and resume is None:
         synthetic = latest_run(out, "synthetic", marker="manifest.csv")
@@ -235,6 +249,14 @@ def classify_train(data, config, out, device, seed, set_, backbone, pretrained, 
     flags = [f"model.backbone={backbone}"] * bool(backbone) + [f"model.pretrained={pretrained}"] * bool(pretrained)
     flags += [f"train.compile={str(compile_).lower()}"] * (compile_ is not None)
     cfg = load_config(ClassifierConfig, config, [*set_, *flags])
+    if names:
+        from classifier.compare import compare, train_backbones
+        runs, stopped = train_backbones(cfg, names, data, out, synthetic, device, seed)
+        if stopped:
+            sys.exit(INTERRUPTED)
+        result = compare(runs, data, out, cfg=cfg.eval, device=device, seed=seed)
+        click.echo(f"trained {', '.join(map(str, runs))}\ncomparison: {result['dest']}/compare.md")
+        return runs
     trainer = Trainer(cfg, data, out, synthetic, resume, device, seed)
     run = trainer.run()
     if trainer.stopped:
@@ -261,6 +283,22 @@ def evaluate(data, config, out, device, seed, set_, checkpoint, cam_n, split_fro
     cfg = load_config(ClassifierConfig, config, set_)
     run_evaluate(data, checkpoint, out, cfg.eval, device, cam_n, seed, split_from_data=split_from_data,
                  overwrite=overwrite)
+
+
+@cli.command("compare")
+@common_options
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--dest", type=click.Path(path_type=Path), help="Output folder (default: <out>/compare/<timestamp>).")
+@click.option("--overwrite", is_flag=True, help="Replace a comparison in --dest.")
+def compare_command(data, config, out, device, seed, set_, runs, dest, overwrite):
+    """Compare classifier RUNS on the same test images: metrics with patient-level intervals, McNemar and
+    DeLong tests for every pair (Holm-adjusted), a combined ROC; writes compare.md and compare.json."""
+    from augment.config import load_config
+    from classifier.compare import compare
+    from classifier.config import ClassifierConfig
+    data, config, _ = resolve_inputs("classify-train", data, config, out)
+    cfg = load_config(ClassifierConfig, config, set_)
+    return compare(runs, data, out, dest, cfg.eval, device, seed, overwrite=overwrite)["dest"]
 
 
 @cli.command()

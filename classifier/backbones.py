@@ -3,7 +3,9 @@ feature map, with the original classifier removed.
 
 A registry in timm's manner maps a name to a constructor, its default input size and how to cut the
 torchvision model at its global pooling. Any other torchvision classification model is cut by the
-same rules (``.features`` + classifier, or children up to ``avgpool``/``fc``).
+same rules (``.features`` + classifier, or children up to ``avgpool``/``fc``). ``timm:<name>`` is any
+model of the optional timm package (e.g. ``timm:inception_resnet_v2``, ``timm:xception``), built with
+``in_chans`` input channels and cut at its ``forward_features``.
 """
 from __future__ import annotations
 
@@ -16,19 +18,24 @@ import torchvision
 from augment.errors import UserError
 
 
+TIMM_PREFIX = "timm:"
+TIMM_INSTALL = 'pip install -e ".[timm]"'
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
-    """A registered backbone: its name, default input size and feature channels are found on build."""
+    """A registered backbone: its name, default input size and where it comes from (``torchvision``,
+    ``timm`` or ``own``); feature channels are found on build."""
     name: str
     input_size: int = 224
-    torchvision: bool = True
+    source: str = "torchvision"
 
 
 REGISTRY = {s.name: s for s in (
     BackboneSpec("efficientnet_b0"), BackboneSpec("resnet50"), BackboneSpec("vgg16"),
     BackboneSpec("vgg19"), BackboneSpec("resnet18"), BackboneSpec("densenet121"),
     BackboneSpec("squeezenet1_1"), BackboneSpec("inception_v3", input_size=299),
-    BackboneSpec("shallow", input_size=224, torchvision=False),
+    BackboneSpec("shallow", source="own"),
 )}
 
 
@@ -41,12 +48,47 @@ def list_backbones(all_torchvision: bool = False) -> list[str]:
 
 
 def get_spec(name: str) -> BackboneSpec:
+    if name.startswith(TIMM_PREFIX):
+        model = name[len(TIMM_PREFIX):]
+        timm = import_timm(name)
+        if not timm.is_model(model):
+            raise UserError(f"unknown timm model '{model}' in backbone '{name}'; list them with "
+                            "python -c \"import timm; print(timm.list_models())\"")
+        size = timm.models.get_pretrained_cfg(model)
+        return BackboneSpec(name, size.input_size[-1] if size else 224, "timm")
     if name in REGISTRY:
         return REGISTRY[name]
     if name in torchvision.models.list_models(module=torchvision.models):
         return BackboneSpec(name, input_size=299 if "inception" in name else 224)
-    raise UserError(f"unknown backbone '{name}'; choose one of {', '.join(REGISTRY)} "
-                    "or any torchvision classification model name")
+    raise UserError(f"unknown backbone '{name}'; choose one of {', '.join(REGISTRY)}, "
+                    "any torchvision classification model name or timm:<any timm model>")
+
+
+def import_timm(name: str):
+    """The timm module, or a :class:`UserError` saying how to install it."""
+    try:
+        import timm
+    except ImportError as e:
+        raise UserError(f"backbone '{name}' needs the timm package; install it with {TIMM_INSTALL}") from e
+    return timm
+
+
+class TimmFeatures(nn.Module):
+    """A timm model's ``forward_features``: ``(B, in_chans, H, W) -> (B, C, h, w)``; ``model`` is the
+    whole timm model (built without a classifier), so its state dict keys are timm's under ``model.``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.forward_features(x)
+
+
+def timm_model(name: str, in_chans: int) -> nn.Module:
+    """timm model ``timm:<model>`` with random weights, ``in_chans`` input channels and no classifier."""
+    return import_timm(name).create_model(name[len(TIMM_PREFIX):], pretrained=False, in_chans=in_chans,
+                                          num_classes=0)
 
 
 class ShallowCNN(nn.Sequential):

@@ -7,7 +7,7 @@ from typing import Literal, Optional
 from augment.data import DataConfig
 from augment.gpu import AugmentConfig
 
-from .backbones import list_backbones
+from .backbones import TIMM_PREFIX, list_backbones
 
 
 @dataclass
@@ -20,9 +20,10 @@ class ModelConfig:
     width: int = 32                   # first-block channels of the shallow CNN
 
     def check(self):
-        if self.backbone not in list_backbones(all_torchvision=True):
+        if not self.backbone.startswith(TIMM_PREFIX) and self.backbone not in list_backbones(all_torchvision=True):
             raise ValueError(f"model.backbone: unknown backbone {self.backbone!r}; choose one of "
-                             f"{', '.join(list_backbones())} or any torchvision classification model name")
+                             f"{', '.join(list_backbones())}, any torchvision classification model name "
+                             "or timm:<any timm model> (checked when the model is built)")
 
 
 @dataclass

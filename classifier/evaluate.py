@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from augment.data import load_dataset
+from augment.data import XrayDataset, load_dataset
 from augment.runtime import pick_device, resolve_run_file, write_text_atomic
-from augment.runsplit import EVALUATED_FILE, claim_report, evaluation_set, split_rows, write_split
+from augment.runsplit import EVALUATED_FILE, EvalSet, claim_report, evaluation_set, split_rows, write_split
 
 from .checkpoint import CHECKPOINTS, data_config, load_classifier
 from .config import EvalConfig
 from .inference import predict
+from .model import Classifier
 from .metrics import (bootstrap_weights, classification_metrics, interval, pr_curve, roc_curve,
                       transferred_threshold, weighted_auc)
 from .overlays import write_overlays
@@ -93,6 +94,15 @@ def json_safe(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
+def load_evaluation(data: str | Path, path: Path, device, split_from_data: bool = False,
+                    quiet: bool = False) -> tuple[Classifier, dict, XrayDataset, EvalSet]:
+    """The classifier of checkpoint ``path`` on ``device``, its metadata, ``data`` cached as the run
+    was trained, and the images of it the run is evaluated on (:func:`augment.runsplit.evaluation_set`)."""
+    model, ckpt = load_classifier(path, device)
+    ds = load_dataset(data, data_config(ckpt), quiet=quiet)
+    return model, ckpt, ds, evaluation_set(ds, data, path.parent, split_from_data, quiet)
+
+
 def evaluate(data: str | Path, checkpoint: str | Path | None = None, out: str | Path = "runs",
              cfg: EvalConfig | None = None, device: str = "auto", cam: int = 0, seed: int = 0,
              quiet: bool = False, split_from_data: bool = False, overwrite: bool = False) -> dict:
@@ -107,10 +117,8 @@ def evaluate(data: str | Path, checkpoint: str | Path | None = None, out: str | 
     cfg = cfg or EvalConfig()
     dev = pick_device(device)
     path = resolve_run_file(checkpoint, out, "classifier", CHECKPOINTS)
-    model, ckpt = load_classifier(path, dev)
+    model, ckpt, ds, chosen = load_evaluation(data, path, dev, split_from_data, quiet)
     classes, size = tuple(ckpt["classes"]), ckpt["input_size"]
-    ds = load_dataset(data, data_config(ckpt), quiet=quiet)
-    chosen = evaluation_set(ds, data, path.parent, split_from_data, quiet)
     split, idx = chosen.split, chosen.indices
     out_dir = path.parent / "eval" / chosen.folder
     evaluated = split_rows(ds, idx, split)

@@ -7,9 +7,9 @@ import torch.nn as nn
 
 from augment.errors import UserError
 
-from .backbones import ShallowCNN, adapt_in_chans, cut_features, get_spec, torchvision_model
+from .backbones import ShallowCNN, TimmFeatures, adapt_in_chans, cut_features, get_spec, timm_model, torchvision_model
 from .heads import HEADS, build_head
-from .weights import backbone_keys, imagenet_file, imagenet_state_dict, load_into, load_pretrained
+from .weights import backbone_keys, imagenet_weights, load_into, load_pretrained
 
 
 class Classifier(nn.Module):
@@ -44,25 +44,30 @@ def create_model(name: str, num_classes: int, in_chans: int = 1, pretrained: str
     """A classifier with backbone ``name``.
 
     Args:
-        name: a registered backbone (``list_backbones()``) or any torchvision classification model.
-        pretrained: ``none`` (random init), ``imagenet`` (torchvision's file in ``$TORCH_HOME``; the
-            first convolution's RGB kernels summed for gray input) or a path to a state dict.
+        name: a registered backbone (``list_backbones()``), any torchvision classification model or
+            ``timm:<model>`` (any timm model with a convolutional ``forward_features``; needs timm).
+        pretrained: ``none`` (random init), ``imagenet`` (a local file under ``$TORCH_HOME``, never
+            downloaded; the first convolution's RGB kernels summed for gray input) or a path to a state dict.
         head: ``linear`` (pooling + linear), ``lstm`` or ``gru`` (feature map as a sequence).
         width: channels of the first block of the ``shallow`` CNN.
     """
     if head not in HEADS:
         raise UserError(f"unknown head '{head}'; choose one of {', '.join(HEADS)}")
     spec = get_spec(name)
-    if spec.torchvision:
+    if spec.source == "torchvision":
         full = torchvision_model(name)
         adapt_in_chans(full, in_chans)
         backbone = cut_features(name, full)
+    elif spec.source == "timm":
+        full = timm_model(name, in_chans)
+        backbone = TimmFeatures(full)
     else:
         if pretrained == "imagenet":
             raise UserError(f"backbone '{name}' has no ImageNet weights; use --pretrained none or a state dict path")
         full = backbone = ShallowCNN(in_chans, width)
     if pretrained == "imagenet":
-        load_into(full, imagenet_state_dict(name), str(imagenet_file(name)), required=backbone_keys(full, backbone))
+        state, source = imagenet_weights(name)
+        load_into(full, state, source, required=backbone_keys(full, backbone))
     elif pretrained not in ("none", "", None):
         load_pretrained(full, backbone, pretrained)
     channels = feature_channels(backbone, in_chans, 96 if spec.input_size >= 299 else 64)
@@ -70,10 +75,14 @@ def create_model(name: str, num_classes: int, in_chans: int = 1, pretrained: str
 
 
 def feature_channels(backbone: nn.Module, in_chans: int, size: int) -> int:
-    """Channels of the backbone's feature map, found by one forward pass in eval mode."""
+    """Channels of the backbone's feature map ``(1, C, h, w)``, found by one forward pass in eval mode;
+    a backbone whose output is not such a map (a vision transformer's tokens) is a :class:`UserError`."""
     was = backbone.training
     backbone.eval()
     with torch.no_grad():
-        channels = backbone(torch.zeros(1, in_chans, size, size)).shape[1]
+        shape = backbone(torch.zeros(1, in_chans, size, size)).shape
     backbone.train(was)
-    return channels
+    if len(shape) != 4:
+        raise UserError(f"backbone gives features of shape {tuple(shape)}, not a convolutional feature map "
+                        "(B, C, h, w) for the heads and CAMs (vision transformers are not supported); choose a CNN")
+    return shape[1]

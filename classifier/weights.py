@@ -1,5 +1,6 @@
-"""Pretrained weights: torchvision's ImageNet files from ``$TORCH_HOME`` (never downloaded here) or a
-local state dict, adapted to grayscale by summing the RGB kernels of the first convolution."""
+"""Pretrained weights: ImageNet files from ``$TORCH_HOME`` (torchvision's, or timm's under
+``hub/checkpoints/timm/``; never downloaded here) or a local state dict, adapted to grayscale by summing
+the RGB kernels of the first convolution."""
 from __future__ import annotations
 
 import os
@@ -11,6 +12,8 @@ import torch.nn as nn
 
 from augment.errors import UserError
 from augment.runtime import load_checkpoint
+
+from .backbones import TIMM_PREFIX, import_timm
 
 
 def adapt_tensor(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
@@ -47,6 +50,35 @@ def imagenet_state_dict(name: str) -> dict:
         pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
         state = {(pattern.sub(r"\1\2", k) if pattern.match(k) else k): v for k, v in state.items()}
     return state
+
+
+def timm_imagenet_file(name: str) -> Path:
+    """Where the ImageNet weights of ``timm:<model>`` are read from:
+    ``$TORCH_HOME/hub/checkpoints/timm/<model>.safetensors`` (or ``.pth``); a missing file is a
+    :class:`UserError` saying where to put which file."""
+    model = name[len(TIMM_PREFIX):]
+    folder = Path(torch.hub.get_dir()) / "checkpoints" / "timm"
+    for path in (folder / f"{model}.safetensors", folder / f"{model}.pth"):
+        if path.is_file():
+            return path
+    cfg = import_timm(name).models.get_pretrained_cfg(model)
+    hub = getattr(cfg, "hf_hub_id", None) if cfg else None
+    where = f"download model.safetensors of https://huggingface.co/{hub} to that path" if hub else \
+        "timm lists no ImageNet weights for it; put a state dict there"
+    raise UserError(f"{folder / (model + '.safetensors')}: ImageNet weights for {name} are not there; {where} "
+                    "(or set $TORCH_HOME), or use --pretrained none")
+
+
+def imagenet_weights(name: str) -> tuple[dict, str]:
+    """The ImageNet state dict of backbone ``name`` (torchvision or ``timm:``) from local files only,
+    and the file it came from."""
+    if not name.startswith(TIMM_PREFIX):
+        return imagenet_state_dict(name), str(imagenet_file(name))
+    path = timm_imagenet_file(name)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path)), str(path)
+    return load_checkpoint(path), str(path)
 
 
 def load_into(module: nn.Module, state: dict, source: str, required: set[str] | None = None) -> None:

@@ -101,3 +101,85 @@ def test_linear_head_is_pooling_then_linear():
     head = LinearHead(4, 2)
     feats = torch.rand(3, 4, 5, 5)
     assert torch.allclose(head(feats), feats.mean((2, 3)) @ head.fc.weight.T + head.fc.bias)
+
+
+def test_timm_backbone_takes_gray_input_and_finds_its_cam_layer():
+    pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = create_model("timm:resnet10t", 3).eval()
+    assert model.input_size == 176  # timm's default for resnet10t
+    assert model.backbone.model.conv1[0].in_channels == 1
+    x = torch.rand(2, 1, 64, 64)
+    assert model.backbone(x).shape == (2, 512, 2, 2)  # forward_features: the last feature map
+    with GradCAM(model) as cam:
+        maps, _, _ = cam(x)
+    assert maps.shape == (2, 64, 64)
+
+
+@pytest.mark.parametrize("head", ["lstm", "gru"])
+def test_timm_backbone_with_recurrent_heads(head):
+    pytest.importorskip("timm")
+    model = create_model("timm:mobilenetv3_small_050", 3, head=head)
+    assert isinstance(model.head, RecurrentHead)
+    model(torch.rand(2, 1, 64, 64)).sum().backward()
+    assert model.backbone.model.conv_stem.weight.grad.abs().sum() > 0
+
+
+def test_timm_state_dict_is_adapted_to_gray_and_its_classifier_ignored(tmp_path):
+    timm = pytest.importorskip("timm")
+    reference = timm.create_model("resnet10t", pretrained=False, num_classes=1000)  # RGB, with its fc
+    torch.save(reference.state_dict(), tmp_path / "timm.pt")
+    model = create_model("timm:resnet10t", 3, pretrained=str(tmp_path / "timm.pt"))
+    rgb = reference.conv1[0].weight
+    assert torch.allclose(model.backbone.model.conv1[0].weight, rgb.sum(1, keepdim=True))
+    assert torch.equal(model.backbone.model.layer4[0].conv2.weight, reference.layer4[0].conv2.weight)
+    # the same file as ImageNet weights under $TORCH_HOME/hub/checkpoints/timm
+    home = tmp_path / "torch"
+    (home / "hub" / "checkpoints" / "timm").mkdir(parents=True)
+    (tmp_path / "timm.pt").rename(home / "hub" / "checkpoints" / "timm" / "resnet10t.pth")
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("TORCH_HOME", str(home))
+        model = create_model("timm:resnet10t", 3, pretrained="imagenet")
+    assert torch.equal(model.backbone.model.layer4[0].conv2.weight, reference.layer4[0].conv2.weight)
+
+
+def test_timm_imagenet_without_a_local_file_refuses_and_says_where(torch_home):
+    pytest.importorskip("timm")
+    with pytest.raises(UserError) as e:
+        create_model("timm:resnet10t", 3, pretrained="imagenet")
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert str(torch_home / "hub" / "checkpoints" / "timm" / "resnet10t.safetensors") in msg
+    assert "huggingface.co/timm/resnet10t" in msg
+    assert not (torch_home / "hub" / "checkpoints" / "timm").exists()  # nothing downloaded
+
+
+def test_timm_names_unknown_or_not_convolutional_are_user_errors():
+    pytest.importorskip("timm")
+    with pytest.raises(UserError, match="unknown timm model 'resnet51'"):
+        create_model("timm:resnet51", 3)
+    with pytest.raises(UserError, match="not a convolutional feature map"):
+        create_model("timm:test_vit", 3)
+
+
+def test_timm_backbone_without_timm_says_how_to_install(monkeypatch):
+    import builtins
+    real = builtins.__import__
+
+    def no_timm(name, *args, **kwargs):
+        if name == "timm" or name.startswith("timm."):
+            raise ImportError("No module named 'timm'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_timm)
+    with pytest.raises(UserError) as e:
+        create_model("timm:xception", 3)
+    assert str(e.value) == ("backbone 'timm:xception' needs the timm package; "
+                            'install it with pip install -e ".[timm]"')
+
+
+def test_config_accepts_timm_names_and_still_rejects_unknown_ones():
+    from classifier.config import ModelConfig
+    ModelConfig(backbone="timm:inception_resnet_v2").check()
+    with pytest.raises(ValueError, match="timm:<any timm model>"):
+        ModelConfig(backbone="resnet51").check()
