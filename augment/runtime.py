@@ -111,13 +111,18 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: readers see the old file or
+    """Write ``text`` (UTF-8) to ``path`` atomically, as :func:`write_bytes_atomic`."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: readers see the old file or
     the new one, never half of one. A failure is a one-line :class:`UserError` naming the file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     except OSError as e:
         raise UserError(f"{path}: could not write ({e.strerror or e}); free disk space or choose another "

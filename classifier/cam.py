@@ -26,6 +26,7 @@ class BaseCAM:
     class probabilities ``(B, K)``.
     """
     uses_gradients = True
+    label = ""  # the method's name in figure titles
 
     def __init__(self, model: Classifier):
         self.model = model
@@ -75,17 +76,22 @@ class BaseCAM:
 
 class CAM(BaseCAM):
     uses_gradients = False
+    label = "CAM"
 
     def channel_weights(self, acts, grads, target):
         return self.model.head.fc.weight.detach().float()[target]
 
 
 class GradCAM(BaseCAM):
+    label = "Grad-CAM"
+
     def channel_weights(self, acts, grads, target):
         return grads.mean((2, 3))
 
 
 class GradCAMPlusPlus(BaseCAM):
+    label = "Grad-CAM++"
+
     def channel_weights(self, acts, grads, target):
         g2, g3 = grads.pow(2), grads.pow(3)
         denom = 2 * g2 + acts.sum((2, 3), keepdim=True) * g3

@@ -31,7 +31,7 @@ from .config import ClassifierConfig, EvalConfig
 from .evaluate import json_safe, load_evaluation
 from .inference import predict
 from .metrics import classification_metrics, roc_curve
-from .plots import curves_image, save_png
+from .plots import RocCurve, roc_figure, save_figure
 
 EXACT_BELOW = 25  # McNemar: exact binomial test below this many discordant images
 
@@ -122,11 +122,6 @@ def run_names(paths: list[Path]) -> list[str]:
     return names if len(set(names)) == len(names) else [str(p.parent) for p in paths]
 
 
-def roc_figure(curves: list[tuple[str, np.ndarray, np.ndarray]], path: Path) -> None:
-    """One ROC figure of ``(label, fpr, tpr)`` curves."""
-    save_png(curves_image(curves, "false positive rate (1 - specificity)", "sensitivity", diagonal=True), path)
-
-
 def compare(runs: Sequence[str | Path], data: str | Path, out: str | Path = "runs", dest: str | Path | None = None,
             cfg: EvalConfig | None = None, device: str = "auto", seed: int = 0, quiet: bool = False,
             overwrite: bool = False) -> dict:
@@ -187,15 +182,19 @@ def compare(runs: Sequence[str | Path], data: str | Path, out: str | Path = "run
 
     dest = Path(dest) if dest is not None else new_run_dir(out, "compare")
     dest.mkdir(parents=True, exist_ok=True)
-    roc_figure([(f"{r['name']} AUC {r['metrics']['per_class'][classes[positive]]['auc']:.3f}",
-                 *roc_curve(y == positive, prob[:, positive])[:2]) for r, prob in zip(result["runs"], probs)],
-               dest / "roc.png")
+    curves = []
+    for r, prob in zip(result["runs"], probs):
+        fpr, tpr, _ = roc_curve(y == positive, prob[:, positive])
+        per_class = r["metrics"]["per_class"][classes[positive]]
+        curves.append(RocCurve(f"{r['name']} ({r['backbone']})", fpr, tpr, per_class["auc"], per_class["auc_ci"]))
+    save_figure(roc_figure(curves, f"{classes[positive]} vs rest: {len(runs)} runs on {len(y)} shared test images of "
+                                   f"{data}"), dest / "roc")
     write_text_atomic(dest / "compare.json", json.dumps(json_safe(result), indent=2) + "\n")
     write_text_atomic(dest / "compare.md", markdown(result))
     result["dest"] = str(dest)
     if not quiet:
         print(markdown(result).split("\n## Paired")[0].rstrip())
-        print(f"wrote compare.md, compare.json and roc.png to {dest}", file=sys.stderr)
+        print(f"wrote compare.md, compare.json and roc.png/.pdf to {dest}", file=sys.stderr)
     return result
 
 

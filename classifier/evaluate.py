@@ -18,10 +18,10 @@ from .checkpoint import CHECKPOINTS, data_config, load_classifier
 from .config import EvalConfig
 from .inference import predict
 from .model import Classifier
-from .metrics import (bootstrap_weights, classification_metrics, interval, pr_curve, roc_curve,
+from .metrics import (bootstrap_weights, classification_metrics, interval, pr_curve, roc_band, roc_curve,
                       transferred_threshold, weighted_auc)
 from .overlays import write_overlays
-from .plots import confusion_image, curves_image, save_png
+from .plots import FPR_GRID, PrCurve, RocCurve, confusion_figure, pr_figure, roc_figure, save_figure
 from .report import key_table, markdown_report
 
 
@@ -84,6 +84,35 @@ def per_source(y, prob, sources, classes, cfg: EvalConfig, seed: int, groups) ->
     return out
 
 
+def evaluation_figures(y: np.ndarray, prob: np.ndarray, classes: tuple[str, ...], metrics: dict, cfg: EvalConfig,
+                       seed: int, groups, context: str) -> dict:
+    """The ``roc``, ``pr`` and ``confusion`` figures of labels ``y (N,)`` and probabilities ``prob (N, K)``,
+    titled with ``context``; adds each class's average precision to ``metrics["per_class"]``.
+
+    The ROC bands resample the same groups with the same seed as the metrics' intervals; the operating
+    point of ``metrics["binary"]`` is marked on the positive class's curve."""
+    w = bootstrap_weights(len(y), cfg.bootstrap, seed, groups) if cfg.bootstrap else None
+    rocs, prs = [], []
+    for c, name in enumerate(classes):
+        pos, score, pc = y == c, prob[:, c], metrics["per_class"][name]
+        fpr, tpr, _ = roc_curve(pos, score)
+        precision, recall, pc["average_precision"] = pr_curve(pos, score)
+        band = roc_band(pos, score, w, FPR_GRID, cfg.ci_level) if w is not None else None
+        rocs.append(RocCurve(name, fpr, tpr, pc["auc"], pc["auc_ci"], band))
+        prs.append(PrCurve(name, recall, precision, pc["average_precision"], float(pos.mean())))
+    b = metrics.get("binary")
+    if b and b["operating_point"]:
+        op, roc = b["operating_point"], rocs[classes.index(b["positive_class"])]
+        roc.point = (1 - op["specificity"], op["sensitivity"])
+        roc.point_label = (f"{b['positive_class']}: threshold {op['threshold']:.3f} chosen on validation for "
+                           f"specificity ≥ {100 * b['specificity_target']:.0f} %\n(test sensitivity "
+                           f"{op['sensitivity']:.2f}, specificity {op['specificity']:.2f})")
+    return {"roc": roc_figure(rocs, f"ROC, each class vs the rest\n{context}",
+                              f"{100 * cfg.ci_level:.0f} % pointwise bootstrap band (patients)"),
+            "pr": pr_figure(prs, f"Precision-recall, each class vs the rest\n{context}"),
+            "confusion": confusion_figure(metrics["confusion"], classes, f"Confusion matrix\n{context}")}
+
+
 def json_safe(value):
     """``value`` with NaN (a rate with no cases, e.g. the sensitivity of an absent class) and infinite
     thresholds as null, so ``metrics.json`` is strict JSON."""
@@ -109,7 +138,8 @@ def evaluate(data: str | Path, checkpoint: str | Path | None = None, out: str | 
     """Evaluate a classifier on its run's test split (the validation split when there is none), or on
     another test set; :func:`augment.runsplit.evaluation_set` says which images and refuses leaks.
 
-    Writes ``metrics.json``, ``report.md``, ``confusion.png``, ``roc.png``, ``pr.png``, ``images.csv``
+    Writes ``metrics.json``, ``report.md``, ``confusion``, ``roc`` and ``pr`` figures (``.png`` at 300 dpi and
+    ``.pdf``), ``images.csv``
     (the images evaluated) and, with ``cam`` > 0, overlays for ``cam`` images per class under
     ``<run>/eval`` (another test set: ``<run>/eval/<name>-<split>``); prints the key table. A folder
     holding a report on other images is refused unless ``overwrite``.
@@ -138,17 +168,10 @@ def evaluate(data: str | Path, checkpoint: str | Path | None = None, out: str | 
     if any(sources):
         metrics["per_source"] = per_source(y, prob, sources, classes, cfg, seed, groups)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_png(confusion_image(np.asarray(metrics["confusion"]), classes), out_dir / "confusion.png")
-    rocs, prs = [], []
-    for c, name in enumerate(classes):
-        fpr, tpr, _ = roc_curve(y == c, prob[:, c])
-        precision, recall, ap = pr_curve(y == c, prob[:, c])
-        metrics["per_class"][name]["average_precision"] = ap
-        rocs.append((f"{name} AUC {metrics['per_class'][name]['auc']:.3f}", fpr, tpr))
-        prs.append((f"{name} AP {ap:.3f}", recall, precision))
-    save_png(curves_image(rocs, "false positive rate (1 - specificity)", "sensitivity", diagonal=True), out_dir / "roc.png")
-    save_png(curves_image(prs, "recall (sensitivity)", "precision"), out_dir / "pr.png")
+    context = (f"{ckpt['model_args']['name']} run {path.parent.name}\n{Path(data).name}, {split} split: "
+               f"{metrics['n']} images of {metrics['n_groups']} patients")
+    for name, fig in evaluation_figures(y, prob, classes, metrics, cfg, seed, groups, context).items():
+        save_figure(fig, out_dir / name)
 
     if cam > 0:
         picks = np.concatenate([np.flatnonzero(y == c)[:cam] for c in range(len(classes))])
@@ -161,6 +184,6 @@ def evaluate(data: str | Path, checkpoint: str | Path | None = None, out: str | 
     write_split(out_dir / EVALUATED_FILE, evaluated)
     if not quiet:
         print(key_table(metrics, classes))
-        print(f"wrote metrics.json, report.md, confusion.png, roc.png, pr.png, {EVALUATED_FILE} to {out_dir}",
+        print(f"wrote metrics.json, report.md, confusion, roc and pr (.png, .pdf), {EVALUATED_FILE} to {out_dir}",
               file=sys.stderr)
     return metrics

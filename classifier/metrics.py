@@ -63,6 +63,27 @@ def roc_curve(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.n
     return fpr, tpr, np.r_[np.inf, s[last]]
 
 
+def roc_band(positive: np.ndarray, score: np.ndarray, w: np.ndarray, grid: np.ndarray,
+             level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Pointwise ``level`` percentile band ``(lo, hi)``, each ``(G,)``, of the sensitivity at the false positive
+    rates ``grid (G,)`` over the resampled sets of weights ``w (B, N)`` (bootstrap weights of groups).
+
+    Each resampled ROC curve is read off by linear interpolation between its points, as it is drawn;
+    at a vertical step the top is taken (the sensitivity reachable at that false positive rate). Rounds
+    without positives or negatives are left out."""
+    levels, inverse = np.unique(-score, return_inverse=True)  # highest score first
+    onehot = np.zeros((len(score), len(levels)))
+    onehot[np.arange(len(score)), inverse] = 1
+    tp, fp = np.cumsum((w * positive) @ onehot, 1), np.cumsum((w * ~positive) @ onehot, 1)
+    tpr = np.full((len(w), len(grid)), np.nan)
+    for b in np.flatnonzero((tp[:, -1] > 0) & (fp[:, -1] > 0)):
+        tpr[b] = np.interp(grid, np.r_[0, fp[b] / fp[b, -1]], np.r_[0, tp[b] / tp[b, -1]])
+    if np.isnan(tpr).all():
+        return np.full(len(grid), np.nan), np.full(len(grid), np.nan)
+    lo, hi = np.nanpercentile(tpr, [50 * (1 - level), 50 * (1 + level)], axis=0)
+    return lo, hi
+
+
 def pr_curve(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """``(precision, recall, average_precision)``; AP is the step-wise sum ``sum (R_n - R_{n-1}) P_n``."""
     order = np.argsort(-score, kind="stable")

@@ -1,4 +1,5 @@
-"""CAM overlays written as PNGs: the X-ray beside its heat map for the predicted or a named class."""
+"""CAM overlays written as PNGs: the X-ray beside its heat map for the predicted or a named class, with a
+colour bar and the class and its probability on the image."""
 from __future__ import annotations
 
 import re
@@ -14,13 +15,14 @@ from augment.imageio import UnreadableImage
 from .cam import cam_method, faithfulness
 from .inference import to_input
 from .model import Classifier
-from .plots import overlay, save_png
+from .plots import overlay_figure, save_figure
 
 
 def write_overlays(model: Classifier, images_u8: torch.Tensor, names: list[str], classes: tuple[str, ...],
                    size: int, device: torch.device, method: str, out_dir: Path, target_class: str | None = None,
                    batch_size: int = 16) -> tuple[list[Path], dict[str, float]]:
-    """Overlays of uint8 images ``(N, 1, S, S)`` as ``out_dir/<name>_<class>.png``, in batches.
+    """Overlays of uint8 images ``(N, 1, S, S)`` as ``out_dir/<name>_<class>_p<probability>.png`` (300 dpi),
+    in batches.
 
     Returns the written paths and the faithfulness of the maps (average drop, increase in confidence).
     """
@@ -37,8 +39,10 @@ def write_overlays(model: Classifier, images_u8: torch.Tensor, names: list[str],
             gray = (x[:, 0].cpu().numpy() * 255).round().astype(np.uint8)
             for i in range(len(x)):
                 c = int(tgt[i])
-                name = f"{safe_name(Path(names[start + i]).stem)}_{safe_name(classes[c])}_p{prob[i, c]:.2f}.png"
-                written.append(save_png(overlay(gray[i], maps[i].cpu().numpy()), out_dir / name))
+                stem = f"{safe_name(Path(names[start + i]).stem)}_{safe_name(classes[c])}_p{prob[i, c]:.2f}"
+                fig = overlay_figure(gray[i], maps[i].cpu().numpy(), classes[c], float(prob[i, c]),
+                                     f"{Path(names[start + i]).name}: {cam.label}")
+                written += save_figure(fig, out_dir / stem, formats=("png",))
     return written, {"average_drop_pct": drops / max(n, 1), "increase_in_confidence_pct": increases / max(n, 1)}
 
 

@@ -1,9 +1,13 @@
 """``classify-train``: two-phase transfer learning (head on the frozen backbone, then all layers at a
 lower learning rate; Zebin et al.) or training from scratch, on GPU-resident data with kornia
-augmentation, early stopping on validation macro-F1 and exact resume."""
+augmentation, early stopping on validation macro-F1 and exact resume. The run folder keeps a
+``history.csv`` of every epoch and the best epoch's validation metrics in ``best_metrics.json``."""
 from __future__ import annotations
 
+import csv
+import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,21 +19,24 @@ from tqdm import tqdm
 
 from augment.balance import keep_training_patients
 from augment.config import config_to_dict, load_config
-from augment.data import XrayDataset, load_dataset
+from augment.data import XrayDataset, load_dataset, write_csv
 from augment.errors import UserError
 from augment.gpu import DeviceImages, build_augment, epoch_batches
 from augment.runtime import (Dist, GracefulStop, LossMeter, all_ranks, autocast, broadcast_buffers, close_distributed,
                              init_distributed, load_checkpoint, new_run_dir, pick_device, resolve_run_file, rng_state,
                              save_checkpoint, seed_everything, set_rng_state, stop_agreed, tensorboard_writer,
-                             write_run_info)
+                             write_run_info, write_text_atomic)
 from augment.runsplit import SPLIT_FILE, split_rows, write_split
 
 from .config import ClassifierConfig
+from .evaluate import json_safe
 from .inference import predict
 from .levers import EMA, LRSchedule, mix
-from .metrics import classification_metrics
+from .metrics import classification_metrics, roc_curve
 from .model import Classifier, create_model
-from .plots import confusion_image
+from .plots import RocCurve, confusion_figure, roc_figure
+
+HISTORY_FILE = "history.csv"
 
 
 @dataclass
@@ -81,6 +88,19 @@ def gray_statistics(images_u8: torch.Tensor, chunk: int = 256) -> tuple[float, f
     n = images_u8.numel()
     mean = total / n
     return mean, max(sq / n - mean ** 2, 0.0) ** 0.5
+
+
+def cross_entropy(prob: np.ndarray, y: np.ndarray) -> float:
+    """Mean cross-entropy of class probabilities ``prob (M, K)`` for labels ``y (M,)``."""
+    return float(-np.log(np.clip(prob[np.arange(len(y)), y], 1e-12, None)).mean())
+
+
+def read_history(path: Path, epochs: int) -> list[dict]:
+    """The rows of ``history.csv`` of the first ``epochs`` epochs (later ones were not kept in last.pt)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return [row for row in csv.DictReader(f) if int(row["epoch"]) <= epochs]
 
 
 def balanced_batches(labels: torch.Tensor, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -148,6 +168,8 @@ class Trainer:
         self.best_f1, self.best_epoch, self.bad_epochs = -1.0, -1, 0
         self.schedule_state = None
         self.saved_step = None  # step of the last last.pt, kept when a loss diverges
+        self.epoch_loss = torch.zeros((), device=self.device)  # sum of this epoch's step losses, on the device
+        self.epoch_seconds = 0.0  # time this epoch took before a resume
 
         if ckpt is not None:
             self.run_dir = path.parent
@@ -161,7 +183,9 @@ class Trainer:
                 write_split(self.run_dir / SPLIT_FILE,
                             split_rows(ds) + (split_rows(syn, split="train", origin="synthetic") if syn else []))
         self.fingerprint = fingerprint
-        self.writer = tensorboard_writer(self.run_dir, main and cfg.train.tensorboard)
+        self.tensorboard = main and cfg.train.tensorboard
+        self.writer = tensorboard_writer(self.run_dir, self.tensorboard)
+        self.history = read_history(self.run_dir / HISTORY_FILE, self.epoch) if main else []
 
     def _make_run_dir(self, out) -> Path:
         run = [str(new_run_dir(out, "classifier")) if self.dist.is_main else None]
@@ -177,6 +201,8 @@ class Trainer:
                 "schedule": self.schedule.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
                 "epoch": self.epoch, "batch": self.batch, "step": self.step, "best_f1": self.best_f1,
                 "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "rng": rng, "seed": self.seed,
+                "epoch_loss": float(self.epoch_loss),
+                "epoch_seconds": time.monotonic() - self.clock if self.batch else 0.0,
                 "data_fingerprint": self.fingerprint, "classes": list(self.classes),
                 "model_args": model_args(self.cfg, len(self.classes)), "input_size": self.size,
                 "config": config_to_dict(self.cfg)}
@@ -189,6 +215,8 @@ class Trainer:
         for key in ("epoch", "batch", "step", "best_f1", "best_epoch", "bad_epochs"):
             setattr(self, key, ckpt[key])
         self.schedule_state, self.saved_step = ckpt["schedule"], ckpt["step"]
+        self.epoch_loss.fill_(ckpt.get("epoch_loss", 0.0))  # absent from checkpoints of earlier versions
+        self.epoch_seconds = ckpt.get("epoch_seconds", 0.0)
         set_rng_state(ckpt["rng"][self.dist.rank % len(ckpt["rng"])])
 
     def save(self, name: str) -> None:
@@ -197,9 +225,11 @@ class Trainer:
             save_checkpoint(state, self.run_dir / name)
         self.saved_step = self.step
 
-    def save_best(self, f1: float, prob: np.ndarray) -> None:
+    def save_best(self, m: dict) -> None:
         """``best.pt``: the weights and, so evaluation can choose thresholds on validation data, the
-        validation labels ``(M,)``, probabilities ``(M, K)`` and group ids of this epoch."""
+        validation labels ``(M,)``, probabilities ``(M, K)`` and group ids of this epoch; its validation
+        metrics ``m`` beside it in ``best_metrics.json``."""
+        f1, prob = m["macro"]["f1"], m["prob"]
         if self.dist.is_main:
             weights = (self.ema.module if self.ema else self.model).state_dict()
             validation = {"labels": torch.from_numpy(self.val_labels), "prob": torch.from_numpy(prob),
@@ -209,6 +239,8 @@ class Trainer:
                              "model_args": model_args(self.cfg, len(self.classes)),
                              "input_size": self.size, "config": config_to_dict(self.cfg),
                              "validation": validation}, self.run_dir / "best.pt")
+            best = {"epoch": self.epoch + 1, **{k: v for k, v in m.items() if k != "prob"}}
+            write_text_atomic(self.run_dir / "best_metrics.json", json.dumps(json_safe(best), indent=2) + "\n")
 
     # ------------------------------------------------------------ one phase, one step
     def _enter_phase(self, phase: Phase) -> nn.Module:
@@ -265,24 +297,50 @@ class Trainer:
 
     # ------------------------------------------------------------ validation
     def validate(self) -> dict:
-        """Validation metrics and ``prob (M, K)`` of the evaluated model, the same on every rank."""
+        """Validation metrics, cross-entropy ``loss`` and ``prob (M, K)`` of the evaluated model, the same on
+        every rank."""
         broadcast_buffers(self.model, self.dist)
         if self.ema:
             broadcast_buffers(self.ema.module, self.dist)
         model = self.ema.module if self.ema else self.model
         prob = predict(model, self.val_images, self.size, self.device, self.cfg.eval.batch_size, self.cfg.train.bf16,
-                       self.cfg.train.cpu_bf16)
-        return classification_metrics(self.val_labels, prob.numpy(), self.classes, rounds=0) | {"prob": prob.numpy()}
+                       self.cfg.train.cpu_bf16).numpy()
+        return (classification_metrics(self.val_labels, prob, self.classes, rounds=0)
+                | {"loss": cross_entropy(prob, self.val_labels), "prob": prob})
 
     def log_validation(self, m: dict) -> None:
+        """Validation scalars, PR curves, and the confusion and ROC figures, to TensorBoard."""
+        if not self.tensorboard:
+            return
         w, e = self.writer, self.epoch
+        w.add_scalar("val/loss", m["loss"], e)
         w.add_scalar("val/accuracy", m["accuracy"], e)
         w.add_scalar("val/macro_f1", m["macro"]["f1"], e)
+        w.add_scalar("val/macro_auc", m["macro"]["auc"], e)
+        rocs = []
         for c, name in enumerate(self.classes):
             w.add_scalar(f"val/sensitivity/{name}", m["per_class"][name]["sensitivity"], e)
             w.add_pr_curve(f"val/pr/{name}", torch.from_numpy(self.val_labels == c),
                            torch.from_numpy(m["prob"][:, c]), e)
-        w.add_image("val/confusion", confusion_image(np.asarray(m["confusion"]), self.classes), e, dataformats="HWC")
+            fpr, tpr, _ = roc_curve(self.val_labels == c, m["prob"][:, c])
+            rocs.append(RocCurve(name, fpr, tpr, m["per_class"][name]["auc"]))
+        title = f"{self.cfg.model.backbone} run {self.run_dir.name}; validation split, epoch {e + 1}"
+        w.add_figure("val/confusion", confusion_figure(m["confusion"], self.classes, f"Confusion matrix\n{title}"), e)
+        w.add_figure("val/roc", roc_figure(rocs, f"ROC, each class vs the rest\n{title}"), e)
+
+    def log_history(self, m: dict) -> None:
+        """Append this epoch's row to ``history.csv`` (the whole file rewritten atomically)."""
+        loss = self.epoch_loss.clone()
+        if self.dist.world_size > 1:  # the mean over every rank's batches
+            torch.distributed.all_reduce(loss)
+        row = {"epoch": self.epoch + 1, "train_loss": float(loss) / (self.batch * self.dist.world_size),
+               "val_loss": m["loss"], "accuracy": m["accuracy"], "macro_f1": m["macro"]["f1"],
+               **{f"sensitivity_{c}": m["per_class"][c]["sensitivity"] for c in self.classes},
+               "macro_auc": m["macro"]["auc"], "lr": self.optimizer.param_groups[1]["lr"],
+               "seconds": round(time.monotonic() - self.clock, 3)}
+        if self.dist.is_main:
+            self.history.append(row)
+            write_csv(self.run_dir / HISTORY_FILE, self.history, list(row))
 
     # ------------------------------------------------------------ the loop
     def run(self) -> Path:
@@ -336,10 +394,12 @@ class Trainer:
         bar = tqdm(total=len(batches), initial=self.batch, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
                    unit="step", disable=self.quiet, file=sys.stderr, leave=False)
         stopped = False
+        self.clock = time.monotonic() - (self.epoch_seconds if self.batch else 0.0)
         while self.batch < len(batches) and not stopped:
             step_in_phase = (self.epoch - phase.start) * len(batches) + self.batch
             loss = self.train_step(net, batches[self.batch], phase, step_in_phase)
             self.batch, self.step = self.batch + 1, self.step + 1
+            self.epoch_loss += loss
             meter.add(loss[None], self.step)
             bar.update()
             if self.step % self.cfg.train.log_every == 0:
@@ -358,21 +418,23 @@ class Trainer:
         f1 = m["macro"]["f1"]
         self.schedule.epoch_end(f1)
         self.log_validation(m)
+        self.log_history(m)
         if f1 > self.best_f1:
             self.best_f1, self.best_epoch, self.bad_epochs = f1, self.epoch, 0
-            self.save_best(f1, m["prob"])
+            self.save_best(m)
         else:
             self.bad_epochs += 1
         if self.dist.is_main and not self.quiet:
             print(f"epoch {self.epoch + 1}: val accuracy {m['accuracy']:.3f}, macro-F1 {f1:.3f}"
                   + (" (best)" if self.best_epoch == self.epoch else ""), file=sys.stderr)
         self.epoch, self.batch = self.epoch + 1, 0
+        self.epoch_loss.zero_()
         self.save("last.pt")
 
 
 def train(cfg: ClassifierConfig, data: str | Path, out: str | Path = "runs", synthetic: str | Path | None = None,
           resume: str | Path | None = None, device: str = "auto", seed: int = 0, quiet: bool = False) -> Path:
-    """Train a classifier; returns its run folder (``best.pt``, ``last.pt``, ``config.yaml``, ``run.json``,
-    TensorBoard events). With ``resume`` (a run folder or ``last.pt``) the run continues exactly where
-    it stopped, with its own saved config."""
+    """Train a classifier; returns its run folder (``best.pt``, ``best_metrics.json``, ``last.pt``,
+    ``history.csv``, ``config.yaml``, ``run.json``, TensorBoard events). With ``resume`` (a run folder or
+    ``last.pt``) the run continues exactly where it stopped, with its own saved config."""
     return Trainer(cfg, data, out, synthetic, resume, device, seed, quiet).run()

@@ -121,7 +121,7 @@ def test_backbones_train_then_compare_writes_the_table(tmp_path):
         sorted(holm([t["p"] for t in result["tests"]])))
     n = result["n"]
     assert n == sum(map(sum, result["runs"][0]["metrics"]["confusion"])) and "note" not in result
-    assert "| shallow |" in (dest / "compare.md").read_text() and (dest / "roc.png").is_file()
+    assert "| shallow |" in (dest / "compare.md").read_text() and (dest / "roc.png").is_file() and (dest / "roc.pdf").is_file()
     # the same runs by the compare command, into a folder that then refuses to be overwritten
     args = ["compare", *common, str(runs[0]), str(runs[1]), "--dest", str(tmp_path / "cmp")]
     assert runner.invoke(cli, args).exit_code == 0
