@@ -317,6 +317,26 @@ def cam(images, checkpoint, method, target_class, out, device):
     return written
 
 
+@cli.command("predict")
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="Classifier run folder or checkpoint (default: latest run).")
+@click.option("--dest", type=click.Path(path_type=Path),
+              help="Output folder (default: <run>/predictions/<name of the first image or folder>).")
+@click.option("--cam", is_flag=True, help="Also write a CAM overlay per readable image, to <dest>/cam.")
+@click.option("--method", type=click.Choice(["cam", "gradcam", "gradcampp"]), help="CAM method (default: the run's eval.cam_method).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier predictions.csv in --dest.")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def predict_command(images, checkpoint, dest, cam, method, overwrite, batch_size, out, device):
+    """Score X-ray IMAGES (files or folders, recursed) with a classifier: predictions.csv with each file's
+    class, class probabilities and the covid threshold chosen on validation; unreadable files listed."""
+    from classifier.predict import predict_files
+    result = predict_files(images, checkpoint, out, dest, cam, method, overwrite, device, batch_size)
+    click.echo(f"wrote {result['csv']}: {result['images']} images scored, {result['unreadable']} unreadable")
+    return result["csv"]
+
+
 # ---- the experiment and the demo ----
 @cli.command()
 @common_options

@@ -1,8 +1,10 @@
 """Read any chest X-ray file into an 8-bit grayscale array.
 
 PNG, JPEG, TIFF and BMP through Pillow (8/16-bit, gray, RGB, RGBA, palette, CMYK; EXIF orientation
-applied); DICOM through pydicom when it is installed (MONOCHROME1 inverted, rescale slope and
-intercept, the file's window). Wide-range images are mapped to 8 bits by a percentile window.
+applied); DICOM through pydicom 3 when it is installed, as a viewer shows it (modality LUT or rescale,
+VOI LUT sequence or window, LINEAR or SIGMOID, MONOCHROME1 inverted; JPEG, JPEG-LS and JPEG 2000
+compressed files through pylibjpeg's decoders). Wide-range images without a VOI are mapped to 8 bits
+by a percentile window.
 """
 from __future__ import annotations
 
@@ -83,25 +85,49 @@ def window_to_u8(x: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndar
 
 
 def _read_dicom(path: Path) -> np.ndarray:
+    """DICOM as a viewer shows it: first frame; modality LUT (sequence or rescale slope/intercept), then
+    the first VOI LUT (sequence, or window LINEAR / LINEAR_EXACT / SIGMOID), stretched to 0-255 over the
+    range it reaches; without a VOI, the percentile window. MONOCHROME1 inverted; colour to luminance."""
     try:
         import pydicom
+        from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
     except ImportError:
-        raise UnreadableImage("DICOM needs pydicom: pip install 'cxrgan[dicom]'") from None
+        raise UnreadableImage("DICOM needs pydicom 3: pip install 'cxrgan[dicom]'") from None
     try:
         ds = pydicom.dcmread(path)
-        x = ds.pixel_array.astype(np.float32)
+        syntax = ds.file_meta.get("TransferSyntaxUID")
     except Exception as e:  # pydicom raises many types for damaged files
-        raise UnreadableImage(f"damaged or unsupported DICOM ({str(e).splitlines()[0][:120]})") from None
-    if x.ndim == 3:  # colour or multi-frame: first frame, gray
-        x = x[0] if x.shape[-1] not in (3, 4) else x[..., :3].mean(-1)
-    x = x * float(getattr(ds, "RescaleSlope", 1)) + float(getattr(ds, "RescaleIntercept", 0))
-    center, width = getattr(ds, "WindowCenter", None), getattr(ds, "WindowWidth", None)
-    if center is not None and width is not None:
-        c = float(center[0] if isinstance(center, pydicom.multival.MultiValue) else center)
-        w = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)
-        out = (np.clip((x - (c - w / 2)) / max(w, 1), 0, 1) * 255 + 0.5).astype(np.uint8)
+        raise UnreadableImage(f"damaged or unsupported DICOM ({_first_line(e)})") from None
+    try:
+        x = ds.pixel_array
+    except Exception as e:
+        if syntax is not None and syntax.is_compressed:
+            raise UnreadableImage(f"compressed DICOM ({syntax.name}) that no installed decoder reads "
+                                  f"({_first_line(e)}); pip install 'cxrgan[dicom]' adds pylibjpeg's decoders") from None
+        raise UnreadableImage(f"damaged or unsupported DICOM ({_first_line(e)})") from None
+    if int(ds.get("NumberOfFrames") or 1) > 1:
+        x = x[0]
+    photometric = ds.get("PhotometricInterpretation", "MONOCHROME2")
+    if photometric == "PALETTE COLOR":
+        x = apply_color_lut(x, ds)
+    if x.ndim == 3:  # colour (pydicom gives YBR as RGB)
+        gray = x[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        return gray.round().astype(np.uint8) if x.dtype == np.uint8 else window_to_u8(gray)
+    x = apply_modality_lut(x, ds)
+    has_voi = bool(ds.get("VOILUTSequence")) or ("WindowCenter" in ds and "WindowWidth" in ds)
+    if has_voi:
+        if ds.get("VOILUTSequence"):
+            x = np.rint(x).astype(np.int64)  # a LUT is indexed by stored (integer) values
+        try:
+            y = np.asarray(apply_voi_lut(x, ds), dtype=np.float64)
+        except Exception as e:  # a window of width 0, an unknown VOI LUT function, ...
+            raise UnreadableImage(f"DICOM with an invalid VOI LUT or window ({_first_line(e)})") from None
+        lo, hi = float(y.min()), float(y.max())
+        out = (np.clip((y - lo) / max(hi - lo, 1e-12), 0, 1) * 255 + 0.5).astype(np.uint8)
     else:
-        out = window_to_u8(x)
-    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-        out = 255 - out
-    return out
+        out = window_to_u8(np.asarray(x, dtype=np.float32))
+    return 255 - out if photometric == "MONOCHROME1" else out
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:120]

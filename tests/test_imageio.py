@@ -175,6 +175,110 @@ def test_dicom_with_pydicom():
     assert out.dtype == np.uint8 and out.shape == (ds.Rows, ds.Columns) and out.max() > out.min()
 
 
+def ct_small(tmp_path, name, **changes):
+    """pydicom's CT_small.dcm (int16, rescale intercept -1024, no window) with ``changes`` set, saved as
+    ``name``; returns the path and the stored pixels. The wheel ships no CR/DX film, so the VOI LUT,
+    SIGMOID, modality LUT and MONOCHROME1 cases are made from it."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    for key, value in changes.items():
+        if value is None:
+            delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    ds.save_as(tmp_path / name)
+    return tmp_path / name, ds.pixel_array.astype(np.int64)
+
+
+def lut_item(first: int, data: list[int]):
+    from pydicom.dataset import Dataset
+    item = Dataset()
+    item.add_new(0x00283002, "SS" if first < 0 else "US", [len(data), first, 16])  # LUT Descriptor
+    item.add_new(0x00283006, "US", data)  # LUT Data
+    return item
+
+
+def stretched(y: np.ndarray) -> np.ndarray:
+    return (np.clip((y - y.min()) / (y.max() - y.min()), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def test_dicom_monochrome1_is_inverted(tmp_path):
+    plain, _ = ct_small(tmp_path, "plain.dcm")
+    inverted, _ = ct_small(tmp_path, "m1.dcm", PhotometricInterpretation="MONOCHROME1")
+    assert np.array_equal(read_xray(inverted), 255 - read_xray(plain))
+
+
+def test_dicom_voi_lut_sequence_is_applied(tmp_path):
+    _, stored = ct_small(tmp_path, "ref.dcm")
+    hu = stored - 1024
+    first = int(hu.min())
+    lut = (np.sqrt(np.arange(hu.max() - first + 1) / (hu.max() - first)) * 4095).astype(int)  # a gamma curve
+    path, _ = ct_small(tmp_path, "voi.dcm", VOILUTSequence=[lut_item(first, lut.tolist())])
+    out = read_xray(path)
+    assert np.array_equal(out, stretched(lut[hu - first].astype(float)))
+    assert not np.array_equal(out, window_to_u8(hu.astype(np.float32)))  # differs from ignoring the LUT
+
+
+def test_dicom_sigmoid_window(tmp_path):
+    _, stored = ct_small(tmp_path, "ref.dcm")
+    hu = (stored - 1024).astype(float)
+    c, w = float(np.median(hu)), 200.0
+    sigmoid, _ = ct_small(tmp_path, "s.dcm", WindowCenter=c, WindowWidth=w, VOILUTFunction="SIGMOID")
+    linear, _ = ct_small(tmp_path, "l.dcm", WindowCenter=c, WindowWidth=w, VOILUTFunction="LINEAR_EXACT")
+    out = read_xray(sigmoid)
+    assert np.abs(out.astype(int) - stretched(1 / (1 + np.exp(-4 * (hu - c) / w)))).max() <= 1
+    assert np.abs(read_xray(linear).astype(int) - stretched(np.clip((hu - c) / w + 0.5, 0, 1))).max() <= 1
+    assert np.abs(out.astype(int) - read_xray(linear)).mean() > 2
+
+
+def test_dicom_modality_lut_sequence_replaces_rescale(tmp_path):
+    _, stored = ct_small(tmp_path, "ref.dcm")
+    first = int(stored.min())
+    lut = (4095 - np.arange(stored.max() - first + 1)).clip(0)  # a decreasing modality LUT
+    path, _ = ct_small(tmp_path, "mlut.dcm", RescaleSlope=None, RescaleIntercept=None,
+                       ModalityLUTSequence=[lut_item(first, lut.tolist())])
+    out = read_xray(path)
+    assert np.array_equal(out, window_to_u8(lut[stored - first].astype(np.float32)))
+    assert np.corrcoef(out.ravel(), read_xray(tmp_path / "ref.dcm").ravel())[0, 1] < -0.9
+
+
+@pytest.mark.parametrize("name,decoder", [
+    ("MR_small_jpeg_ls_lossless.dcm", "libjpeg"),  # JPEG-LS lossless
+    ("MR_small_jp2klossless.dcm", "openjpeg"),  # JPEG 2000 lossless
+])
+def test_compressed_dicom_decodes_to_the_uncompressed_pixels(name, decoder):
+    pytest.importorskip("pydicom")
+    pytest.importorskip(decoder, reason="the dicom extra's decoders are not installed")
+    from pydicom.data import get_testdata_file
+    assert np.array_equal(read_xray(get_testdata_file(name)), read_xray(get_testdata_file("MR_small.dcm")))
+
+
+@pytest.mark.parametrize("name,shape", [
+    ("JPGExtended.dcm", (1024, 256)),  # 12-bit JPEG extended, as CR exports often are; Pillow cannot
+    ("SC_rgb_jpeg_gdcm.dcm", (100, 100)),  # JPEG lossless (process 14), RGB
+    ("SC_rgb_jpeg_dcmtk.dcm", (100, 100)),  # JPEG baseline, YBR
+])
+def test_jpeg_compressed_dicom_is_readable(name, shape):
+    pytest.importorskip("pydicom")
+    pytest.importorskip("libjpeg", reason="the dicom extra's decoders are not installed")
+    from pydicom.data import get_testdata_file
+    out = read_xray(get_testdata_file(name))
+    assert out.shape == shape and out.dtype == np.uint8 and out.std() > 10
+
+
+def test_compressed_dicom_without_a_decoder_says_what_to_install(monkeypatch):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    def no_decoder(self):
+        raise RuntimeError("Unable to decompress: all plugins are missing dependencies")
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(no_decoder))
+    with pytest.raises(UnreadableImage, match=r"JPEG-LS .*pip install 'cxrgan\[dicom\]'"):
+        read_xray(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))
+
+
 # ---------------------------------------------------------------- bad input
 @pytest.mark.parametrize("suffix,fmt", [(".png", "PNG"), (".jpg", "JPEG")])
 def test_truncated_file_is_unreadable(tmp_path, suffix, fmt):

@@ -1,0 +1,179 @@
+"""``predict``: score new films with a trained classifier and write ``predictions.csv``.
+
+Files and folders (recursed) are decoded exactly as the run's data stage decoded its images
+(:func:`augment.data.decode_to_square` at the run's size and resize mode) by a thread pool that works
+ahead of the model, so decoding overlaps inference. Unreadable files are rows with their reason, never a
+stop. The positive class (``eval.positive_class``, covid) is called at the threshold chosen on the run's
+validation split for ``eval.specificity`` when ``best.pt`` keeps its validation predictions, else every
+image gets its most probable class.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from augment.data import decode_to_square, write_csv
+from augment.errors import UserError
+from augment.imageio import IMAGE_SUFFIXES, UnreadableImage
+from augment.runtime import pick_device, resolve_run_file
+
+from .checkpoint import CHECKPOINTS, data_config, load_classifier
+from .config import EvalConfig
+from .evaluate import validation_predictions
+from .inference import predict
+from .metrics import sensitivity_at_specificity
+from .overlays import safe_name, write_overlays
+
+ARGMAX = "argmax"  # the threshold column when no validation threshold exists
+
+
+def find_images(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
+    """``(path, reason)`` for every file named or found under a named folder (recursed, sorted, hidden
+    files and folders left out); ``reason`` is "" for an image suffix, else why it is not read. A named
+    path that does not exist is a :class:`UserError`."""
+    if not inputs:
+        raise UserError("no images given; name X-ray files or folders, e.g. python cli.py predict runs/demo-data")
+    found = []
+    for item in map(Path, inputs):
+        if item.is_file():
+            found.append(item)
+        elif item.is_dir():
+            for dirpath, dirnames, filenames in os.walk(item):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                found += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
+        else:
+            raise UserError(f"{item}: no such file or folder; name X-ray files or folders that exist")
+    not_image = "not an image suffix (" + ", ".join(sorted(IMAGE_SUFFIXES)) + ")"
+    return [(p, "" if p.suffix.lower() in IMAGE_SUFFIXES else not_image) for p in found]
+
+
+def decoded_batches(files: list[tuple[Path, str]], size: int, resize: str, batch_size: int,
+                    workers: int, ahead: int = 2) -> Iterator[list[np.ndarray | str]]:
+    """Batches of ``batch_size`` files in order, each file a ``uint8 (size, size)`` array or the reason
+    it could not be read. A pool of ``workers`` threads decodes up to ``ahead`` batches beyond the one
+    handed out (Pillow and numpy release the GIL), so the caller's model runs meanwhile."""
+    def decode(file: tuple[Path, str]) -> np.ndarray | str:
+        path, reason = file
+        if reason:
+            return reason
+        try:
+            return decode_to_square(path, size, resize)
+        except (UnreadableImage, OSError) as e:
+            return str(e) or type(e).__name__
+
+    starts = iter(range(0, len(files), batch_size))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+
+        def submit() -> None:
+            start = next(starts, None)
+            if start is not None:
+                pending.append([pool.submit(decode, f) for f in files[start:start + batch_size]])
+
+        for _ in range(ahead + 1):
+            submit()
+        while pending:
+            batch = pending.popleft()
+            submit()
+            yield [f.result() for f in batch]
+
+
+def validation_threshold(ckpt: dict, cfg: EvalConfig) -> tuple[float | None, str]:
+    """The threshold on ``cfg.positive_class``'s probability chosen on the run's validation split for
+    specificity ``cfg.specificity`` (best sensitivity among those), or None and why there is none."""
+    classes = list(ckpt["classes"])
+    if cfg.positive_class not in classes:
+        return None, f"the model has no class {cfg.positive_class!r} (eval.positive_class)"
+    val = validation_predictions(ckpt, split="new images")
+    if isinstance(val, str):
+        return None, val
+    k = classes.index(cfg.positive_class)
+    positive = val[0] == k
+    if positive.all() or not positive.any():
+        return None, "the validation split lacks positive or negative images to choose a threshold on"
+    return sensitivity_at_specificity(positive, val[1][:, k], cfg.specificity)[1], ""
+
+
+def decide(prob: np.ndarray, positive: int | None, threshold: float | None) -> np.ndarray:
+    """Predicted class indices ``(N,)`` of probabilities ``(N, K)``: ``positive`` where its probability
+    reaches ``threshold``, otherwise the most probable other class; plain argmax without a threshold."""
+    if threshold is None:
+        return prob.argmax(1)
+    others = prob.copy()
+    others[:, positive] = -1
+    return np.where(prob[:, positive] >= threshold, positive, others.argmax(1))
+
+
+def predict_files(inputs: Sequence[str | Path], checkpoint: str | Path | None = None, out: str | Path = "runs",
+                  dest: str | Path | None = None, cam: bool = False, method: str | None = None,
+                  overwrite: bool = False, device: str = "auto", batch_size: int = 64,
+                  workers: int | None = None, quiet: bool = False) -> dict:
+    """Score image files and folders with a classifier run (default: the latest under ``out``).
+
+    Writes ``<dest>/predictions.csv`` (default ``dest``: ``<run>/predictions/<name of the first input>``):
+    per file ``path``, ``predicted``, ``prob_<class>`` for each class, ``threshold`` (the validation
+    threshold applied to the positive class, or ``argmax``), ``cam`` (the overlay written with ``cam``)
+    and ``error`` (why an unreadable file has no prediction). A ``dest`` holding predictions is refused
+    unless ``overwrite``.
+
+    Returns ``{"csv", "images", "unreadable", "threshold", "threshold_note"}``.
+    """
+    dev = pick_device(device)
+    path = resolve_run_file(checkpoint, out, "classifier", CHECKPOINTS)
+    files = find_images(inputs)
+    first = Path(inputs[0])
+    name = safe_name(first.stem if first.is_file() else first.resolve().name)
+    dest = Path(dest) if dest is not None else path.parent / "predictions" / (
+        name + (f"-and-{len(inputs) - 1}-more" if len(inputs) > 1 else ""))
+    csv_path = dest / "predictions.csv"
+    if csv_path.exists() and not overwrite:
+        raise UserError(f"{csv_path}: predictions already there; pass --overwrite or choose another --dest")
+
+    model, ckpt = load_classifier(path, dev)
+    classes, size, data = tuple(ckpt["classes"]), ckpt["input_size"], data_config(ckpt)
+    cfg = EvalConfig(**ckpt["config"].get("eval", {}))
+    threshold, note = validation_threshold(ckpt, cfg)
+    positive = classes.index(cfg.positive_class) if threshold is not None else None
+    if threshold is None and not quiet:
+        print(f"predict: no validation threshold ({note}); each image gets its most probable class", file=sys.stderr)
+
+    from tqdm import tqdm
+    rows, unreadable = [], 0
+    batches = decoded_batches(files, data.size, data.resize, batch_size, workers or min(4, os.cpu_count() or 1))
+    with tqdm(total=len(files), desc="predicting", unit="img", disable=quiet, file=sys.stderr) as bar:
+        for batch in batches:
+            start = len(rows)
+            rows += [{"path": str(files[start + i][0])} for i in range(len(batch))]
+            ok = [i for i, x in enumerate(batch) if not isinstance(x, str)]
+            for i, x in enumerate(batch):
+                if isinstance(x, str):
+                    rows[start + i]["error"] = x
+                    unreadable += 1
+            if ok:
+                images = torch.from_numpy(np.stack([batch[i] for i in ok])).unsqueeze(1)
+                prob = predict(model, images, size, dev, batch_size=len(ok)).numpy()
+                for i, p, c in zip(ok, prob, decide(prob, positive, threshold)):
+                    rows[start + i] |= {"predicted": classes[c], "threshold": ARGMAX if threshold is None else f"{threshold:.6g}",
+                                        **{f"prob_{k}": f"{q:.6f}" for k, q in zip(classes, p)}}
+                if cam:
+                    names = [f"{start + i:05d}_{Path(rows[start + i]['path']).name}" for i in ok]
+                    written, _ = write_overlays(model, images, names, classes, size, dev,
+                                                method or cfg.cam_method, dest / "cam")
+                    for i, w in zip(ok, written):
+                        rows[start + i]["cam"] = str(w)
+            bar.update(len(batch))
+
+    columns = ["path", "predicted", *[f"prob_{k}" for k in classes], "threshold", *(["cam"] if cam else []), "error"]
+    write_csv(csv_path, rows, columns)
+    if unreadable and not quiet:
+        print(f"predict: {unreadable} of {len(rows)} files could not be read; their reasons are in {csv_path}",
+              file=sys.stderr)
+    return {"csv": csv_path, "images": len(rows) - unreadable, "unreadable": unreadable,
+            "threshold": threshold, "threshold_note": note}
