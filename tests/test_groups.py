@@ -170,3 +170,9 @@ def test_inspect_lists_near_duplicates_a_manifest_puts_in_two_splits(tmp_path, c
     assert report["grouping"]["manifest_ids"] == 4 and not report["groups_in_two_splits"]
     text = format_report(report)
     assert "manifest ids 4" in text and "covid/a.png (train) ~ covid/b.jpg (val)" in text
+
+
+def test_min_correlation_out_of_range_is_a_one_line_config_error():
+    with pytest.raises(UserError) as e:
+        load_config(InspectConfig, overrides=["data.near_duplicate_min_correlation=1.5"])
+    assert "data.near_duplicate_min_correlation" in str(e.value) and "\n" not in str(e.value)
