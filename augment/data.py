@@ -36,7 +36,8 @@ class DataConfig:
     cache_dir: str = "runs/cache"
     group_pattern: str = ""  # regex with a group 'patient' searched in paths without patient ids; "" = none
     near_duplicates: bool = True  # images without patient ids that are near-duplicates share a group
-    near_duplicate_threshold: int = 6  # most hash bits (of 63) in which near-duplicates differ
+    near_duplicate_threshold: int = 6  # most hash bits (of 63) in which near-duplicate candidates differ
+    near_duplicate_min_correlation: float = 0.9  # least high-pass thumbnail correlation of a kept candidate
 
     def check(self):
         if self.size < 8:
@@ -54,6 +55,9 @@ class DataConfig:
         if not 0 <= self.near_duplicate_threshold <= 16:
             raise ValueError(f"data.near_duplicate_threshold must be between 0 and 16 bits, "
                              f"got {self.near_duplicate_threshold}")
+        if not -1 <= self.near_duplicate_min_correlation <= 1:
+            raise ValueError(f"data.near_duplicate_min_correlation must be between -1 and 1, "
+                             f"got {self.near_duplicate_min_correlation}")
 
 
 @dataclass
@@ -324,7 +328,8 @@ def group_records(records: list[Record], images: torch.Tensor, cfg: DataConfig, 
     if unmatched and not quiet:
         warn(f"data.group_pattern matched no patient in {unmatched} of {int(free.sum())} paths; "
              "each of those is its own group (unless near-duplicates join it)")
-    pairs = near_duplicate_pairs(images, cfg.near_duplicate_threshold) if cfg.near_duplicates else np.zeros((0, 2), int)
+    pairs = (near_duplicate_pairs(images, cfg.near_duplicate_threshold, cfg.near_duplicate_min_correlation)
+             if cfg.near_duplicates else np.zeros((0, 2), int))
     pairs = pairs[free[pairs[:, 0]] & free[pairs[:, 1]]]  # a manifest's patient ids are never merged
     first = {}  # images of one pattern patient are chained to its first image
     links = [(first.setdefault(patients[i], i), i) for i in np.flatnonzero(by_pattern)]

@@ -5,8 +5,16 @@ each image is averaged down to 32², its 8×8 lowest DCT frequencies but the con
 bits (above or below their median), and two images are near-duplicates when their hashes differ
 in at most ``threshold`` bits. Candidates come from multi-index hashing (Norouzi et al. 2012): the
 bits are cut into ``threshold + 1`` bands, and two hashes within the threshold agree exactly on at
-least one band, so only images sharing a band value are compared. Images without structure (flat
-gray, std below ``FLAT_STD`` gray levels at 32²) carry no identity and are never paired.
+least one band, so only images sharing a band value are compared; a band value shared by more than
+``BUCKET_CAP`` images (a cluster of look-alikes) is skipped in that band, so pairs stay near-linear.
+Images without structure (flat gray, std below ``FLAT_STD`` gray levels at 32²) carry no identity and
+are never paired.
+
+Chest films look alike at 8×8 frequencies, so each hash pair is then verified on pixels: the
+normalised cross-correlation of the two 32² thumbnails after removing their low frequencies
+(thumbnail minus a gaussian blur of σ ``BLUR_SIGMA`` px, so the shared body outline counts little and
+fine structure counts much), maximised over shifts of up to ``SHIFT`` px. A pair is kept when it
+reaches ``min_correlation``.
 """
 from __future__ import annotations
 
@@ -22,6 +30,9 @@ HASH_SIDE = 32   # the image is averaged down to HASH_SIDE² before the DCT
 LOW = 8          # LOW × LOW lowest frequencies, the constant one left out: 63 bits
 BITS = LOW * LOW - 1
 FLAT_STD = 2.0   # thumbnails with a smaller standard deviation (gray levels) are flat
+BUCKET_CAP = 256  # band values shared by more images are skipped in that band
+BLUR_SIGMA = 3.0  # px at HASH_SIDE: what the high-pass thumbnail leaves out
+SHIFT = 1         # px at HASH_SIDE: the correlation is maximised over shifts up to this
 
 
 def _dct_matrix(n: int) -> torch.Tensor:
@@ -71,7 +82,7 @@ def hash_pairs(hashes: np.ndarray, threshold: int, skip: np.ndarray | None = Non
         order = np.argsort(band, kind="stable")
         starts = np.flatnonzero(np.r_[True, band[order][1:] != band[order][:-1], True])
         for a, b in zip(starts[:-1], starts[1:]):
-            if b - a < 2:
+            if b - a < 2 or b - a > BUCKET_CAP:
                 continue
             members = order[a:b]
             i, j = np.triu_indices(len(members), 1)
@@ -84,10 +95,47 @@ def hash_pairs(hashes: np.ndarray, threshold: int, skip: np.ndarray | None = Non
     return np.unique(pairs, axis=0).astype(np.int64)
 
 
-def near_duplicate_pairs(images: torch.Tensor, threshold: int) -> np.ndarray:
-    """``int64 (P, 2)`` pairs ``i < j`` of near-duplicate images among ``uint8 (N, 1, S, S)``."""
+def highpass_thumbnails(images: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """``float (N, 32, 32)``: ``uint8 (N, 1, S, S)`` images averaged down to 32², minus a gaussian
+    blur of themselves (replicated borders)."""
+    k = 2 * int(3 * BLUR_SIGMA) + 1
+    g = torch.exp(-(torch.arange(k) - k // 2) ** 2 / (2 * BLUR_SIGMA ** 2))
+    g = g / g.sum()
+    out = []
+    for start in range(0, len(images), chunk):
+        x = images[start:start + chunk].reshape(-1, 1, *images.shape[-2:]).float()
+        x = F.adaptive_avg_pool2d(x, HASH_SIDE)
+        blur = F.conv2d(F.pad(x, (k // 2,) * 4, mode="replicate"), g.view(1, 1, 1, k))
+        out.append((x - F.conv2d(blur, g.view(1, 1, k, 1)))[:, 0])
+    return torch.cat(out) if out else torch.zeros(0, HASH_SIDE, HASH_SIDE)
+
+
+def pair_correlations(thumbs: torch.Tensor, pairs: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """``float32 (P,)``: for each pair ``(i, j)`` of ``(P, 2)``, the normalised cross-correlation of
+    the centre of ``thumbs[i]`` with ``thumbs[j]`` ``(N, T, T)``, best over shifts up to ``SHIFT`` px."""
+    side = thumbs.shape[-1] - 2 * SHIFT
+    out = []
+    for start in range(0, len(pairs), chunk):
+        p = torch.from_numpy(pairs[start:start + chunk])
+        a = thumbs[p[:, 0], SHIFT:SHIFT + side, SHIFT:SHIFT + side].flatten(1)
+        a = F.normalize(a - a.mean(1, keepdim=True), dim=1)
+        b = thumbs[p[:, 1]]
+        best = torch.full((len(p),), -1.0)
+        for dy in range(2 * SHIFT + 1):
+            for dx in range(2 * SHIFT + 1):
+                w = b[:, dy:dy + side, dx:dx + side].flatten(1)
+                w = F.normalize(w - w.mean(1, keepdim=True), dim=1)
+                best = torch.maximum(best, (a * w).sum(1))
+        out.append(best)
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+def near_duplicate_pairs(images: torch.Tensor, threshold: int, min_correlation: float) -> np.ndarray:
+    """``int64 (P, 2)`` pairs ``i < j`` of near-duplicate images among ``uint8 (N, 1, S, S)``: hashes
+    within ``threshold`` bits whose high-pass thumbnails correlate at least ``min_correlation``."""
     hashes, flat = perceptual_hashes(images)
-    return hash_pairs(hashes, threshold, flat)
+    pairs = hash_pairs(hashes, threshold, flat)
+    return pairs[pair_correlations(highpass_thumbnails(images), pairs) >= min_correlation]
 
 
 def union_find(n: int, pairs: np.ndarray) -> np.ndarray:
@@ -108,9 +156,9 @@ def union_find(n: int, pairs: np.ndarray) -> np.ndarray:
     return np.array([root(i) for i in range(n)], dtype=np.int64)
 
 
-def near_duplicate_groups(images: torch.Tensor, threshold: int) -> np.ndarray:
+def near_duplicate_groups(images: torch.Tensor, threshold: int, min_correlation: float) -> np.ndarray:
     """``int64 (N,)`` group labels: near-duplicates (and chains of them) share a label."""
-    return union_find(len(images), near_duplicate_pairs(images, threshold))
+    return union_find(len(images), near_duplicate_pairs(images, threshold, min_correlation))
 
 
 def check_pattern(pattern: str) -> re.Pattern:

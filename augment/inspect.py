@@ -38,7 +38,7 @@ def inspect_data(data: str | Path, cfg: DataConfig) -> dict:
         "grouping": ds.grouping,
         "no_patient_information": not any(ds.grouping.get(k) for k in ("manifest_ids", "pattern", "near_duplicates")),
         "groups_in_two_splits": _leaks(ds),
-        "near_duplicates_in_two_splits": _near_duplicate_leaks(ds, cfg.near_duplicate_threshold),
+        "near_duplicates_in_two_splits": _near_duplicate_leaks(ds, cfg),
         "sizes_and_modes": _headers(ds),
     }
     report["missing_classes"] = [c for c in cfg.classes if report["per_class"].get(c, 0) == 0]
@@ -66,10 +66,11 @@ def _leaks(ds: XrayDataset) -> dict[str, list[str]]:
     return {g: sorted(s) for g, s in sorted(splits.items()) if len(s) > 1}
 
 
-def _near_duplicate_leaks(ds: XrayDataset, threshold: int) -> list[list[str]]:
+def _near_duplicate_leaks(ds: XrayDataset, cfg: DataConfig) -> list[list[str]]:
     """``[path, split, path, split]`` for each near-duplicate pair whose images sit in two splits."""
+    pairs = near_duplicate_pairs(ds.images, cfg.near_duplicate_threshold, cfg.near_duplicate_min_correlation)
     return [[ds.paths[i], ds.splits[i], ds.paths[j], ds.splits[j]]
-            for i, j in near_duplicate_pairs(ds.images, threshold).tolist() if ds.splits[i] != ds.splits[j]]
+            for i, j in pairs.tolist() if ds.splits[i] != ds.splits[j]]
 
 
 def _headers(ds: XrayDataset) -> dict:

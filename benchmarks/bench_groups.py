@@ -1,12 +1,12 @@
 """Near-duplicate grouping: seconds for N images, and the share of planted duplicates found and of
-distinct patients merged.
+distinct patients merged, from the hash pairs alone and after their pixel check.
 
 The images are made here: distinct phantom patients (random class and anatomy), plus copies of
 some of them, each shifted, cropped, stored at a lower resolution, noisy (``augment.phantoms.film``)
 and, for half of them, re-encoded as JPEG. Grouping runs on the ``uint8 (N, 1, S, S)`` tensor, as
 ``load_dataset`` runs it on the cache.
 
-    python benchmarks/bench_groups.py --n 20000 --size 128 --thresholds 4 6 8
+    python benchmarks/bench_groups.py --n 20000 --size 128 --thresholds 6 --min-correlations 0.9 0.95
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from augment.groups import hash_pairs, perceptual_hashes, union_find  # noqa: E402
+from augment.groups import hash_pairs, highpass_thumbnails, pair_correlations, perceptual_hashes, union_find  # noqa: E402
 from augment.phantoms import CLASSES, _anatomy, film, make_phantom, place  # noqa: E402
 from common import cpu_name  # noqa: E402
 
@@ -69,7 +69,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128, help="side of the cached images")
     ap.add_argument("--copy-share", type=float, default=0.3, help="share of the images that are copies")
     ap.add_argument("--crop", type=float, default=0.02, help="copies lose up to this share of the side per border")
-    ap.add_argument("--thresholds", type=int, nargs="+", default=[8])
+    ap.add_argument("--thresholds", type=int, nargs="+", default=[6])
+    ap.add_argument("--min-correlations", type=float, nargs="+", default=[0.9])
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -83,11 +84,18 @@ def main() -> None:
         hashes, flat = perceptual_hashes(images)
         hashed = time.perf_counter()
         pairs = hash_pairs(hashes, t, flat)
-        labels = union_find(len(images), pairs)
-        seconds = time.perf_counter() - start
-        print(json.dumps({"threshold": t, "images": args.n, "seconds": round(seconds, 2),
-                          "hash_seconds": round(hashed - start, 2), "pairs": len(pairs),
-                          **score(labels, patient)}))
+        paired = time.perf_counter()
+        corr = pair_correlations(highpass_thumbnails(images), pairs)
+        checked = time.perf_counter()
+        print(json.dumps({"threshold": t, "images": args.n, "hash_seconds": round(hashed - start, 2),
+                          "pair_seconds": round(paired - hashed, 2), "check_seconds": round(checked - paired, 2),
+                          "hash_pairs": len(pairs), **score(union_find(len(images), pairs), patient)}))
+        for c in args.min_correlations:
+            joined = time.perf_counter()
+            labels = union_find(len(images), pairs[corr >= c])
+            seconds = checked - start + time.perf_counter() - joined  # hash, pairs, check, union-find
+            print(json.dumps({"threshold": t, "min_correlation": c, "seconds": round(seconds, 2),
+                              "pairs": int((corr >= c).sum()), **score(labels, patient)}))
 
 
 if __name__ == "__main__":

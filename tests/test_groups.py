@@ -15,7 +15,7 @@ from PIL import Image
 from augment.config import load_config
 from augment.data import DataConfig, load_dataset
 from augment.errors import UserError
-from augment.groups import near_duplicate_groups, near_duplicate_pairs
+from augment.groups import hash_pairs, near_duplicate_groups, near_duplicate_pairs, perceptual_hashes
 from augment.inspect import InspectConfig, format_report, inspect_data
 from augment.phantoms import _anatomy, make_phantom, place, write_patient_films
 
@@ -102,11 +102,37 @@ def test_near_duplicates_catch_rescaled_jpeg_cropped_and_shifted_copies():
         r = np.random.default_rng(100 + k)
         others.append(place(make_phantom(label, 128, _anatomy(r), r), r))
     images = torch.from_numpy(np.stack([base, *copies, *others])).unsqueeze(1)
-    pairs = {tuple(p) for p in near_duplicate_pairs(images, DataConfig().near_duplicate_threshold).tolist()}
+    d = DataConfig()
+    pairs = {tuple(p) for p in near_duplicate_pairs(images, d.near_duplicate_threshold,
+                                                    d.near_duplicate_min_correlation).tolist()}
     assert {(0, k) for k in range(1, 5)} <= pairs
     assert not any(i >= 5 or j >= 5 for i, j in pairs)
-    labels = near_duplicate_groups(images, DataConfig().near_duplicate_threshold)
+    labels = near_duplicate_groups(images, d.near_duplicate_threshold, d.near_duplicate_min_correlation)
     assert len(set(labels[:5].tolist())) == 1 and len(set(labels.tolist())) == 4
+
+
+def _look_alikes(n: int = 40) -> tuple[int, int, np.ndarray]:
+    """Two distinct normal phantoms among ``n`` whose hashes differ the least, and all ``n``."""
+    imgs = []
+    for k in range(n):
+        r = np.random.default_rng(200 + k)
+        imgs.append(place(make_phantom("normal", 128, _anatomy(r), r), r))
+    h, _ = perceptual_hashes(torch.from_numpy(np.stack(imgs)).unsqueeze(1))
+    d = np.bitwise_count(h[:, None] ^ h[None, :]).astype(int) + np.eye(n, dtype=int) * 99
+    a, b = np.unravel_index(d.argmin(), d.shape)
+    return int(a), int(b), np.stack(imgs)
+
+
+def test_distinct_look_alike_patients_are_not_merged_but_their_copies_are():
+    a, b, imgs = _look_alikes()
+    d = DataConfig()
+    copies = {a: [_resized_box(imgs[a], (3, 1, 128, 128)), _jpeg(imgs[a], 60)],
+              b: [_resized_box(imgs[b], (2, 2, 126, 126)), _jpeg(imgs[b], 60)]}
+    images = torch.from_numpy(np.stack([imgs[a], *copies[a], imgs[b], *copies[b]])).unsqueeze(1)
+    hashes, _ = perceptual_hashes(images)
+    assert (0, 3) in {tuple(p) for p in hash_pairs(hashes, d.near_duplicate_threshold).tolist()}  # the hash alone joins them
+    labels = near_duplicate_groups(images, d.near_duplicate_threshold, d.near_duplicate_min_correlation)
+    assert len(set(labels[:3].tolist())) == 1 and len(set(labels[3:].tolist())) == 1 and labels[0] != labels[3]
 
 
 def test_flat_images_are_never_near_duplicates(folder_data, cfg):
@@ -144,3 +170,9 @@ def test_inspect_lists_near_duplicates_a_manifest_puts_in_two_splits(tmp_path, c
     assert report["grouping"]["manifest_ids"] == 4 and not report["groups_in_two_splits"]
     text = format_report(report)
     assert "manifest ids 4" in text and "covid/a.png (train) ~ covid/b.jpg (val)" in text
+
+
+def test_min_correlation_out_of_range_is_a_one_line_config_error():
+    with pytest.raises(UserError) as e:
+        load_config(InspectConfig, overrides=["data.near_duplicate_min_correlation=1.5"])
+    assert "data.near_duplicate_min_correlation" in str(e.value) and "\n" not in str(e.value)
