@@ -367,8 +367,9 @@ def grouped_split(groups: Sequence[str], labels: Sequence[str], fractions: Seque
                   seed: int) -> list[str]:
     """Stratified train/val/test assignment in which no group is in two splits.
 
-    Each group takes its most common label; per label, groups are shuffled (seeded) and filled
-    into train, val and test until each reaches its share of that label's images.
+    Each group takes its most common label; per label, groups are shuffled (seeded) and each goes to
+    the split furthest below its share of that label's images (ties: train, val, test), so a split
+    with a non-zero share gets a group whenever there are enough groups, even when groups are large.
     """
     members = defaultdict(list)
     for i, g in enumerate(groups):
@@ -381,12 +382,11 @@ def grouped_split(groups: Sequence[str], labels: Sequence[str], fractions: Seque
     for label in sorted(by_label):
         gs = by_label[label]
         rng.shuffle(gs)
-        total = sum(len(members[g]) for g in gs)
-        bounds = np.cumsum(fractions) * total
-        done = 0
+        target = np.asarray(fractions, dtype=float) * sum(len(members[g]) for g in gs)
+        filled = np.zeros(len(SPLITS))
         for g in gs:
-            s = SPLITS[min(int(np.searchsorted(bounds, done, side="right")), 2)]
+            k = int(np.argmax(np.where(target > 0, target - filled, -np.inf)))  # a zero share stays empty
             for i in members[g]:
-                out[i] = s
-            done += len(members[g])
+                out[i] = SPLITS[k]
+            filled[k] += len(members[g])
     return out

@@ -353,3 +353,10 @@ def test_unreadable_manifest(tmp_path, cfg, content, match):
 def test_missing_data_folder(tmp_path, cfg):
     with pytest.raises(UserError, match="no such folder or manifest"):
         discover(tmp_path / "nowhere", cfg.classes)
+
+
+def test_grouped_split_gives_every_share_a_group_even_when_groups_are_large():
+    groups = [f"p{i // 3}" for i in range(30)]  # ten patients of three films each, one class
+    splits = grouped_split(groups, ["covid"] * 30, (0.7, 0.15, 0.15), seed=0)
+    assert Counter(splits) == {"train": 21, "val": 6, "test": 3}
+    assert "test" not in grouped_split(groups, ["covid"] * 30, (0.5, 0.5, 0.0), seed=0)
