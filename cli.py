@@ -455,7 +455,7 @@ def demo(ctx, out, device):
     lung_run = ctx.invoke(lungseg_train, data=lung_data, config=CONFIGS / "lungseg-train-demo.yaml", out=out,
                           device=device)
     lung_masks = ctx.invoke(lungseg, images=[lung_data / "covid" / "covid_00001.png"], checkpoint=lung_run,
-                            out=out, device=device, overwrite=True)
+                            out=out, device=device)
     written = [("demo data (phantoms)", data), ("CycleGAN run", gan_run), ("synthetic covid images", synthetic),
                ("balanced training manifest", manifest), ("classifier run", run),
                ("evaluation (metrics, report, plots, CAMs)", run / "eval"), ("CAM overlays", overlays[0].parent),

@@ -74,7 +74,7 @@ def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``uint8 (H, W, 3)``: the gray ``image (H, W)`` with the outline of ``mask`` ``bool (H, W)`` drawn over
     it, about 1/200 of the longer side thick."""
     edge = find_boundaries(mask, mode="inner")
-    radius = max(max(mask.shape) // 400, 0)
+    radius = max(mask.shape) // 400
     if radius:
         edge = dilation(edge, disk(radius))
     rgb = np.repeat(image[..., None], 3, axis=2)
@@ -109,6 +109,8 @@ def input_files(images: list[Path], data: Path | None) -> list[tuple[Path, str]]
         files = sorted(p for p in data.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     else:
         raise UserError(f"{data}: no such folder or manifest")
+    if not files:
+        raise UserError(f"{data}: no image file to segment ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return [(f, f.relative_to(root).with_suffix("").as_posix() if f.is_relative_to(root) else f.stem) for f in files]
 
 

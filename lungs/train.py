@@ -90,7 +90,7 @@ def train_lungseg(cfg: LungsegConfig | None, data: str | Path, out: str | Path =
     if len(train_idx) == 0:
         raise UserError(f"{data}: no training pair; give the manifest a split column with train rows or add pairs")
     images, masks = ds.images[train_idx].to(dev), ds.masks[train_idx].to(dev)
-    batches_per_epoch = len(epoch_batches(len(train_idx), t.batch_size, torch.Generator()))
+    batches_per_epoch = max(1, len(train_idx) // t.batch_size)  # as many as epoch_batches gives
     total = t.epochs * batches_per_epoch
 
     seed_everything(seed)

@@ -210,6 +210,11 @@ def test_cli_stop_exits_130_and_lungseg_writes_masks_and_overlays(trained, lung_
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 2 and "--overwrite" in again.output
     assert CliRunner().invoke(cli, args + ["--overwrite"]).exit_code == 0
+    whole = CliRunner().invoke(cli, ["lungseg", "--checkpoint", str(trained.run_dir), "--data", str(lung_data),
+                                     "--dest", str(tmp_path / "all"), "--device", "cpu"])
+    assert whole.exit_code == 0, whole.output
+    listed = list(csv.DictReader(open(tmp_path / "all" / "masks.csv")))
+    assert len(listed) == 36 and (tmp_path / "all" / "mask" / "pneumonia" / "pneumonia_00011.png").is_file()
 
 
 def test_lung_masks_in_memory_agree_with_the_training_truth(trained, lung_data, tmp_path):
