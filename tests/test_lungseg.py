@@ -225,3 +225,18 @@ def test_lung_masks_in_memory_agree_with_the_training_truth(trained, lung_data, 
     assert dice_iou(masks, ds.masks[idx])[0].mean() > 0.7
     bigger = lung_masks(trained.run_dir, torch.nn.functional.interpolate(ds.images[idx].float(), size=48).byte(), "cpu")
     assert bigger.shape == (len(idx), 1, 48, 48)
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(lung_data, tmp_path, monkeypatch, one_thread):
+    real, calls = lungs.train.dice_bce_loss, []
+
+    def poisoned(logits, target):
+        calls.append(1)
+        losses = real(logits, target)
+        return losses * float("nan") if len(calls) == 5 else losses  # step 5, in the second epoch
+
+    monkeypatch.setattr(lungs.train, "dice_bce_loss", poisoned)
+    with pytest.raises(UserError, match=r"NaN or infinite at step 5; .*\(step 3\), is kept"):
+        train_lungseg(tiny_config(tmp_path / "cache", epochs=3), lung_data, tmp_path, device="cpu", quiet=True)
+    [run] = (tmp_path / "lungseg").iterdir()
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 3
