@@ -18,7 +18,7 @@ from augment.phantoms import write_phantoms
 from cli import INTERRUPTED, cli
 from lungs import lung_masks
 from lungs.config import LungDataConfig, LungEvalConfig, LungsegConfig, LungTrainConfig, UNetConfig
-from lungs.data import load_pairs
+from lungs.data import from_square, load_pairs, to_square
 from lungs.metrics import dice_iou
 from lungs.train import joint_augment, train_lungseg
 from lungs.unet import UNet
@@ -86,6 +86,16 @@ def test_joint_augmentation_keeps_a_planted_square_under_its_mask():
     assert set(y.unique().tolist()) <= {0.0, 1.0}
     assert (bright & (y > 0)).sum() / bright.sum() > 0.97  # the square stays under its mask
     assert ((y > 0) & ~(x > 0.25)).sum() / (y > 0).sum() < 0.03  # and the mask does not leave it
+
+
+@pytest.mark.parametrize("resize", ["pad", "crop"])
+def test_a_mask_mapped_to_the_square_and_back_lands_where_it_was(resize):
+    mask = np.zeros((60, 90), bool)
+    mask[10:40, 30:55] = True  # inside the centre crop too
+    square = to_square(mask.astype(np.uint8) * 255, 32, resize)
+    back = from_square(square.astype(np.float32) / 255, mask.shape, resize) >= 0.5
+    assert back.shape == mask.shape
+    assert (back & mask).sum() / (back | mask).sum() > 0.85
 
 
 # ---------------------------------------------------------------- bad input
