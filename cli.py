@@ -284,13 +284,13 @@ def lungseg_train(data, config, out, device, seed, set_, resume, epochs):
     """Train a U-Net lung segmenter on image/mask pairs; Dice and IoU per source on the test split.
 
     --data: a manifest (image,mask[,split,group_id|patient_id,source]) or a folder of images/ + masks/
-    (default: the lung-mask phantoms, written once to <out>/demo-lungs)."""
+    (default: the lung-mask phantoms, written once to <out>/demo-lungs; with --resume, the run's data)."""
     from augment.config import load_config
     from augment.phantoms import demo_lung_data
     from lungs import LungsegConfig, train_lungseg
     if resume is not None and (config is not None or set_ or epochs):
         raise UserError(f"--resume {resume}: a resumed run keeps its own config; drop --config, --set and --epochs")
-    if data is None:
+    if data is None and resume is None:
         data = demo_lung_data(out)
         config = config or CONFIGS / "lungseg-train-demo.yaml"
         click.echo(f"No --data given: using the lung-mask phantoms in {data} with {config.name}. "

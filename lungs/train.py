@@ -58,13 +58,14 @@ def joint_augment(augment, images: torch.Tensor, masks: torch.Tensor) -> tuple[t
     return images, (masks >= 0.5).float()
 
 
-def train_lungseg(cfg: LungsegConfig | None, data: str | Path, out: str | Path = "runs", device: str = "auto",
+def train_lungseg(cfg: LungsegConfig | None, data: str | Path | None, out: str | Path = "runs", device: str = "auto",
                   seed: int = 0, resume: str | Path | None = None, quiet: bool = False) -> LungsegResult:
     """Train a lung segmenter on the training split of ``data`` and report on its test split.
 
     Args:
         cfg: the configuration; ignored (may be None) with ``resume``, which uses the run's own.
-        data: a lung manifest, a folder holding one, or a folder of ``images/`` + ``masks/``.
+        data: a lung manifest, a folder holding one, or a folder of ``images/`` + ``masks/``; None with
+            ``resume``: the data the run recorded in its ``run.json``.
         out: runs are written to ``<out>/lungseg/<timestamp>/``.
         device: ``auto``, ``cpu`` or ``cuda``.
         seed: seed of weights, batch order and augmentation.
@@ -78,6 +79,9 @@ def train_lungseg(cfg: LungsegConfig | None, data: str | Path, out: str | Path =
         if not isinstance(ckpt, dict) or "optimizer" not in ckpt:
             raise UserError(f"{ckpt_path}: not a lungseg-train checkpoint; give a run folder of lungseg-train")
         cfg, seed, run_dir = load_config(LungsegConfig, ckpt_path.parent / "config.yaml"), ckpt["seed"], ckpt_path.parent
+        data = data or json.loads((run_dir / "run.json").read_text())["data"]
+    elif data is None:
+        raise UserError("give --data: image/mask pairs to train on")
     else:
         cfg = cfg or LungsegConfig()
         run_dir = new_run_dir(out, "lungseg")
@@ -164,7 +168,7 @@ def train_lungseg(cfg: LungsegConfig | None, data: str | Path, out: str | Path =
                 break
     if interrupted:
         print(f"stopped at step {step} of {total}; saved {ckpt_path}\n"
-              f"resume with: python cli.py lungseg-train --resume {run_dir} --data {data}")
+              f"resume with: python cli.py lungseg-train --resume {run_dir}")
         return LungsegResult(run_dir, step, model, True, None)
     metrics = report(model, ds, cfg, dev, run_dir, quiet)
     return LungsegResult(run_dir, step, model, False, metrics)

@@ -191,7 +191,7 @@ def test_interrupt_then_resume_equals_a_straight_run(lung_data, tmp_path, monkey
     assert first.interrupted and first.step == 3 and first.metrics is None
     assert f"--resume {first.run_dir}" in capsys.readouterr().out
     monkeypatch.undo()
-    resumed = train_lungseg(None, lung_data, tmp_path / "b", device="cpu", resume=first.run_dir, quiet=True)
+    resumed = train_lungseg(None, None, tmp_path / "b", device="cpu", resume=first.run_dir, quiet=True)  # run.json's data
     assert resumed.run_dir == first.run_dir and resumed.step == straight.step and not resumed.interrupted
     for name, weight in straight.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[name], weight, rtol=0, atol=1e-6, msg=name)
