@@ -84,8 +84,6 @@ def train_lungseg(cfg: LungsegConfig | None, data: str | Path | None, out: str |
         raise UserError("give --data: image/mask pairs to train on")
     else:
         cfg = cfg or LungsegConfig()
-        run_dir = new_run_dir(out, "lungseg")
-        ckpt_path = run_dir / CHECKPOINT_NAME
     t = cfg.train
     ds = load_pairs(data, cfg.data, quiet)
     if ckpt is not None and ckpt["data_fingerprint"] != ds.fingerprint:
@@ -94,6 +92,9 @@ def train_lungseg(cfg: LungsegConfig | None, data: str | Path | None, out: str |
     if len(train_idx) == 0:
         raise UserError(f"{data}: no training pair; give the manifest a split column with train rows or add pairs")
     images, masks = ds.images[train_idx].to(dev), ds.masks[train_idx].to(dev)
+    if ckpt is None:  # made once the data is known to be good: a refused run leaves no folder
+        run_dir = new_run_dir(out, "lungseg")
+        ckpt_path = run_dir / CHECKPOINT_NAME
     batches_per_epoch = max(1, len(train_idx) // t.batch_size)  # as many as epoch_batches gives
     total = t.epochs * batches_per_epoch
 
