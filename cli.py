@@ -84,13 +84,14 @@ def resolve_inputs(command: str, data: Path | None, config: Path | None, out: Pa
 @click.option("--size", type=click.IntRange(16), default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Write into a folder that already holds a manifest.")
-def phantoms(out, n_per_class, size, seed, overwrite):
+@click.option("--masks", is_flag=True, help="Also write each phantom's exact lung mask under masks/ (for lungseg-train).")
+def phantoms(out, n_per_class, size, seed, overwrite, masks):
     """Write procedural chest X-ray phantoms (covid, normal, pneumonia) with a manifest."""
     from augment.phantoms import write_phantoms
     if (out / "manifest.csv").exists() and not overwrite:
         raise UserError(f"{out}: already holds a data set (manifest.csv); pass --overwrite or choose another --out")
-    write_phantoms(out, n_per_class, size, seed)
-    click.echo(f"wrote {3 * n_per_class} phantoms of {size}×{size} px and manifest.csv to {out}")
+    write_phantoms(out, n_per_class, size, seed, masks=masks)
+    click.echo(f"wrote {3 * n_per_class} phantoms of {size}×{size} px{' with lung masks' * masks} and manifest.csv to {out}")
 
 
 @cli.command()
@@ -337,6 +338,57 @@ def predict_command(images, checkpoint, dest, cam, method, overwrite, batch_size
     return result["csv"]
 
 
+# ---- lung segmentation commands ----
+@cli.command("lungseg-train")
+@common_options
+@click.option("--resume", type=click.Path(path_type=Path),
+              help="Continue a lungseg run from its folder or checkpoint.pt, with that run's config and seed.")
+@click.option("--epochs", type=click.IntRange(1), help="Training epochs (overrides train.epochs).")
+def lungseg_train(data, config, out, device, seed, set_, resume, epochs):
+    """Train a U-Net lung segmenter on image/mask pairs; Dice and IoU per source on the test split.
+
+    --data: a manifest (image,mask[,split,group_id|patient_id,source]) or a folder of images/ + masks/
+    (default: the lung-mask phantoms, written once to <out>/demo-lungs; with --resume, the run's data)."""
+    from augment.config import load_config
+    from augment.phantoms import demo_lung_data
+    from lungs import LungsegConfig, train_lungseg
+    if resume is not None and (config is not None or set_ or epochs):
+        raise UserError(f"--resume {resume}: a resumed run keeps its own config; drop --config, --set and --epochs")
+    if data is None and resume is None:
+        data = demo_lung_data(out)
+        config = config or CONFIGS / "lungseg-train-demo.yaml"
+        click.echo(f"No --data given: using the lung-mask phantoms in {data} with {config.name}. "
+                   "Give --data DIR to use your own images and masks.", err=True)
+    elif config is None and (CONFIGS / "lungseg-train.yaml").exists():
+        config = CONFIGS / "lungseg-train.yaml"
+    cfg = None if resume else load_config(LungsegConfig, config, [*set_, *([f"train.epochs={epochs}"] if epochs else [])])
+    result = train_lungseg(cfg, data, out, device, seed, resume)
+    if result.interrupted:
+        sys.exit(INTERRUPTED)
+    click.echo(f"{result.run_dir}\nsegment with: python cli.py lungseg --checkpoint {result.run_dir} IMAGES...")
+    return result.run_dir
+
+
+@cli.command("lungseg")
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path),
+              help="Segment every image of a manifest (image or path column), images/ folder or folder.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="lungseg run folder or checkpoint (default: latest run).")
+@click.option("--dest", type=click.Path(path_type=Path), help="Output folder (default: <run>/masks).")
+@click.option("--overwrite", is_flag=True, help="Replace masks and overlays written before.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def lungseg(images, data, checkpoint, dest, overwrite, out, device):
+    """Lung masks (binary PNGs at each image's own size) and contour overlays of X-ray IMAGES or --data."""
+    from lungs import segment_files
+    from lungs.infer import input_files
+    if images and data:
+        raise UserError("give IMAGES or --data, not both")
+    dest = segment_files(input_files(list(images), data), checkpoint, dest, out, overwrite, device)
+    click.echo(f"wrote masks to {dest / 'mask'}, overlays to {dest / 'overlay'} and {dest / 'masks.csv'}")
+    return dest
+
+
 # ---- the experiment and the demo ----
 @cli.command()
 @common_options
@@ -446,9 +498,10 @@ def ablation_stages(gan_cfg, clf_cfg, dest: Path, device: str):
 @click.pass_context
 def demo(ctx, out, device):
     """The whole chain on the built-in demo data: inspect, gan-train, synthesize, augment, classify-train,
-    evaluate, cam and a two-seed ablation; ends with what was written where."""
+    evaluate, cam, a two-seed ablation, then lung-mask phantoms, lungseg-train and lungseg; ends with what
+    was written where."""
     import time
-    from augment.phantoms import demo_data
+    from augment.phantoms import demo_data, demo_lung_data
     start = time.perf_counter()
     data = demo_data(out)
     clf_config, gan_config = CONFIGS / "classify-train-demo.yaml", CONFIGS / "gan-train-demo.yaml"
@@ -462,10 +515,16 @@ def demo(ctx, out, device):
                           checkpoint=run, out=out, device=device)
     experiment = ctx.invoke(ablation, data=data, config=clf_config, out=out, device=device, seeds=2,
                             gan_config=gan_config)
+    lung_data = demo_lung_data(out)
+    lung_run = ctx.invoke(lungseg_train, data=lung_data, config=CONFIGS / "lungseg-train-demo.yaml", out=out,
+                          device=device)
+    lung_masks = ctx.invoke(lungseg, images=[lung_data / "covid" / "covid_00001.png"], checkpoint=lung_run,
+                            out=out, device=device)
     written = [("demo data (phantoms)", data), ("CycleGAN run", gan_run), ("synthetic covid images", synthetic),
                ("balanced training manifest", manifest), ("classifier run", run),
                ("evaluation (metrics, report, plots, CAMs)", run / "eval"), ("CAM overlays", overlays[0].parent),
-               ("ablation table", experiment / "table.md")]
+               ("ablation table", experiment / "table.md"), ("lung-mask phantoms", lung_data),
+               ("lung segmenter run (metrics.json)", lung_run), ("lung masks and overlays", lung_masks)]
     click.echo(f"\ndemo finished in {time.perf_counter() - start:.0f} s; it wrote:")
     for what, where in written:
         click.echo(f"  {what:<42} {where}")

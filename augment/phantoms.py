@@ -45,6 +45,14 @@ def _anatomy(rng: np.random.Generator) -> dict:
 
 def make_phantom(label: str, size: int, anatomy: dict, rng: np.random.Generator) -> np.ndarray:
     """One ``uint8 (size, size)`` phantom of class ``label``."""
+    return phantom_with_lungs(label, size, anatomy, rng)[0]
+
+
+def phantom_with_lungs(label: str, size: int, anatomy: dict,
+                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One phantom ``uint8 (size, size)`` (the same pixels as :func:`make_phantom`) and its exact lung
+    mask ``bool (size, size)``: the lung fields below the clavicles and above the diaphragm domes, less
+    the heart that covers them on the film (real lung masks exclude the heart too)."""
     a = anatomy
     yy, xx = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
     yy = yy + rng.uniform(-0.03, 0.03)  # positioning differs between exposures
@@ -82,13 +90,18 @@ def make_phantom(label: str, size: int, anatomy: dict, rng: np.random.Generator)
     img += disease * lungs
 
     img = img * a["gain"] + rng.normal(0, 0.025, img.shape)
-    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    mask = (lungs >= 0.5) & (heart * body < 0.5)
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), mask
 
 
 def write_phantoms(out: str | Path, n_per_class: int | Mapping[str, int], size: int = 256, seed: int = 0,
-                   classes: tuple[str, ...] = CLASSES) -> Path:
+                   classes: tuple[str, ...] = CLASSES, masks: bool = False) -> Path:
     """Write ``n_per_class`` phantoms per class (or ``{class: count}``) as ``<out>/<class>/*.png`` and
-    ``<out>/manifest.csv`` (``path,label,group_id,source``); consecutive pairs of images share a patient."""
+    ``<out>/manifest.csv`` (``path,label,group_id,source``); consecutive pairs of images share a patient.
+
+    With ``masks``, each phantom's exact lung mask (0 / 255) is also written to ``<out>/masks/<same
+    relative path>`` and the manifest gains a ``mask`` column, so the folder serves the classifier and
+    ``lungseg-train`` alike. The images are the same either way."""
     out = Path(out)
     counts = n_per_class if isinstance(n_per_class, Mapping) else dict.fromkeys(classes, n_per_class)
     rows = []
@@ -97,13 +110,17 @@ def write_phantoms(out: str | Path, n_per_class: int | Mapping[str, int], size: 
         for i in range(counts[label]):
             patient = i // 2
             anatomy = _anatomy(np.random.default_rng([seed, ci, patient]))
-            img = make_phantom(label, size, anatomy, np.random.default_rng([seed, ci, patient, i]))
+            img, lungs = phantom_with_lungs(label, size, anatomy, np.random.default_rng([seed, ci, patient, i]))
             rel = f"{label}/{label}_{i:05d}.png"
             Image.fromarray(img).save(out / rel)
             rows.append({"path": rel, "label": label, "group_id": f"{label}-{patient:05d}", "source": "phantom"})
+            if masks:
+                (out / "masks" / label).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(lungs.astype(np.uint8) * 255).save(out / "masks" / rel)
+                rows[-1]["mask"] = f"masks/{rel}"
     tmp = out / ".manifest.csv.tmp"
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "label", "group_id", "source"])
+        writer = csv.DictWriter(f, fieldnames=["path", "label", "group_id", "source"] + ["mask"] * masks)
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, out / "manifest.csv")
@@ -151,6 +168,15 @@ def write_patient_films(out: str | Path, n_patients: int | Mapping[str, int], fi
             for n in range(int(rng.integers(1, films + 1))):
                 Image.fromarray(film(img, rng, crop=0.015)).save(out / label / f"{label}{k:03d}_{n}.png")
     return out
+
+
+def demo_lung_data(out_root: str | Path) -> Path:
+    """The lung-segmentation demo set under ``<out_root>/demo-lungs`` (written once, then reused): 64²
+    phantoms, 16 per class, with their lung masks (:func:`write_phantoms` with ``masks``)."""
+    path = Path(out_root) / "demo-lungs"
+    if not (path / "manifest.csv").exists():
+        write_phantoms(path, 16, DEMO_SIZE, seed=1, masks=True)
+    return path
 
 
 def demo_data(out_root: str | Path) -> Path:

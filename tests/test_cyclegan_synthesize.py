@@ -155,29 +155,35 @@ def test_ssim_is_wang_et_al_gaussian_11x11_window():
     np.testing.assert_allclose(ssim_pairs(x.float(), y.float()), expected, rtol=0, atol=2e-5)
 
 
+def manifest_with_splits(data, cfg, rename: dict) -> tuple[list[dict], object]:
+    """The phantom manifest with its resolved splits, renamed by ``rename``, written beside it."""
+    rows = list(csv.DictReader(open(data / "manifest.csv")))
+    for row, split in zip(rows, load_dataset(data, cfg.data, quiet=True).splits):  # the manifest's order
+        row["split"] = rename.get(split, split)
+    manifest = data / f"manifest_{'_'.join(f'{a}-{b}' for a, b in rename.items())}.csv"
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows, manifest
+
+
 def test_gan_eval_writes_json_and_prints_a_table(gan_run, capsys):
     data, out, run, cfg = gan_run
     result = evaluate_gan(data, out, device="cpu")
     saved = json.loads((run / "gan-eval-step2.json").read_text())
     assert saved["fd"] == pytest.approx(result["fd"]) and saved["n_translated"] > 0
-    printed = capsys.readouterr().out
-    assert "Fréchet distance" in printed
-    # 12 phantoms per class leave no test split: the held-out val split is measured, and that is said
-    ds = load_dataset(data, cfg.data, quiet=True)
-    assert "test" not in ds.splits and result["split"] == "val" and "no test image" in printed
-    assert result["n_translated"] == len(ds.indices("val", "normal")) > 0
+    assert "Fréchet distance" in capsys.readouterr().out
+    # data without a test split: the held-out val split is measured, and that is said
+    rows, manifest = manifest_with_splits(data, cfg, {"test": "val"})
+    result = evaluate_gan(manifest, out, run, device="cpu")
+    assert result["split"] == "val" and "no test image" in capsys.readouterr().out
+    assert result["n_translated"] == sum(r["split"] == "val" and r["label"] == "normal" for r in rows) > 0
 
 
 def test_gan_eval_measures_the_test_split_by_default(gan_run, tmp_path, capsys):
     data, out, run, cfg = gan_run
-    rows = list(csv.DictReader(open(data / "manifest.csv")))
-    for row, split in zip(rows, load_dataset(data, cfg.data, quiet=True).splits):  # the manifest's order
-        row["split"] = "test" if split == "val" else split  # the images the GAN never saw become the test split
-    manifest = data / "manifest_with_test.csv"
-    with open(manifest, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    rows, manifest = manifest_with_splits(data, cfg, {"val": "test"})  # every image the GAN never saw is test
     result = evaluate_gan(manifest, out, run, device="cpu")
     assert result["split"] == "test" and "no test image" not in capsys.readouterr().out
     assert result["n_translated"] == sum(r["split"] == "test" and r["label"] == "normal" for r in rows) > 0
