@@ -498,8 +498,9 @@ def ablation_stages(gan_cfg, clf_cfg, dest: Path, device: str):
 @click.pass_context
 def demo(ctx, out, device):
     """The whole chain on the built-in demo data: inspect, gan-train, synthesize, augment, classify-train,
-    evaluate, cam, a two-seed ablation, then lung-mask phantoms, lungseg-train and lungseg; ends with what
-    was written where."""
+    evaluate, cam, predict, a two-seed ablation, compare, then lung-mask phantoms, lungseg-train and
+    lungseg; ends with what was written where."""
+    import json
     import time
     from augment.phantoms import demo_data, demo_lung_data
     start = time.perf_counter()
@@ -513,8 +514,12 @@ def demo(ctx, out, device):
     ctx.invoke(evaluate, data=manifest, config=clf_config, out=out, device=device, checkpoint=run, cam_n=2)
     overlays = ctx.invoke(cam, images=[data / c / f"{c}_00001.png" for c in ("covid", "normal", "pneumonia")],
                           checkpoint=run, out=out, device=device)
+    predictions = ctx.invoke(predict_command, images=[data / "covid"], checkpoint=run, out=out, device=device)
     experiment = ctx.invoke(ablation, data=data, config=clf_config, out=out, device=device, seeds=2,
                             gan_config=gan_config)
+    classic = json.loads((experiment / "cells" / "classic-seed0.json").read_text())["run"]
+    comparison = ctx.invoke(compare_command, runs=[run, Path(classic)], data=data, config=clf_config, out=out,
+                            device=device)
     lung_data = demo_lung_data(out)
     lung_run = ctx.invoke(lungseg_train, data=lung_data, config=CONFIGS / "lungseg-train-demo.yaml", out=out,
                           device=device)
@@ -523,7 +528,9 @@ def demo(ctx, out, device):
     written = [("demo data (phantoms)", data), ("CycleGAN run", gan_run), ("synthetic covid images", synthetic),
                ("balanced training manifest", manifest), ("classifier run", run),
                ("evaluation (metrics, report, plots, CAMs)", run / "eval"), ("CAM overlays", overlays[0].parent),
-               ("ablation table", experiment / "table.md"), ("lung-mask phantoms", lung_data),
+               ("predictions on the covid folder", predictions), ("ablation table", experiment / "table.md"),
+               ("comparison with the ablation's classic run", Path(comparison) / "compare.md"),
+               ("lung-mask phantoms", lung_data),
                ("lung segmenter run (metrics.json)", lung_run), ("lung masks and overlays", lung_masks)]
     click.echo(f"\ndemo finished in {time.perf_counter() - start:.0f} s; it wrote:")
     for what, where in written:
