@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import sys
@@ -20,6 +21,7 @@ from PIL import Image
 from .errors import UserError
 from .groups import check_pattern, near_duplicate_pairs, pattern_groups, union_find
 from .imageio import IMAGE_SUFFIXES, UnreadableImage, read_xray
+from .runtime import write_text_atomic
 
 SPLITS = ("train", "val", "test")
 CACHE_VERSION = 3
@@ -173,19 +175,11 @@ def write_csv(path: str | Path, rows: list[dict], columns: Sequence[str]) -> Non
         except UnicodeEncodeError:
             raise UserError(f"{os.fsencode(value)!r}: file name is not UTF-8 and cannot be listed in {path}; "
                             "rename the file") from None
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(columns), restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise UserError(f"{path}: could not write ({e.strerror or e}); free disk space or choose another "
-                        "output folder") from e
-    finally:
-        tmp.unlink(missing_ok=True)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(columns), restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, text.getvalue())
 
 
 # ---------------------------------------------------------------- decoding and cache

@@ -285,12 +285,12 @@ def test_synthesize_write_failure_is_one_line_and_leaves_nothing(tmp_path, data,
 
 @pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"), PermissionError("denied")])
 def test_manifest_write_failure_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, error):
-    import csv
+    write_bytes = Path.write_bytes
 
-    def fails(self, rows):
-        self.writer.writerow(["partial"])
+    def fails(self, data):
+        write_bytes(self, data[:5])  # a partial temporary file, then the disk fills up
         raise error
-    monkeypatch.setattr(csv.DictWriter, "writerows", fails)
+    monkeypatch.setattr(Path, "write_bytes", fails)
     with pytest.raises(UserError, match=r"m\.csv: could not write \((No space left on device|denied)\)") as e:
         write_csv(tmp_path / "m.csv", [{"path": "a.png", "label": "covid"}], ["path", "label"])
     assert "\n" not in str(e.value) and list(tmp_path.iterdir()) == []
