@@ -1,6 +1,8 @@
 """Shared fixtures: tiny phantom data sets and a private image cache."""
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -60,3 +62,37 @@ def save_gray(path: Path, value: int, size: tuple[int, int] = (24, 24), **kwargs
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.full(size[::-1], value, np.uint8)).save(path, **kwargs)
     return path
+
+
+class StopAfter:
+    """Stands in for GracefulStop: a Ctrl-C arrives at the ``after``-th check (the 4th by default)."""
+
+    def __init__(self, after: int = 4):
+        self.checks, self.after = 0, after
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @property
+    def requested(self):
+        self.checks += 1
+        return self.checks >= self.after
+
+
+def sigint_at_call(monkeypatch, owner, name: str, n: int):
+    """Make ``owner.name`` send this process SIGINT on its ``n``-th call (then run as usual); returns
+    the original, to restore with ``monkeypatch.setattr(owner, name, original)``."""
+    original = getattr(owner, name)
+    calls = {"n": 0}
+
+    def interrupted(self, *args):
+        calls["n"] += 1
+        if calls["n"] == n:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, *args)
+
+    monkeypatch.setattr(owner, name, interrupted)
+    return original

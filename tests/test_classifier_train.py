@@ -19,6 +19,7 @@ from classifier.config import ClassifierConfig, EvalConfig
 from classifier.evaluate import evaluate
 from classifier.overlays import explain_files
 from classifier.train import Trainer, train
+from conftest import sigint_at_call
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,16 +46,7 @@ def straight(tmp_path_factory, data):
 def test_resume_after_a_stop_signal_is_exact(tmp_path, data, monkeypatch, straight):
     cfg = tiny_cfg(tmp_path)
 
-    calls = {"n": 0}
-    step = Trainer.train_step
-
-    def interrupted(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 4:  # 3 steps per epoch: the middle of the second epoch
-            os.kill(os.getpid(), signal.SIGINT)
-        return step(self, *args)
-
-    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    step = sigint_at_call(monkeypatch, Trainer, "train_step", 4)  # 3 steps per epoch: mid second epoch
     stopped = train(cfg, data, tmp_path / "b", device="cpu")
     monkeypatch.setattr(Trainer, "train_step", step)
     partial = load_checkpoint(stopped / "last.pt")

@@ -18,6 +18,7 @@ from augment.phantoms import write_phantoms
 from augment.runtime import load_checkpoint
 from cyclegan import GanConfig, train_gan
 from cyclegan.model import LOSS_NAMES
+from conftest import StopAfter
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -53,24 +54,6 @@ def test_losses_fall_and_everything_is_logged(tmp_path, data):
     assert (result.run_dir / "config.yaml").exists() and (result.run_dir / "run.json").exists()
     state = load_checkpoint(result.run_dir / "checkpoint.pt")
     assert state["step"] == 40 and state["config"]["model"]["ngf"] == 16
-
-
-class StopAfter:
-    """Stands in for GracefulStop: a Ctrl-C arrives at the ``after``-th check (the 4th step by default)."""
-
-    def __init__(self, after: int = 4):
-        self.checks, self.after = 0, after
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    @property
-    def requested(self):
-        self.checks += 1
-        return self.checks >= self.after
 
 
 def test_interrupt_then_resume_equals_a_straight_run(tmp_path, data, monkeypatch, capsys):

@@ -2,8 +2,6 @@
 and the training history: history.csv per epoch, across a resume, best_metrics.json and TensorBoard."""
 import csv
 import json
-import os
-import signal
 
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ from classifier.model import create_model
 from classifier.overlays import write_overlays
 from classifier.plots import FPR_GRID, overlay_figure, save_figure
 from classifier.train import Trainer, train
+from conftest import sigint_at_call
 
 CLASSES = ("covid", "normal", "pneumonia")
 CM = [[8, 2, 0], [1, 9, 0], [0, 0, 0]]  # no pneumonia image
@@ -173,16 +172,7 @@ def test_history_best_metrics_and_tensorboard_of_a_two_epoch_run(straight):
 
 def test_history_continues_after_a_resume_without_duplicate_epochs(tmp_path, data, monkeypatch, straight):
     cfg = tiny_cfg(tmp_path)
-    calls = {"n": 0}
-    step = Trainer.train_step
-
-    def interrupted(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 4:  # 3 steps per epoch: the middle of the second epoch
-            os.kill(os.getpid(), signal.SIGINT)
-        return step(self, *args)
-
-    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    step = sigint_at_call(monkeypatch, Trainer, "train_step", 4)  # 3 steps per epoch: mid second epoch
     run = train(cfg, data, tmp_path / "b", device="cpu", quiet=True)
     monkeypatch.setattr(Trainer, "train_step", step)
     rows = history(run)

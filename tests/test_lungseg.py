@@ -22,6 +22,7 @@ from lungs.data import from_square, load_pairs, to_square
 from lungs.metrics import dice_iou
 from lungs.train import joint_augment, train_lungseg
 from lungs.unet import UNet
+from conftest import StopAfter
 
 
 def tiny_config(cache, epochs=12, **train) -> LungsegConfig:
@@ -165,28 +166,10 @@ def test_training_on_phantom_masks_beats_the_trivial_masks(trained, lung_data, t
         assert (trained.run_dir / name).is_file()
 
 
-class StopAfter:
-    """Stands in for GracefulStop: a Ctrl-C arrives at the ``after``-th check."""
-
-    def __init__(self, after: int = 3):
-        self.checks, self.after = 0, after
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    @property
-    def requested(self):
-        self.checks += 1
-        return self.checks >= self.after
-
-
 def test_interrupt_then_resume_equals_a_straight_run(lung_data, tmp_path, monkeypatch, one_thread, capsys):
     cfg = tiny_config(tmp_path / "cache", epochs=3)
     straight = train_lungseg(cfg, lung_data, tmp_path / "a", device="cpu", seed=3, quiet=True)
-    monkeypatch.setattr(lungs.train, "GracefulStop", StopAfter)
+    monkeypatch.setattr(lungs.train, "GracefulStop", lambda: StopAfter(3))
     first = train_lungseg(cfg, lung_data, tmp_path / "b", device="cpu", seed=3, quiet=True)
     assert first.interrupted and first.step == 3 and first.metrics is None
     assert f"--resume {first.run_dir}" in capsys.readouterr().out
@@ -199,7 +182,7 @@ def test_interrupt_then_resume_equals_a_straight_run(lung_data, tmp_path, monkey
 
 
 def test_cli_stop_exits_130_and_lungseg_writes_masks_and_overlays(trained, lung_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(lungs.train, "GracefulStop", StopAfter)
+    monkeypatch.setattr(lungs.train, "GracefulStop", lambda: StopAfter(3))
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"data: {{size: 32, cache_dir: {tmp_path / 'cache'}}}\nmodel: {{width: 4, depth: 2}}\n")
     stopped = CliRunner().invoke(cli, ["lungseg-train", "--data", str(lung_data), "--config", str(cfg),
