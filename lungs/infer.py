@@ -1,4 +1,4 @@
-"""Lung masks from a trained segmenter: in memory (:func:`lung_masks`, for the audit and lung cropping)
+"""Lung masks from a trained segmenter: in memory (:class:`LungSegmenter`, for the audit and lung cropping)
 and as files (:func:`segment_files`: binary mask PNGs at each image's own size and contour overlays)."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from PIL import Image
 from skimage.morphology import dilation, disk
 from skimage.segmentation import find_boundaries
 
-from augment.data import warn, write_csv
+from augment.data import file_sha256, warn, write_csv
 from augment.errors import UserError
 from augment.imageio import IMAGE_SUFFIXES, UnreadableImage, read_xray
 from augment.runtime import latest_run, load_checkpoint, pick_device, resolve_run_file
@@ -52,12 +52,21 @@ def predict_probs(model: UNet, images_u8: torch.Tensor, size: int, device: torch
     return torch.cat(out) if out else torch.zeros(images_u8.shape, dtype=torch.float32)
 
 
-def lung_masks(checkpoint: str | Path, images_u8: torch.Tensor, device: str | torch.device = "auto") -> torch.Tensor:
-    """Lung masks ``bool (N, 1, S, S)`` of ``uint8 (N, 1, S, S)`` images by the segmenter of ``checkpoint``
-    (a ``lungseg-train`` run folder or checkpoint file); lung where the probability is at least 0.5."""
-    device = pick_device(device) if isinstance(device, str) else device
-    model, ckpt = load_segmenter(checkpoint_file(checkpoint), device)
-    return predict_probs(model, images_u8, ckpt["input"]["size"], device) >= 0.5
+class LungSegmenter:
+    """A :class:`augment.lungmask.LungMasker` backed by the segmenter of ``checkpoint`` (a ``lungseg-train``
+    run folder or checkpoint file): ``segmenter(images)`` gives lung masks ``bool (N, 1, S, S)`` of
+    ``uint8 (N, 1, S, S)`` images, lung where the probability is at least 0.5. ``identity`` is the
+    checkpoint's sha256, so caches built with its masks change when the segmenter does."""
+
+    def __init__(self, checkpoint: str | Path, device: str | torch.device = "auto", out: str | Path = "runs"):
+        self.path = checkpoint_file(checkpoint, out)
+        self.device = pick_device(device) if isinstance(device, str) else device
+        self.model, ckpt = load_segmenter(self.path, self.device)
+        self.size = ckpt["input"]["size"]
+        self.identity = file_sha256(self.path)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return predict_probs(self.model, images, self.size, self.device) >= 0.5
 
 
 def checkpoint_file(checkpoint: str | Path | None, out: str | Path = "runs") -> Path:

@@ -16,7 +16,8 @@ from augment.errors import UserError
 from augment.gpu import AugmentConfig, build_augment
 from augment.phantoms import write_phantoms
 from cli import INTERRUPTED, cli
-from lungs import lung_masks
+from lungs import LungSegmenter
+from augment.data import file_sha256
 from lungs.config import LungDataConfig, LungEvalConfig, LungsegConfig, LungTrainConfig, UNetConfig
 from lungs.data import from_square, load_pairs, to_square
 from lungs.metrics import dice_iou
@@ -213,10 +214,12 @@ def test_cli_stop_exits_130_and_lungseg_writes_masks_and_overlays(trained, lung_
 def test_lung_masks_in_memory_agree_with_the_training_truth(trained, lung_data, tmp_path):
     ds = load_pairs(lung_data, LungDataConfig(size=32, cache_dir=str(tmp_path / "cache")), quiet=True)
     idx = ds.indices("test")
-    masks = lung_masks(trained.run_dir, ds.images[idx], "cpu")
+    segmenter = LungSegmenter(trained.run_dir, "cpu")
+    assert segmenter.identity == file_sha256(trained.run_dir / "checkpoint.pt")
+    masks = segmenter(ds.images[idx])
     assert masks.dtype == torch.bool and masks.shape == (len(idx), 1, 32, 32)
     assert dice_iou(masks, ds.masks[idx])[0].mean() > 0.7
-    bigger = lung_masks(trained.run_dir, torch.nn.functional.interpolate(ds.images[idx].float(), size=48).byte(), "cpu")
+    bigger = segmenter(torch.nn.functional.interpolate(ds.images[idx].float(), size=48).byte())
     assert bigger.shape == (len(idx), 1, 48, 48)
 
 
