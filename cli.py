@@ -197,12 +197,28 @@ def gan_eval(data, config, out, device, seed, set_, checkpoint, split, classifie
 def classifier_yardstick(classifier: Path, gan_checkpoint: Path | None, out: Path, device: str):
     """``(features, classify)`` for gan-eval from a classifier run, for the GAN's target class."""
     from augment.runtime import pick_device, resolve_run_file
-    from classifier.checkpoint import CHECKPOINTS, load_classifier
+    from classifier.checkpoint import CHECKPOINTS, data_config, load_classifier
     from classifier.inference import classifier_probe
     from cyclegan.checkpoint import CHECKPOINT_NAME, read_gan_checkpoint
     _, gan_cfg = read_gan_checkpoint(resolve_run_file(gan_checkpoint, out, "gan", (CHECKPOINT_NAME,), CHECKPOINT_NAME))
     model, meta = load_classifier(resolve_run_file(classifier, out, "classifier", CHECKPOINTS), pick_device(device))
+    if data_config(meta).uses_lungs:
+        raise UserError(f"{classifier}: trained with {data_config(meta).lung_settings}, it would judge whole translated "
+                        "images it never saw; give gan-eval a classifier trained on whole images")
     return classifier_probe(model, meta["input_size"], list(meta["classes"]), gan_cfg.train.domain_b)
+
+
+def run_lung_masker(runs: list[Path | None], out: Path, device: str, names: tuple[str, ...] | None = None):
+    """The lung segmenter (``data.lungseg_run``) of the first classifier run among ``runs`` (folders or
+    checkpoints; None: the latest) trained on lung-cropped or lung-masked images, or None when none was."""
+    from augment.runtime import resolve_run_file
+    from classifier.checkpoint import CHECKPOINTS, run_data_config
+    from lungs import masker_for
+    for run in runs:
+        masker = masker_for(run_data_config(resolve_run_file(run, out, "classifier", names or CHECKPOINTS)), device)
+        if masker is not None:
+            return masker
+    return None
 
 
 # ---- classifier commands ----
@@ -228,6 +244,7 @@ def classify_train(data, config, out, device, seed, set_, backbone, several, pre
     from classifier.config import ClassifierConfig
     from augment.runtime import latest_run
     from classifier.train import Trainer
+    from lungs import masker_for
     if resume is not None and (config is not None or set_ or backbone or several or pretrained
                                or compile_ is not None or preset):
         raise UserError(f"--resume {resume}: a resumed run keeps its own config; drop --config, --preset, --set, "
@@ -250,15 +267,16 @@ def classify_train(data, config, out, device, seed, set_, backbone, several, pre
     flags = [f"model.backbone={backbone}"] * bool(backbone) + [f"model.pretrained={pretrained}"] * bool(pretrained)
     flags += [f"train.compile={str(compile_).lower()}"] * (compile_ is not None)
     cfg = load_config(ClassifierConfig, config, [*set_, *flags])
+    lung_masker = run_lung_masker([resume], out, device, ("last.pt",)) if resume else masker_for(cfg.data, device)
     if names:
         from classifier.compare import compare, train_backbones
-        runs, stopped = train_backbones(cfg, names, data, out, synthetic, device, seed)
+        runs, stopped = train_backbones(cfg, names, data, out, synthetic, device, seed, lung_masker)
         if stopped:
             sys.exit(INTERRUPTED)
-        result = compare(runs, data, out, cfg=cfg.eval, device=device, seed=seed)
+        result = compare(runs, data, out, cfg=cfg.eval, device=device, seed=seed, lung_masker=lung_masker)
         click.echo(f"trained {', '.join(map(str, runs))}\ncomparison: {result['dest']}/compare.md")
         return runs
-    trainer = Trainer(cfg, data, out, synthetic, resume, device, seed)
+    trainer = Trainer(cfg, data, out, synthetic, resume, device, seed, lung_masker=lung_masker)
     run = trainer.run()
     if trainer.stopped:
         sys.exit(INTERRUPTED)
@@ -283,7 +301,7 @@ def evaluate(data, config, out, device, seed, set_, checkpoint, cam_n, split_fro
     data, config, _ = resolve_inputs("classify-train", data, config, out)
     cfg = load_config(ClassifierConfig, config, set_)
     run_evaluate(data, checkpoint, out, cfg.eval, device, cam_n, seed, split_from_data=split_from_data,
-                 overwrite=overwrite)
+                 overwrite=overwrite, lung_masker=run_lung_masker([checkpoint], out, device))
 
 
 @cli.command("compare")
@@ -299,7 +317,8 @@ def compare_command(data, config, out, device, seed, set_, runs, dest, overwrite
     from classifier.config import ClassifierConfig
     data, config, _ = resolve_inputs("classify-train", data, config, out)
     cfg = load_config(ClassifierConfig, config, set_)
-    return compare(runs, data, out, dest, cfg.eval, device, seed, overwrite=overwrite)["dest"]
+    return compare(runs, data, out, dest, cfg.eval, device, seed, overwrite=overwrite,
+                   lung_masker=run_lung_masker(list(runs), out, device))["dest"]
 
 
 @cli.command()
@@ -310,9 +329,11 @@ def compare_command(data, config, out, device, seed, set_, runs, dest, overwrite
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def cam(images, checkpoint, method, target_class, out, device):
-    """Heat-map overlays (CAM, Grad-CAM, Grad-CAM++) on X-ray IMAGES, written to <run>/cam/<method>."""
+    """Heat-map overlays (CAM, Grad-CAM, Grad-CAM++) on X-ray IMAGES, written to <run>/cam/<method>
+    (a run trained on lung-cropped or lung-masked images sees, and shows, them cropped and masked alike)."""
     from classifier.overlays import explain_files
-    written = explain_files(images, checkpoint, out, method, target_class, device)
+    written = explain_files(images, checkpoint, out, method, target_class, device,
+                            run_lung_masker([checkpoint], out, device))
     for path in written:
         click.echo(path)
     return written
@@ -333,7 +354,8 @@ def predict_command(images, checkpoint, dest, cam, method, overwrite, batch_size
     """Score X-ray IMAGES (files or folders, recursed) with a classifier: predictions.csv with each file's
     class, class probabilities and the covid threshold chosen on validation; unreadable files listed."""
     from classifier.predict import predict_files
-    result = predict_files(images, checkpoint, out, dest, cam, method, overwrite, device, batch_size)
+    result = predict_files(images, checkpoint, out, dest, cam, method, overwrite, device, batch_size,
+                           lung_masker=run_lung_masker([checkpoint], out, device))
     click.echo(f"wrote {result['csv']}: {result['images']} images scored, {result['unreadable']} unreadable")
     return result["csv"]
 
@@ -417,6 +439,7 @@ def ablation(data, config, out, device, seed, set_, backbone, seeds, gan_per_see
     from augment.config import load_config
     from classifier.config import ClassifierConfig
     from cyclegan import GanConfig
+    from lungs import masker_for
     data, config, is_demo = resolve_inputs("classify-train", data, config, out)
     clf_cfg = load_config(ClassifierConfig, config, [*set_, *[f"model.backbone={backbone}"] * bool(backbone)])
     default_gan = CONFIGS / f"gan-train{'-demo' if is_demo else ''}.yaml"
@@ -424,30 +447,43 @@ def ablation(data, config, out, device, seed, set_, backbone, seeds, gan_per_see
     if minority != gan_cfg.train.domain_b:
         raise UserError(f"--minority {minority}: the CycleGAN translates into {gan_cfg.train.domain_b!r}; "
                         f"add --gan-set train.domain_b={minority}")
+    lungs = clf_cfg.data
     name = (clf_cfg.model.backbone + (f"-f{minority_fraction:g}" if minority_fraction else "")
-            + ("-gan-per-seed" if gan_per_seed else ""))
+            + ("-gan-per-seed" if gan_per_seed else "") + ("-lung-crop" if lungs.lung_crop else "")
+            + (f"-{lungs.lung_mask}" if lungs.lung_mask != "none" else ""))
     dest = dest or out / "ablation" / name
-    summary = run_ablation(data, dest, ablation_stages(gan_cfg, clf_cfg, dest, device), clf_cfg.data,
+    lung_masker = masker_for(lungs, device)
+    if lung_masker:
+        click.echo(f"ablation: the classifiers see {lungs.lung_settings}; they judge no GAN (gan-eval)", err=True)
+    summary = run_ablation(data, dest, ablation_stages(gan_cfg, clf_cfg, dest, device, lung_masker), clf_cfg.data,
                            tuple(range(seed, seed + seeds)), minority, minority_fraction, policy,
                            log=lambda line: click.echo(f"ablation: {line}", err=True),
                            settings={"backbone": clf_cfg.model.backbone, "classifier_config": experiment_config(clf_cfg),
-                                     "gan_config": experiment_config(gan_cfg)}, gan_per_seed=gan_per_seed)
+                                     "gan_config": experiment_config(gan_cfg),
+                                     **({"lung_masker": lung_masker.identity} if lung_masker else {})},
+                           gan_per_seed=gan_per_seed)
     click.echo(format_table(summary))
     click.echo(f"wrote {dest / 'table.md'} and {dest / 'summary.json'}")
     return dest
 
 
 def experiment_config(cfg) -> dict:
-    """A config as an ablation records it: everything but where the image cache lives."""
+    """A config as an ablation records it: everything but where the image cache lives, and the lung settings
+    only when used (experiments recorded before they existed still resume)."""
     from augment.config import config_to_dict
     values = config_to_dict(cfg)
     values["data"].pop("cache_dir")
+    if not cfg.data.uses_lungs:
+        for key in ("lung_crop", "lung_crop_margin", "lung_mask", "lungseg_run"):
+            values["data"].pop(key)
     return values
 
 
-def ablation_stages(gan_cfg, clf_cfg, dest: Path, device: str):
+def ablation_stages(gan_cfg, clf_cfg, dest: Path, device: str, lung_masker=None):
     """The model work of an ablation (:class:`augment.ablation.Stages`) from the two packages; every
-    classifier is evaluated on the experiment's real manifest, ``<dest>/real.csv``."""
+    classifier is evaluated on the experiment's real manifest, ``<dest>/real.csv``, and gets ``lung_masker``
+    (the segmenter its lung settings need). Classifiers on lung-cropped or lung-masked images judge no GAN:
+    its translations are whole images."""
     import copy
     import json
     from augment.ablation import Stages
@@ -471,14 +507,14 @@ def ablation_stages(gan_cfg, clf_cfg, dest: Path, device: str):
     def train_classifier_stage(manifest, folder, seed, classic_augment):
         cfg = copy.deepcopy(clf_cfg)
         cfg.augment.enabled = classic_augment
-        trainer = Trainer(cfg, manifest, folder, device=device, seed=seed, quiet=True)
+        trainer = Trainer(cfg, manifest, folder, device=device, seed=seed, quiet=True, lung_masker=lung_masker)
         run = trainer.run()
         if trainer.stopped:
             stopped()
         return run
 
     def evaluate_stage(run):
-        m = evaluate_classifier(dest / "real.csv", run, dest, clf_cfg.eval, device, quiet=True)
+        m = evaluate_classifier(dest / "real.csv", run, dest, clf_cfg.eval, device, quiet=True, lung_masker=lung_masker)
         return {"accuracy": m["accuracy"], "macro_auc": m["macro"]["auc"],
                 "sensitivity": {c: v["sensitivity"] for c, v in m["per_class"].items()},
                 "f1": {c: v["f1"] for c, v in m["per_class"].items()}}
@@ -489,7 +525,8 @@ def ablation_stages(gan_cfg, clf_cfg, dest: Path, device: str):
         m = evaluate_gan(manifest, dest, checkpoint, features, classify, device=device, split="test")
         return {k: m[k] for k in ("fd", "kid", "ssim_mean", "share_called_b", "n_translated", "n_real_b", "features")}
 
-    return Stages(train_gan_stage, synthesize_stage, train_classifier_stage, evaluate_stage, gan_eval_stage)
+    return Stages(train_gan_stage, synthesize_stage, train_classifier_stage, evaluate_stage,
+                  None if clf_cfg.data.uses_lungs else gan_eval_stage)
 
 
 @cli.command()

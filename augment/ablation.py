@@ -22,7 +22,7 @@ import csv
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -68,8 +68,10 @@ def run_ablation(data: str | Path, out: str | Path, stages: Stages, cfg: DataCon
     ``settings`` (e.g. the backbone) join the data and options in ``experiment.json``: a folder holding
     an experiment with other settings is refused, so finished cells are only reused for the same one.
     ``gan_per_seed``: one CycleGAN, synthetic set, balanced and tstr manifest per seed (files suffixed
-    ``-seed<s>``) instead of one for all seeds."""
+    ``-seed<s>``) instead of one for all seeds. The experiment's manifests are made from whole images (the
+    same split with or without ``cfg``'s lung settings); only the classifiers apply those."""
     out = Path(out)
+    cfg = replace(cfg, lung_crop=False, lung_mask="none")
     if minority not in cfg.classes:
         raise UserError(f"--minority {minority!r}: not one of the classes {', '.join(cfg.classes)}")
     Policy.parse(policy)

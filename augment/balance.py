@@ -115,7 +115,9 @@ def keep_training_patients(real: XrayDataset, synthetic: XrayDataset, where) -> 
     keep = training_patients(real, synthetic.groups, synthetic.paths, where)
     pick = torch.tensor(keep, dtype=torch.int64)
     lists = {k: [getattr(synthetic, k)[i] for i in keep] for k in ("paths", "groups", "splits", "sources", "hashes")}
-    return replace(synthetic, images=synthetic.images[pick], labels=synthetic.labels[pick], **lists)
+    kept = set(lists["paths"])
+    return replace(synthetic, images=synthetic.images[pick], labels=synthetic.labels[pick],
+                   no_lungs=[p for p in synthetic.no_lungs if p in kept], **lists)
 
 
 def _manifest_rows(path: Path) -> dict[str, dict]:

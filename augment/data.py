@@ -1,5 +1,6 @@
 """Datasets of chest X-rays: discovery (class folders or a manifest CSV), a decode-once uint8
-cache on disk, and patient-grouped train/val/test splits."""
+cache on disk (optionally cropped to the lungs or with the lungs hidden, Maguolo & Nanni 2021), and
+patient-grouped train/val/test splits."""
 from __future__ import annotations
 
 import csv
@@ -8,11 +9,11 @@ import io
 import json
 import os
 import sys
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Callable, Iterator, Literal, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -21,10 +22,14 @@ from PIL import Image
 from .errors import UserError
 from .groups import check_pattern, near_duplicate_pairs, pattern_groups, union_find
 from .imageio import IMAGE_SUFFIXES, UnreadableImage, read_xray
+from .lungmask import MIN_LUNG_FRACTION, LungMasker, crop_and_mask
 from .runtime import write_text_atomic
 
+T, R = TypeVar("T"), TypeVar("R")
 SPLITS = ("train", "val", "test")
 CACHE_VERSION = 3
+LUNG_CROP_DETAIL = 2  # a lung crop is cut from the image decoded at this many times data.size
+CACHE_BATCH = 64  # images segmented, cropped and written together
 
 
 @dataclass
@@ -40,6 +45,26 @@ class DataConfig:
     near_duplicates: bool = True  # images without patient ids that are near-duplicates share a group
     near_duplicate_threshold: int = 6  # most hash bits (of 63) in which near-duplicate candidates differ
     near_duplicate_min_correlation: float = 0.9  # least high-pass thumbnail correlation of a kept candidate
+    lung_crop: bool = False  # crop each image to its lungs' square box (from data.lungseg_run's masks)
+    lung_crop_margin: float = 0.1  # added to the box on every side, as a share of its side
+    lung_mask: Literal["none", "keep-lungs", "hide-lungs"] = "none"  # after cropping: black out all but the lungs, or them
+    lungseg_run: str = ""  # lungseg-train run folder or checkpoint whose masks lung_crop and lung_mask use
+
+    @property
+    def uses_lungs(self) -> bool:
+        """Whether the cached images depend on lung masks."""
+        return self.lung_crop or self.lung_mask != "none"
+
+    @property
+    def lung_settings(self) -> str:
+        """The lung settings in use, as a user writes them (``data.lung_crop=true and data.lung_mask=...``)."""
+        return " and ".join(["data.lung_crop=true"] * self.lung_crop
+                            + [f"data.lung_mask={self.lung_mask}"] * (self.lung_mask != "none"))
+
+    @property
+    def decode_size(self) -> int:
+        """The side images are decoded at before :func:`lung_view` makes them ``size``."""
+        return self.size * LUNG_CROP_DETAIL if self.lung_crop else self.size
 
     def check(self):
         if self.size < 8:
@@ -60,6 +85,12 @@ class DataConfig:
         if not -1 <= self.near_duplicate_min_correlation <= 1:
             raise ValueError(f"data.near_duplicate_min_correlation must be between -1 and 1, "
                              f"got {self.near_duplicate_min_correlation}")
+        if not 0 <= self.lung_crop_margin <= 1:
+            raise ValueError(f"data.lung_crop_margin must be between 0 and 1 (a share of the lung box's side), "
+                             f"got {self.lung_crop_margin}")
+        if self.uses_lungs and not self.lungseg_run:
+            raise ValueError(f"{self.lung_settings} need data.lungseg_run, a lungseg-train run folder or checkpoint "
+                             "(train one with `python cli.py lungseg-train`)")
 
 
 @dataclass
@@ -93,6 +124,7 @@ class XrayDataset:
     hashes: list[str] = field(default_factory=list)  # sha256 of each file's bytes: the image's identity
     grouping: dict[str, int] = field(default_factory=dict)  # images per way their group was formed
     skipped: dict[str, str] = field(default_factory=dict)
+    no_lungs: list[str] = field(default_factory=list)  # paths kept uncropped: lungs too small (lung_view)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -198,6 +230,28 @@ def decode_to_square(path: Path, size: int, resize: str = "crop") -> np.ndarray:
     return out
 
 
+def batches_ahead(items: Sequence[T], work: Callable[[T], R], batch_size: int, workers: int,
+                  ahead: int = 2) -> Iterator[list[R]]:
+    """``work`` of each item, in order, in batches of ``batch_size``: a pool of ``workers`` threads works up to
+    ``ahead`` batches beyond the one handed out (Pillow, numpy and hashlib release the GIL), so the caller's
+    model runs meanwhile and at most ``ahead + 1`` batches are held."""
+    starts = iter(range(0, len(items), batch_size))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+
+        def submit() -> None:
+            start = next(starts, None)
+            if start is not None:
+                pending.append([pool.submit(work, item) for item in items[start:start + batch_size]])
+
+        for _ in range(ahead + 1):
+            submit()
+        while pending:
+            batch = pending.popleft()
+            submit()
+            yield [f.result() for f in batch]
+
+
 def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
     digest = hashlib.sha256()
@@ -207,8 +261,41 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _cache_key(root: Path, records: list[Record], cfg: DataConfig) -> str:
+def require_lung_masker(cfg: DataConfig, lung_masker: LungMasker | None) -> None:
+    """A one-line :class:`UserError` when ``cfg`` asks for lung masks and no masker gives them."""
+    if cfg.uses_lungs and lung_masker is None:
+        raise UserError(f"{cfg.lung_settings} need the lung masks of data.lungseg_run ({cfg.lungseg_run}), and this "
+                        "command applies none: classify-train, evaluate, predict, cam, compare and ablation do "
+                        "(in Python: lung_masker=lungs.masker_for(cfg.data)); drop the lung settings here")
+
+
+def lung_view(images: torch.Tensor, cfg: DataConfig,
+              lung_masker: LungMasker | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images as the cache holds them: ``uint8 (N, 1, D, D)`` decoded at ``cfg.decode_size`` become ``uint8
+    (N, 1, S, S)``, cropped to the lungs and masked as ``cfg`` says (:func:`augment.lungmask.crop_and_mask`,
+    on ``lung_masker``'s masks); also ``bool (N,)``, true where the lungs found were too small to crop to.
+    Without lung settings, the images unchanged. The cache and ``predict`` both go through here."""
+    if not cfg.uses_lungs:
+        return images, torch.zeros(len(images), dtype=torch.bool)
+    require_lung_masker(cfg, lung_masker)
+    masks = lung_masker(images).cpu()
+    return crop_and_mask(images, masks, cfg.size, cfg.lung_crop, cfg.lung_crop_margin, cfg.lung_mask)
+
+
+def warn_lungs_not_found(paths: Sequence[str], total: int, cfg: DataConfig) -> None:
+    """One warning counting the images whose lungs :func:`lung_view` did not find (none of them is silent)."""
+    if paths:
+        shown = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+        warn(f"{len(paths)} of {total} images have lungs over less than {MIN_LUNG_FRACTION:.0%} of them in the "
+             f"masks of {cfg.lungseg_run}, so they were " + ("kept uncropped" if cfg.lung_crop else "masked as found")
+             + f" ({shown}); look at the masks with `python cli.py lungseg --checkpoint {cfg.lungseg_run} IMAGES`")
+
+
+def _cache_key(root: Path, records: list[Record], cfg: DataConfig, lung_masker: LungMasker | None = None) -> str:
     h = hashlib.sha256(f"v{CACHE_VERSION}|{cfg.size}|{cfg.resize}".encode())
+    if cfg.uses_lungs:  # another segmenter (its identity) or setting gives other images
+        h.update(f"|lungs|{cfg.lung_crop}|{cfg.lung_crop_margin}|{cfg.lung_mask}|{lung_masker.identity}"
+                 f"|{LUNG_CROP_DETAIL}|{MIN_LUNG_FRACTION}".encode())
     for r in records:
         p = root / r.path
         try:
@@ -219,37 +306,42 @@ def _cache_key(root: Path, records: list[Record], cfg: DataConfig) -> str:
     return h.hexdigest()[:24]
 
 
-def _build_cache(root: Path, records: list[Record], cfg: DataConfig, npy: Path, meta: Path, quiet: bool) -> None:
+def _build_cache(root: Path, records: list[Record], cfg: DataConfig, npy: Path, meta: Path, quiet: bool,
+                 lung_masker: LungMasker | None) -> None:
     from tqdm import tqdm
     size = cfg.size
 
     def work(r: Record):
         try:
-            return decode_to_square(root / r.path, size, cfg.resize), file_sha256(root / r.path)
+            return decode_to_square(root / r.path, cfg.decode_size, cfg.resize), file_sha256(root / r.path)
         except (UnreadableImage, OSError) as e:
             return None, str(e)
 
     pid = os.getpid()  # one set of temporary files per process: ranks may build the same cache at once
     tmp, part, tmp_meta = f"{npy}.tmp{pid}.npy", f"{npy}.part{pid}.npy", meta.with_name(f"{meta.name}.tmp{pid}")
     ok, hashes, skipped = [], [], {}  # positions in ``records``: the key fixes the files, not how paths are spelled
+    no_lungs = []  # positions of images whose lungs were too small to crop to
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(records), size, size))
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            results = pool.map(work, records)
-            for i, (img, digest) in enumerate(tqdm(results, total=len(records), desc="decoding images",
-                                                   unit="img", disable=quiet, file=sys.stderr)):
-                if img is None:
-                    skipped[i] = digest  # the reason it could not be read
-                else:
-                    out[len(ok)] = img
-                    ok.append(i)
-                    hashes.append(digest)
+        batches = batches_ahead(records, work, CACHE_BATCH, min(8, os.cpu_count() or 1))
+        with tqdm(total=len(records), desc="decoding images", unit="img", disable=quiet, file=sys.stderr) as bar:
+            for start, batch in zip(range(0, len(records), CACHE_BATCH), batches):
+                read = [start + k for k, (img, _) in enumerate(batch) if img is not None]
+                skipped.update({start + k: reason for k, (img, reason) in enumerate(batch) if img is None})
+                if read:
+                    images = torch.from_numpy(np.stack([batch[i - start][0] for i in read])).unsqueeze(1)
+                    images, faint = lung_view(images, cfg, lung_masker)
+                    out[len(ok):len(ok) + len(read)] = images[:, 0].numpy()
+                    no_lungs += [i for i, f in zip(read, faint.tolist()) if f]
+                    ok += read
+                    hashes += [batch[i - start][1] for i in read]
+                bar.update(len(batch))
         out.flush()
         del out
         if len(ok) < len(records):  # keep only the readable images
             np.save(part, np.load(tmp, mmap_mode="r")[: len(ok)])
             os.replace(part, tmp)
-        tmp_meta.write_text(json.dumps({"kept": ok, "hashes": hashes, "skipped": skipped}))
+        tmp_meta.write_text(json.dumps({"kept": ok, "hashes": hashes, "skipped": skipped, "no_lungs": no_lungs}))
         os.replace(tmp, npy)
         os.replace(tmp_meta, meta)
     finally:
@@ -258,17 +350,21 @@ def _build_cache(root: Path, records: list[Record], cfg: DataConfig, npy: Path, 
 
 
 def load_dataset(data: str | Path, cfg: DataConfig, split: str | None = None,
-                 required: Sequence[str] | None = None, quiet: bool = False) -> XrayDataset:
+                 required: Sequence[str] | None = None, quiet: bool = False,
+                 lung_masker: LungMasker | None = None) -> XrayDataset:
     """Discover, decode once (or reuse the cache) and split the images under ``data``.
 
     Args:
         data: folder of class subfolders, a folder holding ``manifest.csv``, or a manifest CSV.
-        cfg: sizes, classes, split fractions and cache folder.
+        cfg: sizes, classes, split fractions, cache folder and lung settings.
         split: force every image into this split (synthetic folders belong to ``train``).
         required: classes that must have at least one readable image (default: all).
+        lung_masker: the lung masks that ``cfg.lung_crop`` and ``cfg.lung_mask`` need (the segmenter of
+            ``cfg.lungseg_run``, e.g. ``lungs.masker_for(cfg)``); its ``identity`` is part of the cache key.
     """
+    require_lung_masker(cfg, lung_masker)
     root, records, skipped = discover(data, cfg.classes)
-    key = _cache_key(root, records, cfg)
+    key = _cache_key(root, records, cfg, lung_masker)
     cache = Path(cfg.cache_dir)
     npy, meta = cache / f"{key}.npy", cache / f"{key}.json"
     if not (npy.exists() and meta.exists()):
@@ -277,10 +373,14 @@ def load_dataset(data: str | Path, cfg: DataConfig, split: str | None = None,
         except OSError as e:
             raise UserError(f"{cache}: cannot create the image cache ({e.strerror}); set data.cache_dir") from e
         if not quiet:
-            print(f"decoding {len(records)} images from {data} into the cache {npy}", file=sys.stderr)
-        _build_cache(root, records, cfg, npy, meta, quiet)
+            print(f"decoding {len(records)} images from {data} into the cache {npy}"
+                  + (f" ({cfg.lung_settings}, masks of {cfg.lungseg_run})" if cfg.uses_lungs else ""), file=sys.stderr)
+        _build_cache(root, records, cfg, npy, meta, quiet, lung_masker)
     info = json.loads(meta.read_text())
     skipped.update({records[int(i)].path: reason for i, reason in info["skipped"].items()})
+    no_lungs = [records[i].path for i in info.get("no_lungs", [])]
+    if not quiet:
+        warn_lungs_not_found(no_lungs, len(info["kept"]), cfg)
     records = [records[i] for i in info["kept"]]
     _report_skipped(skipped, data, quiet)
 
@@ -305,7 +405,7 @@ def load_dataset(data: str | Path, cfg: DataConfig, split: str | None = None,
     fingerprint = hashlib.sha256((key + json.dumps([[r.label, s] for r, s in zip(records, splits)])).encode())
     return XrayDataset(root, tuple(cfg.classes), images, labels, [r.path for r in records],
                        [r.group for r in records], splits, [r.source for r in records],
-                       fingerprint.hexdigest()[:16], info["hashes"], grouping, skipped)
+                       fingerprint.hexdigest()[:16], info["hashes"], grouping, skipped, no_lungs)
 
 
 def group_records(records: list[Record], images: torch.Tensor, cfg: DataConfig, quiet: bool = False) -> dict[str, int]:

@@ -1,15 +1,17 @@
-"""Lung masks as data: the square box around the lungs, and the Maguolo–Nanni controls (the lungs
-hidden, or everything but the lungs hidden). The masks come from a :class:`LungMasker` the caller passes
-(a trained segmenter, wired by the CLI); this module imports no model."""
+"""Lung masks as data: the square box around the lungs, the crop to it, and the Maguolo–Nanni controls
+(the lungs hidden, or everything but the lungs hidden). The masks come from a :class:`LungMasker` the
+caller passes (a trained segmenter, wired by the CLI); this module imports no model."""
 from __future__ import annotations
 
 from typing import Literal, Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 MaskMode = Literal["none", "keep-lungs", "hide-lungs"]
 HIDDEN_VALUE = 0  # what replaces hidden pixels: black, as Maguolo and Nanni (2021), carrying nothing of them
+MIN_LUNG_FRACTION = 0.05  # lungs found on less of an image are not believed: it is kept whole
 
 
 class LungMasker(Protocol):
@@ -51,3 +53,36 @@ def lung_box(mask: np.ndarray, margin: float) -> tuple[int, int, int, int] | Non
     y = int(min(max(round(cy - side / 2), 0), h - side))
     x = int(min(max(round(cx - side / 2), 0), w - side))
     return y, x, side, side
+
+
+def crop_and_mask(images: torch.Tensor, masks: torch.Tensor, size: int, crop: bool, margin: float,
+                  mode: MaskMode) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image cropped to its lungs' square :func:`lung_box` (with ``crop``), resized to ``size``, then
+    masked as ``mode`` says (:func:`apply_lung_mask`, with the mask cropped and resized alike). An image
+    whose lungs cover less than :data:`MIN_LUNG_FRACTION` of it is not cropped.
+
+    Args:
+        images: ``uint8 (N, 1, D, D)``, decoded larger than ``size`` when cropping, so the crop keeps detail.
+        masks: ``bool (N, 1, D, D)``, true on the lungs.
+
+    Returns:
+        ``uint8 (N, 1, size, size)`` images and ``bool (N,)``, true where the lungs were too small to crop to.
+    """
+    faint = masks.flatten(1).float().mean(1) < MIN_LUNG_FRACTION
+    out_images, out_masks = [], []
+    for image, mask, whole in zip(images, masks, faint.tolist()):
+        box = lung_box(mask[0].numpy(), margin) if crop and not whole else None
+        top, left, h, w = box or (0, 0, *image.shape[-2:])
+        out_images.append(_resized(image[:, top:top + h, left:left + w], size).round().clamp(0, 255).to(torch.uint8))
+        out_masks.append(_resized(mask[:, top:top + h, left:left + w], size) >= 0.5)
+    if not out_images:
+        return images.new_zeros((0, 1, size, size)), faint
+    return apply_lung_mask(torch.stack(out_images), torch.stack(out_masks), mode), faint
+
+
+def _resized(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``float (1, size, size)`` of ``(1, h, w)``: bilinear with antialiasing, as the classifier resizes."""
+    x = x.float()
+    if x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]

@@ -7,6 +7,7 @@ import torch
 
 from augment.data import DataConfig
 from augment.errors import UserError
+from augment.lungmask import LungMasker
 from augment.runtime import load_checkpoint
 
 from .model import Classifier, create_model
@@ -29,3 +30,32 @@ def data_config(ckpt: dict) -> DataConfig:
     """The data settings (image size, classes, splits) the checkpoint was trained with."""
     saved = ckpt["config"]["data"]
     return DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+
+
+def run_data_config(path: Path) -> DataConfig:
+    """The data settings of checkpoint ``path``, read without loading its weights (memory-mapped), so a
+    caller can build what the run's data needs (its lung segmenter) before loading the model."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip checkpoint, or damaged: load_checkpoint says which in one line
+        ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or "config" not in ckpt:
+        raise UserError(f"{path}: not a classifier checkpoint of this toolkit; give best.pt or last.pt of a classify-train run")
+    return data_config(ckpt)
+
+
+def run_lung_masker(ckpt: dict, path: Path, lung_masker: LungMasker | None) -> LungMasker | None:
+    """The lung masker the data of checkpoint ``path`` is built with: None for a run on whole images (whatever
+    is given), else ``lung_masker``, which must be the segmenter the run was trained with (``ckpt["lung_masker"]``,
+    its identity): another one would crop and mask its input otherwise, so it is refused in one line."""
+    data = data_config(ckpt)
+    if not data.uses_lungs:
+        return None
+    if lung_masker is None:
+        raise UserError(f"{path}: trained with {data.lung_settings}; it needs the lung segmenter of its "
+                        f"data.lungseg_run ({data.lungseg_run}) to see its input as it was trained")
+    trained = ckpt.get("lung_masker")
+    if trained is not None and trained != lung_masker.identity:
+        raise UserError(f"{path}: trained on the lung masks of segmenter {trained[:16]}, not of {lung_masker.identity[:16]} "
+                        f"(data.lungseg_run {data.lungseg_run}); restore that segmenter's checkpoint or retrain the classifier")
+    return lung_masker

@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from augment.errors import UserError
+from augment.lungmask import LungMasker
 from augment.runtime import new_run_dir, pick_device, resolve_run_file, write_text_atomic
 
 from .checkpoint import CHECKPOINTS
@@ -124,13 +125,15 @@ def run_names(paths: list[Path]) -> list[str]:
 
 def compare(runs: Sequence[str | Path], data: str | Path, out: str | Path = "runs", dest: str | Path | None = None,
             cfg: EvalConfig | None = None, device: str = "auto", seed: int = 0, quiet: bool = False,
-            overwrite: bool = False) -> dict:
+            overwrite: bool = False, lung_masker: LungMasker | None = None) -> dict:
     """Evaluate classifier ``runs`` (folders or checkpoints) on the same test images of ``data`` and
     compare them: metrics with intervals per run, McNemar and DeLong tests for every pair with Holm's
     adjustment. Each run's test images are chosen as ``evaluate`` chooses them and matched by content;
     where they differ, the runs are compared on the images all have (said in the report), and on none
     refused. Writes ``compare.md``, ``compare.json`` and ``roc.png`` to ``dest`` (default
-    ``<out>/compare/<timestamp>``); a ``dest`` holding a comparison is refused unless ``overwrite``."""
+    ``<out>/compare/<timestamp>``); a ``dest`` holding a comparison is refused unless ``overwrite``.
+    ``lung_masker``: the segmenter of the runs trained on lung-cropped or lung-masked images (runs on whole
+    images ignore it; a run trained with another segmenter is refused)."""
     cfg = cfg or EvalConfig()
     if len(runs) < 2:
         raise UserError("compare needs at least two classifier runs")
@@ -141,7 +144,7 @@ def compare(runs: Sequence[str | Path], data: str | Path, out: str | Path = "run
     names = run_names(paths)
     loaded = []
     for path in paths:
-        model, ckpt, ds, chosen = load_evaluation(data, path, dev, quiet=quiet)
+        model, ckpt, ds, chosen = load_evaluation(data, path, dev, quiet=quiet, lung_masker=lung_masker)
         idx = chosen.indices
         prob = predict(model, ds.images[idx], ckpt["input_size"], dev, cfg.batch_size).numpy()
         loaded.append((ckpt, ds, idx.tolist(), prob))
@@ -265,8 +268,9 @@ def markdown(result: dict) -> str:
 
 
 def train_backbones(cfg: ClassifierConfig, backbones: Sequence[str], data: str | Path, out: str | Path = "runs",
-                    synthetic: str | Path | None = None, device: str = "auto", seed: int = 0) -> tuple[list[Path], bool]:
-    """Train one classifier per backbone with the same data, split, seed and config otherwise.
+                    synthetic: str | Path | None = None, device: str = "auto", seed: int = 0,
+                    lung_masker: LungMasker | None = None) -> tuple[list[Path], bool]:
+    """Train one classifier per backbone with the same data, split, seed and config (and ``lung_masker``) otherwise.
     Returns the run folders and whether a stop signal ended the series early."""
     from .train import Trainer
     runs = []
@@ -277,7 +281,7 @@ def train_backbones(cfg: ClassifierConfig, backbones: Sequence[str], data: str |
             c.model.check()
         except ValueError as e:
             raise UserError(f"--backbones: {e}") from e
-        trainer = Trainer(c, data, out, synthetic, device=device, seed=seed)
+        trainer = Trainer(c, data, out, synthetic, device=device, seed=seed, lung_masker=lung_masker)
         runs.append(trainer.run())
         if trainer.stopped:
             return runs, True

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from augment.data import XrayDataset, load_dataset
+from augment.lungmask import LungMasker
 from augment.runtime import pick_device, resolve_run_file, write_text_atomic
 from augment.runsplit import EVALUATED_FILE, EvalSet, claim_report, evaluation_set, split_rows, write_split
 
-from .checkpoint import CHECKPOINTS, data_config, load_classifier
+from .checkpoint import CHECKPOINTS, data_config, load_classifier, run_lung_masker
 from .config import EvalConfig
 from .inference import predict
 from .model import Classifier
@@ -124,17 +125,23 @@ def json_safe(value):
 
 
 def load_evaluation(data: str | Path, path: Path, device, split_from_data: bool = False,
-                    quiet: bool = False) -> tuple[Classifier, dict, XrayDataset, EvalSet]:
+                    quiet: bool = False, lung_masker: LungMasker | None = None
+                    ) -> tuple[Classifier, dict, XrayDataset, EvalSet]:
     """The classifier of checkpoint ``path`` on ``device``, its metadata, ``data`` cached as the run
-    was trained, and the images of it the run is evaluated on (:func:`augment.runsplit.evaluation_set`)."""
+    was trained, and the images of it the run is evaluated on (:func:`augment.runsplit.evaluation_set`).
+
+    The run's data config decides about lungs: a run trained with ``data.lung_crop`` or ``data.lung_mask``
+    needs ``lung_masker``, the segmenter it was trained with (another is refused in one line); for a run
+    on whole images ``lung_masker`` is not used."""
     model, ckpt = load_classifier(path, device)
-    ds = load_dataset(data, data_config(ckpt), quiet=quiet)
+    ds = load_dataset(data, data_config(ckpt), quiet=quiet, lung_masker=run_lung_masker(ckpt, path, lung_masker))
     return model, ckpt, ds, evaluation_set(ds, data, path.parent, split_from_data, quiet)
 
 
 def evaluate(data: str | Path, checkpoint: str | Path | None = None, out: str | Path = "runs",
              cfg: EvalConfig | None = None, device: str = "auto", cam: int = 0, seed: int = 0,
-             quiet: bool = False, split_from_data: bool = False, overwrite: bool = False) -> dict:
+             quiet: bool = False, split_from_data: bool = False, overwrite: bool = False,
+             lung_masker: LungMasker | None = None) -> dict:
     """Evaluate a classifier on its run's test split (the validation split when there is none), or on
     another test set; :func:`augment.runsplit.evaluation_set` says which images and refuses leaks.
 
@@ -142,12 +149,13 @@ def evaluate(data: str | Path, checkpoint: str | Path | None = None, out: str | 
     ``.pdf``), ``images.csv``
     (the images evaluated) and, with ``cam`` > 0, overlays for ``cam`` images per class under
     ``<run>/eval`` (another test set: ``<run>/eval/<name>-<split>``); prints the key table. A folder
-    holding a report on other images is refused unless ``overwrite``.
+    holding a report on other images is refused unless ``overwrite``. ``lung_masker``: as for
+    :func:`load_evaluation`.
     """
     cfg = cfg or EvalConfig()
     dev = pick_device(device)
     path = resolve_run_file(checkpoint, out, "classifier", CHECKPOINTS)
-    model, ckpt, ds, chosen = load_evaluation(data, path, dev, split_from_data, quiet)
+    model, ckpt, ds, chosen = load_evaluation(data, path, dev, split_from_data, quiet, lung_masker)
     classes, size = tuple(ckpt["classes"]), ckpt["input_size"]
     split, idx = chosen.split, chosen.indices
     out_dir = path.parent / "eval" / chosen.folder

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from augment.data import decode_to_square
+from augment.data import decode_to_square, lung_view, warn_lungs_not_found
 from augment.errors import UserError
 from augment.imageio import UnreadableImage
+from augment.lungmask import LungMasker
 
 from .cam import cam_method, faithfulness
 from .inference import to_input
@@ -65,15 +66,20 @@ def read_images(paths: list[str | Path], size: int, resize: str = "crop") -> tor
 
 
 def explain_files(paths: list[str | Path], checkpoint: str | Path | None = None, out: str | Path = "runs",
-                  method: str = "gradcampp", target_class: str | None = None, device: str = "auto") -> list[Path]:
-    """Overlays of image files by a classifier (default: the latest run), in ``<run>/cam/<method>``."""
+                  method: str = "gradcampp", target_class: str | None = None, device: str = "auto",
+                  lung_masker: LungMasker | None = None) -> list[Path]:
+    """Overlays of image files by a classifier (default: the latest run), in ``<run>/cam/<method>``. A run
+    trained with lung settings needs ``lung_masker`` (the segmenter of its ``data.lungseg_run``): it sees,
+    and the overlays show, each image cropped and masked as its training images were."""
     from augment.runtime import pick_device, resolve_run_file
-    from .checkpoint import CHECKPOINTS, data_config, load_classifier
+    from .checkpoint import CHECKPOINTS, data_config, load_classifier, run_lung_masker
     dev = pick_device(device)
     ckpt_path = resolve_run_file(checkpoint, out, "classifier", CHECKPOINTS)
     model, ckpt = load_classifier(ckpt_path, dev)
     data = data_config(ckpt)
-    images = read_images(list(paths), data.size, data.resize)
+    images, faint = lung_view(read_images(list(paths), data.decode_size, data.resize), data,
+                              run_lung_masker(ckpt, ckpt_path, lung_masker))
+    warn_lungs_not_found([str(p) for p, f in zip(paths, faint.tolist()) if f], len(paths), data)
     written, _ = write_overlays(model, images, [str(p) for p in paths], tuple(ckpt["classes"]), ckpt["input_size"],
                                 dev, method, ckpt_path.parent / "cam" / method, target_class)
     return written

@@ -1,8 +1,10 @@
 """``predict``: score new films with a trained classifier and write ``predictions.csv``.
 
 Files and folders (recursed) are decoded exactly as the run's data stage decoded its images
-(:func:`augment.data.decode_to_square` at the run's size and resize mode) by a thread pool that works
-ahead of the model, so decoding overlaps inference. Unreadable files are rows with their reason, never a
+(:func:`augment.data.decode_to_square` at the run's size and resize mode, then
+:func:`augment.data.lung_view`: a run trained on lung-cropped or lung-masked images sees its input cropped
+and masked alike, and its CAM overlays show that view) by a thread pool that works ahead of the model, so
+decoding overlaps inference. Unreadable files are rows with their reason, never a
 stop. The positive class (``eval.positive_class``, covid) is called at the threshold chosen on the run's
 validation split for ``eval.specificity`` when ``best.pt`` keeps its validation predictions, else every
 image gets its most probable class.
@@ -11,20 +13,19 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from augment.data import decode_to_square, write_csv
+from augment.data import batches_ahead, decode_to_square, lung_view, warn_lungs_not_found, write_csv
 from augment.errors import UserError
 from augment.imageio import IMAGE_SUFFIXES, UnreadableImage
+from augment.lungmask import LungMasker
 from augment.runtime import pick_device, resolve_run_file
 
-from .checkpoint import CHECKPOINTS, data_config, load_classifier
+from .checkpoint import CHECKPOINTS, data_config, load_classifier, run_lung_masker
 from .config import EvalConfig
 from .evaluate import validation_predictions
 from .inference import predict
@@ -55,10 +56,9 @@ def find_images(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
 
 
 def decoded_batches(files: list[tuple[Path, str]], size: int, resize: str, batch_size: int,
-                    workers: int, ahead: int = 2) -> Iterator[list[np.ndarray | str]]:
+                    workers: int) -> Iterator[list[np.ndarray | str]]:
     """Batches of ``batch_size`` files in order, each file a ``uint8 (size, size)`` array or the reason
-    it could not be read. A pool of ``workers`` threads decodes up to ``ahead`` batches beyond the one
-    handed out (Pillow and numpy release the GIL), so the caller's model runs meanwhile."""
+    it could not be read, decoded by ``workers`` threads a few batches ahead (:func:`augment.data.batches_ahead`)."""
     def decode(file: tuple[Path, str]) -> np.ndarray | str:
         path, reason = file
         if reason:
@@ -68,21 +68,7 @@ def decoded_batches(files: list[tuple[Path, str]], size: int, resize: str, batch
         except (UnreadableImage, OSError) as e:
             return str(e) or type(e).__name__
 
-    starts = iter(range(0, len(files), batch_size))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque = deque()
-
-        def submit() -> None:
-            start = next(starts, None)
-            if start is not None:
-                pending.append([pool.submit(decode, f) for f in files[start:start + batch_size]])
-
-        for _ in range(ahead + 1):
-            submit()
-        while pending:
-            batch = pending.popleft()
-            submit()
-            yield [f.result() for f in batch]
+    return batches_ahead(files, decode, batch_size, workers)
 
 
 def validation_threshold(ckpt: dict, cfg: EvalConfig) -> tuple[float | None, str]:
@@ -114,8 +100,9 @@ def decide(prob: np.ndarray, positive: int | None, threshold: float | None) -> n
 def predict_files(inputs: Sequence[str | Path], checkpoint: str | Path | None = None, out: str | Path = "runs",
                   dest: str | Path | None = None, cam: bool = False, method: str | None = None,
                   overwrite: bool = False, device: str = "auto", batch_size: int = 64,
-                  workers: int | None = None, quiet: bool = False) -> dict:
-    """Score image files and folders with a classifier run (default: the latest under ``out``).
+                  workers: int | None = None, quiet: bool = False, lung_masker: LungMasker | None = None) -> dict:
+    """Score image files and folders with a classifier run (default: the latest under ``out``); a run trained
+    with lung settings needs ``lung_masker``, the segmenter of its ``data.lungseg_run``.
 
     Writes ``<dest>/predictions.csv`` (default ``dest``: ``<run>/predictions/<name of the first input>``):
     per file ``path``, ``predicted``, ``prob_<class>`` for each class, ``threshold`` (the validation
@@ -123,7 +110,8 @@ def predict_files(inputs: Sequence[str | Path], checkpoint: str | Path | None = 
     and ``error`` (why an unreadable file has no prediction). A ``dest`` holding predictions is refused
     unless ``overwrite``.
 
-    Returns ``{"csv", "images", "unreadable", "threshold", "threshold_note"}``.
+    Returns ``{"csv", "images", "unreadable", "threshold", "threshold_note", "lungs_not_found"}`` (the last: the
+    images a lung-cropped run saw uncropped, their lungs too small in the segmenter's masks).
     """
     dev = pick_device(device)
     path = resolve_run_file(checkpoint, out, "classifier", CHECKPOINTS)
@@ -138,6 +126,7 @@ def predict_files(inputs: Sequence[str | Path], checkpoint: str | Path | None = 
 
     model, ckpt = load_classifier(path, dev)
     classes, size, data = tuple(ckpt["classes"]), ckpt["input_size"], data_config(ckpt)
+    lung_masker = run_lung_masker(ckpt, path, lung_masker)
     cfg = EvalConfig(**ckpt["config"].get("eval", {}))
     threshold, note = validation_threshold(ckpt, cfg)
     positive = classes.index(cfg.positive_class) if threshold is not None else None
@@ -145,8 +134,8 @@ def predict_files(inputs: Sequence[str | Path], checkpoint: str | Path | None = 
         print(f"predict: no validation threshold ({note}); each image gets its most probable class", file=sys.stderr)
 
     from tqdm import tqdm
-    rows, unreadable = [], 0
-    batches = decoded_batches(files, data.size, data.resize, batch_size, workers or min(4, os.cpu_count() or 1))
+    rows, unreadable, no_lungs = [], 0, []
+    batches = decoded_batches(files, data.decode_size, data.resize, batch_size, workers or min(4, os.cpu_count() or 1))
     with tqdm(total=len(files), desc="predicting", unit="img", disable=quiet, file=sys.stderr) as bar:
         for batch in batches:
             start = len(rows)
@@ -157,7 +146,9 @@ def predict_files(inputs: Sequence[str | Path], checkpoint: str | Path | None = 
                     rows[start + i]["error"] = x
                     unreadable += 1
             if ok:
-                images = torch.from_numpy(np.stack([batch[i] for i in ok])).unsqueeze(1)
+                images, faint = lung_view(torch.from_numpy(np.stack([batch[i] for i in ok])).unsqueeze(1), data,
+                                          lung_masker)
+                no_lungs += [rows[start + i]["path"] for i, f in zip(ok, faint.tolist()) if f]
                 prob = predict(model, images, size, dev, batch_size=len(ok)).numpy()
                 for i, p, c in zip(ok, prob, decide(prob, positive, threshold)):
                     rows[start + i] |= {"predicted": classes[c], "threshold": ARGMAX if threshold is None else f"{threshold:.6g}",
@@ -172,8 +163,10 @@ def predict_files(inputs: Sequence[str | Path], checkpoint: str | Path | None = 
 
     columns = ["path", "predicted", *[f"prob_{k}" for k in classes], "threshold", *(["cam"] if cam else []), "error"]
     write_csv(csv_path, rows, columns)
+    if not quiet:
+        warn_lungs_not_found(no_lungs, len(rows) - unreadable, data)
     if unreadable and not quiet:
         print(f"predict: {unreadable} of {len(rows)} files could not be read; their reasons are in {csv_path}",
               file=sys.stderr)
     return {"csv": csv_path, "images": len(rows) - unreadable, "unreadable": unreadable,
-            "threshold": threshold, "threshold_note": note}
+            "threshold": threshold, "threshold_note": note, "lungs_not_found": len(no_lungs)}

@@ -22,12 +22,14 @@ from augment.config import config_to_dict, load_config
 from augment.data import XrayDataset, load_dataset, write_csv
 from augment.errors import UserError
 from augment.gpu import DeviceImages, build_augment, epoch_batches
+from augment.lungmask import LungMasker
 from augment.runtime import (Dist, GracefulStop, LossMeter, all_ranks, autocast, broadcast_buffers, close_distributed,
                              init_distributed, load_checkpoint, new_run_dir, pick_device, resolve_run_file, rng_state,
                              save_checkpoint, seed_everything, set_rng_state, stop_agreed, tensorboard_writer,
                              write_run_info, write_text_atomic)
 from augment.runsplit import SPLIT_FILE, split_rows, write_split
 
+from .checkpoint import run_lung_masker
 from .config import ClassifierConfig
 from .evaluate import json_safe
 from .inference import predict
@@ -112,11 +114,15 @@ def balanced_batches(labels: torch.Tensor, batch_size: int, generator: torch.Gen
 
 
 class Trainer:
-    """One training run: set up from a config (or a checkpoint to resume), then :meth:`run`."""
+    """One training run: set up from a config (or a checkpoint to resume), then :meth:`run`.
+
+    ``lung_masker``: the lung masks that ``data.lung_crop`` and ``data.lung_mask`` need (the segmenter of
+    ``data.lungseg_run``, e.g. ``lungs.masker_for(cfg.data)``); its identity is recorded in ``run.json``,
+    ``best.pt`` and ``last.pt``, and a resumed run refuses another."""
 
     def __init__(self, cfg: ClassifierConfig, data: str | Path, out: str | Path = "runs",
                  synthetic: str | Path | None = None, resume: str | Path | None = None,
-                 device: str = "auto", seed: int = 0, quiet: bool = False):
+                 device: str = "auto", seed: int = 0, quiet: bool = False, lung_masker: LungMasker | None = None):
         self.dist: Dist = init_distributed(device)
         self.device = pick_device(device, self.dist.local_rank)
         ckpt = None
@@ -127,12 +133,16 @@ class Trainer:
                 raise UserError(f"{path}: not a classifier training checkpoint; give a classifier run folder")
             cfg = load_config(ClassifierConfig, path.parent / "config.yaml")
             seed = ckpt["seed"]
+            lung_masker = run_lung_masker(ckpt, path, lung_masker)
         self.cfg, self.seed, self.quiet = cfg, seed, quiet or not self.dist.is_main
         seed_everything(seed + self.dist.rank)
         main = self.dist.is_main
 
-        ds = load_dataset(data, cfg.data, quiet=self.quiet)
-        syn = load_dataset(synthetic, cfg.data, split="train", required=(), quiet=self.quiet) if synthetic else None
+        lung_masker = lung_masker if cfg.data.uses_lungs else None
+        self.lung_masker = lung_masker.identity if lung_masker else None
+        ds = load_dataset(data, cfg.data, quiet=self.quiet, lung_masker=lung_masker)
+        syn = (load_dataset(synthetic, cfg.data, split="train", required=(), quiet=self.quiet, lung_masker=lung_masker)
+               if synthetic else None)
         if syn is not None:
             syn = keep_training_patients(ds, syn, synthetic)
         if len(ds.indices("val")) == 0:
@@ -179,7 +189,9 @@ class Trainer:
             if main:
                 write_run_info(self.run_dir, cfg, seed, fingerprint, classes=list(self.classes),
                                data=str(Path(data).resolve()), synthetic=str(synthetic) if synthetic else None,
-                               n_synthetic=self.n_synthetic, world_size=self.dist.world_size, device=str(self.device))
+                               n_synthetic=self.n_synthetic, world_size=self.dist.world_size, device=str(self.device),
+                               lung_masker=self.lung_masker,
+                               lungs_not_found=len(ds.no_lungs) + len(syn.no_lungs if syn else []))
                 write_split(self.run_dir / SPLIT_FILE,
                             split_rows(ds) + (split_rows(syn, split="train", origin="synthetic") if syn else []))
         self.fingerprint = fingerprint
@@ -205,7 +217,7 @@ class Trainer:
                 "epoch_seconds": time.monotonic() - self.clock if self.batch else 0.0,
                 "data_fingerprint": self.fingerprint, "classes": list(self.classes),
                 "model_args": model_args(self.cfg, len(self.classes)), "input_size": self.size,
-                "config": config_to_dict(self.cfg)}
+                "config": config_to_dict(self.cfg), "lung_masker": self.lung_masker}
 
     def _restore(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -238,7 +250,7 @@ class Trainer:
                              "val_macro_f1": f1, "data_fingerprint": self.fingerprint,
                              "model_args": model_args(self.cfg, len(self.classes)),
                              "input_size": self.size, "config": config_to_dict(self.cfg),
-                             "validation": validation}, self.run_dir / "best.pt")
+                             "lung_masker": self.lung_masker, "validation": validation}, self.run_dir / "best.pt")
             best = {"epoch": self.epoch + 1, **{k: v for k, v in m.items() if k != "prob"}}
             write_text_atomic(self.run_dir / "best_metrics.json", json.dumps(json_safe(best), indent=2) + "\n")
 
@@ -433,8 +445,10 @@ class Trainer:
 
 
 def train(cfg: ClassifierConfig, data: str | Path, out: str | Path = "runs", synthetic: str | Path | None = None,
-          resume: str | Path | None = None, device: str = "auto", seed: int = 0, quiet: bool = False) -> Path:
+          resume: str | Path | None = None, device: str = "auto", seed: int = 0, quiet: bool = False,
+          lung_masker: LungMasker | None = None) -> Path:
     """Train a classifier; returns its run folder (``best.pt``, ``best_metrics.json``, ``last.pt``,
     ``history.csv``, ``config.yaml``, ``run.json``, TensorBoard events). With ``resume`` (a run folder or
-    ``last.pt``) the run continues exactly where it stopped, with its own saved config."""
-    return Trainer(cfg, data, out, synthetic, resume, device, seed, quiet).run()
+    ``last.pt``) the run continues exactly where it stopped, with its own saved config. ``lung_masker``: as
+    for :class:`Trainer`."""
+    return Trainer(cfg, data, out, synthetic, resume, device, seed, quiet, lung_masker).run()

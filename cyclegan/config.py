@@ -107,6 +107,9 @@ class GanConfig:
     def check(self):
         if self.data.size % 4:
             raise ValueError(f"data.size must be a multiple of 4 (the generator halves it twice), got {self.data.size}")
+        if self.data.uses_lungs:
+            raise ValueError(f"{self.data.lung_settings}: the CycleGAN translates whole images; lung cropping and "
+                             "masking are for a classifier's data (classify-train), drop them here")
         for name in (self.train.domain_a, self.train.domain_b):
             if name not in self.data.classes:
                 raise ValueError(f"train domain {name!r} is not one of data.classes ({', '.join(self.data.classes)})")

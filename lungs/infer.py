@@ -12,7 +12,7 @@ from PIL import Image
 from skimage.morphology import dilation, disk
 from skimage.segmentation import find_boundaries
 
-from augment.data import file_sha256, warn, write_csv
+from augment.data import DataConfig, file_sha256, warn, write_csv
 from augment.errors import UserError
 from augment.imageio import IMAGE_SUFFIXES, UnreadableImage, read_xray
 from augment.runtime import latest_run, load_checkpoint, pick_device, resolve_run_file
@@ -67,6 +67,17 @@ class LungSegmenter:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return predict_probs(self.model, images, self.size, self.device) >= 0.5
+
+
+def masker_for(data: DataConfig, device: str | torch.device = "auto") -> LungSegmenter | None:
+    """The segmenter of ``data.lungseg_run`` when ``data`` asks for lung-cropped or lung-masked images (the
+    ``lung_masker`` that :func:`augment.data.load_dataset` and the classifier's commands take), else None."""
+    if not data.uses_lungs:
+        return None
+    if not Path(data.lungseg_run).exists():
+        raise UserError(f"data.lungseg_run {data.lungseg_run}: no such lungseg run folder or checkpoint (needed by "
+                        f"{data.lung_settings}); train one with `python cli.py lungseg-train` or correct the path")
+    return LungSegmenter(data.lungseg_run, device)
 
 
 def checkpoint_file(checkpoint: str | Path | None, out: str | Path = "runs") -> Path:
