@@ -44,7 +44,7 @@ def our_train_rate(trainer: Trainer, steps: int, warmup: int = 5) -> float:
     phase = trainer.phases[-1]
     net = trainer._enter_phase(phase)
     net.train()
-    batches = trainer._batches(0)
+    batches = trainer.train_data.batches(torch.stack(trainer._batches(0)))
     bs = trainer.cfg.train.batch_size
     for i in range(warmup):
         trainer.train_step(net, batches[i % len(batches)], phase, i)

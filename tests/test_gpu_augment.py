@@ -1,13 +1,14 @@
-"""Device batches and the one-warp augmentation, run on the CPU."""
+"""Device batches (resident and streamed) and the one-warp augmentation, run on the CPU."""
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from augment.gpu import (AugmentConfig, DeviceImages, Resize, build_augment, draw_augment, epoch_batches,
-                         resize_and_crop)
+from augment.gpu import (AugmentConfig, DeviceImages, Resize, StreamedImages, build_augment, draw_augment,
+                         epoch_batches, fits_on_device, resize_and_crop)
 
 STILL = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), degrees=0, translate=0, brightness=0, contrast=0,
              gamma=(1.0, 1.0), hflip=0.0)  # every change off
@@ -233,7 +234,58 @@ def test_augmentation_never_waits_for_the_host(monkeypatch):
     assert out.shape == mask.shape == (4, 1, 24, 24) and crop.shape == x.shape
 
 
+# ---------------------------------------------------------------- resident and streamed sets
+def _image_set(n=9, s=8):
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (n, 1, s, s), dtype=np.uint8))
+    return images, torch.arange(n) % 3
+
+
+def test_streamed_batches_are_the_resident_ones():
+    images, labels = _image_set()
+    rows = torch.tensor([8, 1, 5, 3, 0, 7])
+    resident, streamed = DeviceImages(images, labels, "cpu", rows), StreamedImages(images, labels, "cpu", rows)
+    assert len(resident) == len(streamed) == 6 and streamed.images is images  # streamed: nothing copied
+    order = torch.stack(epoch_batches(6, 2, torch.Generator().manual_seed(0)))
+    a, b = resident.batches(order), streamed.batches(order)
+    assert len(a) == len(b) == 3
+    for pos in (1, 2, 0):  # in any order, as a resumed epoch starts midway
+        (xa, ya), (xb, yb) = a[pos], b[pos]
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        assert torch.equal(xa, images[rows[order[pos]]].float() / 255) and torch.equal(ya, labels[rows[order[pos]]])
+    idx = torch.tensor([5, 0])
+    assert all(torch.equal(u, v) for u, v in zip(resident.get(idx), streamed.get(idx)))
+
+
+def test_a_cache_share_of_zero_streams():
+    assert fits_on_device(10**12, "cpu", 0.5) and not fits_on_device(1, "cpu", 0.0)
+
+
+@pytest.mark.parametrize("package", ["classifier", "cyclegan"])
+def test_a_cache_share_outside_0_to_1_is_refused(package):
+    from augment.config import load_config
+    from augment.errors import UserError
+    from classifier.config import ClassifierConfig
+    from cyclegan import GanConfig
+    config = {"classifier": ClassifierConfig, "cyclegan": GanConfig}[package]
+    with pytest.raises(UserError, match=r"train.device_cache_share .* \[0, 1\], got 1.5"):
+        load_config(config, None, ["train.device_cache_share=1.5"])
+    assert load_config(config, None, ["train.device_cache_share=0"]).train.device_cache_share == 0
+
+
 # ---------------------------------------------------------------- on a GPU
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_streamed_batches_on_a_gpu_are_the_resident_ones():
+    images, labels = _image_set(n=40, s=16)
+    rows, dev = torch.arange(3, 40), torch.device("cuda")
+    resident, streamed = DeviceImages(images, labels, dev, rows), StreamedImages(images, labels, dev, rows)
+    order = torch.stack(epoch_batches(len(rows), 4, torch.Generator().manual_seed(0)))
+    a, b = resident.batches(order), streamed.batches(order)
+    for pos in [*range(len(a)), 3, 0, 1, 2]:  # in order (prefetched), then out of order
+        (xa, ya), (xb, yb) = a[pos], b[pos]
+        assert xb.is_cuda and torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_augmentation_is_captured_by_a_cuda_graph():
