@@ -5,7 +5,7 @@
 
 Ours (the project's own code paths, one channel, paper architecture):
 - training step at batch 1 (it/s) and batch 8 (img/s): the body of ``cyclegan/train.py``'s loop,
-  i.e. ``DeviceImages.get`` → kornia augmentation → ``CycleGAN.set_input`` →
+  i.e. ``DeviceImages.get`` → jitter crop → ``CycleGAN.set_input`` →
   ``CycleGAN.optimize_parameters`` → ``LossMeter.add``, on training-split images of ``--data``;
 - generator inference at batch 32 (img/s): ``cyclegan.inference.translate`` with the A→B generator;
 - ``synthesize(n)`` end to end after start-up (checkpoint load, cache reuse, generation, PNG writing),

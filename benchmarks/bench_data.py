@@ -1,6 +1,7 @@
 """Data-stage speed: building the uint8 image cache, reusing it, and augmented batches per second.
 
     python benchmarks/bench_data.py --data /work/shared/data/cxr3 --size 256 --batch-size 64 --device all
+    python benchmarks/bench_data.py --data PHANTOMS --size 32 --out-sizes 24 --batch-size 8 --batches 3 --repeats 1
 
 Measures, on the images under ``--data`` (a class-folder tree or a folder holding manifest.csv):
 
@@ -9,10 +10,15 @@ Measures, on the images under ``--data`` (a class-folder tree or a folder holdin
    not cold-disk time.
 2. cache reuse: a second ``load_dataset`` of the same data (finds the cache and memory-maps it), and
    the upload of the training split into :class:`augment.gpu.DeviceImages`.
-3. augmented batches/s: the training path of the classifier and the GAN, on the device:
-   ``epoch_batches`` → ``DeviceImages.get`` (gather + uint8 → float) → ``build_augment`` (kornia:
-   random resized crop, affine, brightness, contrast, gamma), for each output size in ``--out-sizes``
-   (224: classifier input; 256: GAN input), on the CPU and on CUDA when one is visible.
+3. batches/s, the way both training loops draw them (``DeviceImages.batches`` / ``StreamedImages.batches``
+   of a seeded epoch order), on the CPU and on CUDA when one is visible:
+   - fetching alone (gather + uint8 → float), from the set held on the device and streamed from host
+     memory (on CUDA through pinned buffers on a side stream, one batch ahead);
+   - fetching and augmenting for each output size in ``--out-sizes`` (224: classifier input; 256: GAN
+     input): the one-warp ``build_augment`` (resident and streamed) against the kornia chain it replaced
+     (random resized crop → affine → brightness → contrast → gamma; rows left out without kornia);
+   - the GAN's jitter at ``--size``: ``resize_and_crop`` (load 286/256 of the size) against the kornia
+     resize + random crop it replaced.
 
 Writes nothing into the repository: the cache lives in a temporary folder that is removed at the end.
 Prints a table and one JSON line with date, hardware, torch version and commit.
@@ -33,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from augment.data import DataConfig, load_dataset  # noqa: E402
-from augment.gpu import AugmentConfig, DeviceImages, build_augment, epoch_batches  # noqa: E402
+from augment.gpu import (AugmentConfig, DeviceImages, Resize, StreamedImages, build_augment,  # noqa: E402
+                         epoch_batches, resize_and_crop)
 from augment.runtime import git_commit  # noqa: E402
 from common import cpu_name  # noqa: E402
 
@@ -55,22 +62,45 @@ def timed(fn):
     return result, time.perf_counter() - start
 
 
-def augmented_rate(images: DeviceImages, out_size: int, batch_size: int, batches: int, warmup: int) -> float:
-    """Batches/s of gather + augment, the way both training loops draw them (no host sync inside)."""
-    device = images.device
-    augment = build_augment(AugmentConfig(), out_size).to(device)
+def kornia_augment(cfg: AugmentConfig, size: int):
+    """The kornia chain ``build_augment`` ran before its one-warp augmentation (None without kornia)."""
+    try:
+        import kornia.augmentation as K
+    except ImportError:
+        return None
+    return K.AugmentationSequential(
+        K.RandomResizedCrop((size, size), scale=cfg.crop_scale, ratio=cfg.crop_ratio),
+        K.RandomAffine(cfg.degrees, translate=(cfg.translate, cfg.translate), p=1.0),
+        K.RandomBrightness((1 - cfg.brightness, 1 + cfg.brightness)),
+        K.RandomContrast((1 - cfg.contrast, 1 + cfg.contrast)), K.RandomGamma(cfg.gamma))
+
+
+def kornia_jitter(size: int, load_size: int):
+    """The kornia resize + random crop ``resize_and_crop`` ran before (None without kornia)."""
+    try:
+        import kornia.augmentation as K
+    except ImportError:
+        return None
+    return torch.nn.Sequential(Resize(load_size), K.RandomCrop((size, size)))
+
+
+def batch_rate(images, augment, batch_size: int, batches: int, warmup: int) -> float:
+    """Batches/s of fetching the batches of a seeded order from ``images`` and, unless ``augment`` is None,
+    augmenting them."""
     g = torch.Generator().manual_seed(0)
     order: list[torch.Tensor] = []
     while len(order) < warmup + batches:
         order += epoch_batches(len(images), batch_size, g)
-    for idx in order[:warmup]:
-        augment(images.get(idx)[0])
-    sync(device)
+    epoch = images.batches(torch.stack(order[:warmup + batches]))
+    step = (lambda i: epoch[i][0]) if augment is None else (lambda i: augment(epoch[i][0]))
+    for i in range(warmup):
+        step(i)
+    sync(images.device)
     start = time.perf_counter()
-    for idx in order[warmup:warmup + batches]:
-        x = augment(images.get(idx)[0])
-    sync(device)
-    assert x.shape[-2:] == (out_size, out_size)
+    for i in range(warmup, warmup + batches):
+        x = step(i)
+    sync(images.device)
+    assert x.shape[0] == batch_size
     return batches / (time.perf_counter() - start)
 
 
@@ -113,22 +143,39 @@ def main() -> None:
                  ("cache reuse (second load_dataset)", "cpu",
                   f"{reuse_s:.3f} s (median of {len(reuses)}, range {min(reuses):.3f}–{max(reuses):.3f})")]
         train = ds.indices("train")
+        load_size = round(a.size * 286 / 256)
         for dev in devices:
-            images, upload_s = timed(lambda: DeviceImages(ds.images[train], ds.labels[train], dev))
+            resident, upload_s = timed(lambda: DeviceImages(ds.images, ds.labels, dev, train))
             sync(dev)
+            streamed = StreamedImages(ds.images, ds.labels, dev, train)
             rows.append((f"DeviceImages upload, {len(train)} train images", dev.type, f"{upload_s:.3f} s"))
             result[f"{dev.type}_upload_s"] = round(upload_s, 3)
             batches = a.batches or (200 if dev.type == "cuda" else 20)
+            cases = [("fetch", f"fetch, {a.size}²", None, resident), ("fetch_streamed", f"fetch, {a.size}², streamed",
+                                                                     None, streamed)]
             for out_size in a.out_sizes:
-                rates = sorted(augmented_rate(images, out_size, a.batch_size, batches, a.warmup)
-                               for _ in range(a.repeats))
+                cfg = AugmentConfig()
+                cases += [(f"aug{out_size}", f"fetch + augment, {a.size}² → {out_size}²",
+                           build_augment(cfg, out_size), resident),
+                          (f"aug{out_size}_streamed", f"fetch + augment, {a.size}² → {out_size}², streamed",
+                           build_augment(cfg, out_size), streamed),
+                          (f"aug{out_size}_kornia", f"fetch + kornia chain, {a.size}² → {out_size}²",
+                           kornia_augment(cfg, out_size), resident)]
+            cases += [("jitter", f"fetch + GAN jitter, {a.size}² via {load_size}²",
+                       resize_and_crop(a.size, load_size), resident),
+                      ("jitter_kornia", f"fetch + kornia GAN jitter, {a.size}² via {load_size}²",
+                       kornia_jitter(a.size, load_size), resident)]
+            for key, measure, augment, images in cases:
+                if key.endswith("kornia") and augment is None:
+                    continue  # kornia is not installed
+                rates = sorted(batch_rate(images, augment, a.batch_size, batches, a.warmup) for _ in range(a.repeats))
                 rate = rates[len(rates) // 2]
                 spread = f", range {rates[0]:.2f}–{rates[-1]:.2f}" if len(rates) > 1 else ""
-                rows.append((f"augmented batches/s, {a.batch_size} x {a.size}² → {out_size}²", dev.type,
+                rows.append((f"batches/s of {a.batch_size}: {measure}", dev.type,
                              f"{rate:.2f} batch/s ({rate * a.batch_size:.0f} img/s; median of {len(rates)}{spread})"))
-                result[f"{dev.type}_aug{out_size}_batch_s"] = round(rate, 2)
-                result[f"{dev.type}_aug{out_size}_batch_s_all"] = [round(r, 2) for r in rates]
-            del images
+                result[f"{dev.type}_{key}_batch_s"] = round(rate, 2)
+                result[f"{dev.type}_{key}_batch_s_all"] = [round(r, 2) for r in rates]
+            del resident, streamed
 
     print(f"\n{meta['date']}  commit {meta['commit'] and meta['commit'][:7]}  torch {meta['torch']}  "
           f"CPU {meta['cpu']} ({meta['cpu_cores']} cores)  GPU {meta['gpu'] or 'none'}  load {meta['load_avg_1min']}")

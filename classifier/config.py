@@ -49,6 +49,7 @@ class TrainConfig:
     cpu_bf16: bool = False            # also on a CPU with native bf16 (AVX512-BF16, AMX): about 2x faster there
     channels_last: bool = True       # on CUDA
     compile: bool = False
+    device_cache_share: float = 0.5   # GPU memory share the image cache may take; beyond, batches stream from the host
     log_every: int = 20               # steps between logged losses
     tensorboard: bool = True
 
@@ -57,6 +58,9 @@ class TrainConfig:
             raise ValueError("train.epochs and train.batch_size must be at least 1")
         if not 0 <= self.ema < 1:
             raise ValueError(f"train.ema is a decay in [0, 1), got {self.ema}")
+        if not 0 <= self.device_cache_share <= 1:
+            raise ValueError("train.device_cache_share is a share of the GPU's memory in [0, 1], "
+                             f"got {self.device_cache_share}")
         if min(self.lr, self.finetune_lr_factor, self.mixup, self.cutmix, self.warmup_epochs) < 0:
             raise ValueError("train.lr, finetune_lr_factor, mixup, cutmix and warmup_epochs must be >= 0")
 

@@ -1,6 +1,6 @@
 """``classify-train``: two-phase transfer learning (head on the frozen backbone, then all layers at a
-lower learning rate; Zebin et al.) or training from scratch, on GPU-resident data with kornia
-augmentation, early stopping on validation macro-F1 and exact resume. The run folder keeps a
+lower learning rate; Zebin et al.) or training from scratch, on GPU-resident (or streamed) data
+augmented on the device, early stopping on validation macro-F1 and exact resume. The run folder keeps a
 ``history.csv`` of every epoch and the best epoch's validation metrics in ``best_metrics.json``."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from augment.balance import keep_training_patients
 from augment.config import config_to_dict, load_config
 from augment.data import XrayDataset, load_dataset, write_csv
 from augment.errors import UserError
-from augment.gpu import DeviceImages, build_augment, epoch_batches
+from augment.gpu import DeviceImages, StreamedImages, build_augment, epoch_batches, fits_on_device
 from augment.lungmask import LungMasker
 from augment.runtime import (Dist, GracefulStop, LossMeter, all_ranks, autocast, broadcast_buffers, close_distributed,
                              init_distributed, load_checkpoint, new_run_dir, pick_device, resolve_run_file, rng_state,
@@ -154,7 +154,8 @@ class Trainer:
                             "resume with the same --data and --synthetic")
         images, labels = training_set(ds, syn)
         self.n_synthetic = len(syn) if syn else 0
-        self.train_data = DeviceImages(images, labels, self.device)
+        resident = fits_on_device(images.numel(), self.device, cfg.train.device_cache_share)
+        self.train_data = (DeviceImages if resident else StreamedImages)(images, labels, self.device)
         val = ds.indices("val")
         self.val_images, self.val_labels = ds.images[val], ds.labels[val].numpy()
         self.val_groups = [ds.groups[i] for i in val.tolist()]
@@ -283,13 +284,15 @@ class Trainer:
         per_rank = max(len(batches) // self.dist.world_size, 1)
         return batches[self.dist.rank::self.dist.world_size][:per_rank]
 
-    def train_step(self, net: nn.Module, idx: torch.Tensor, phase: Phase, step_in_phase: int) -> torch.Tensor:
-        """One optimiser step on the batch at positions ``idx``; returns the loss (no host sync)."""
+    def train_step(self, net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], phase: Phase,
+                   step_in_phase: int) -> torch.Tensor:
+        """One optimiser step on ``batch`` (images ``(B, 1, S, S)`` in [0, 1], labels ``(B,)``, on the device);
+        returns the loss (no host sync)."""
         t = self.cfg.train
         factor = self.schedule.factor(step_in_phase)
         for group, base in zip(self.optimizer.param_groups, self.base_lr):
             group["lr"] = base * factor
-        x, y = self.train_data.get(idx)
+        x, y = batch
         x = self.augment(x)
         target = torch.zeros(len(y), len(self.classes), device=y.device).scatter_(1, y[:, None], 1.0)
         x, target = mix(x, target, t.mixup, t.cutmix)
@@ -400,7 +403,7 @@ class Trainer:
     def _train_epoch(self, net: nn.Module, phase: Phase, stop: GracefulStop) -> bool:
         """Steps of the current epoch from ``self.batch`` on; True when a stop was requested. A NaN or
         infinite loss raises a :class:`UserError` before any checkpoint is written from the diverged model."""
-        batches = self._batches(self.epoch)
+        batches = self.train_data.batches(torch.stack(self._batches(self.epoch)))
         net.train()
         meter = LossMeter(("loss",), self.device)
         bar = tqdm(total=len(batches), initial=self.batch, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",

@@ -62,6 +62,7 @@ class TrainConfig:
     checkpoint_every: int = 5000   # steps between checkpoints (one is always written at the end)
     eval_every: int = 0            # steps between quality measures (gan-eval); 0 turns them off
     eval_images: int = 200         # domain-A images translated for each periodic measure
+    device_cache_share: float = 0.5  # GPU memory share both domains may take; beyond, batches stream from the host
     tensorboard: bool = True
 
     def check(self):
@@ -75,6 +76,9 @@ class TrainConfig:
             raise ValueError(f"train.decay_start is a share of the run in [0, 1], got {self.decay_start}")
         if min(self.log_every, self.image_every, self.checkpoint_every) < 1 or self.eval_every < 0:
             raise ValueError("train.log_every, image_every and checkpoint_every must be >= 1, eval_every >= 0")
+        if not 0 <= self.device_cache_share <= 1:
+            raise ValueError("train.device_cache_share is a share of the GPU's memory in [0, 1], "
+                             f"got {self.device_cache_share}")
         if self.pool_size < 0 or self.eval_images < 1:
             raise ValueError("train.pool_size must be >= 0 and eval_images >= 1")
 

@@ -1,4 +1,5 @@
-"""``gan-train``: the CycleGAN training loop over training-split images held on the device.
+"""``gan-train``: the CycleGAN training loop over training-split images held on the device (or, beyond
+``train.device_cache_share`` of its memory, streamed from host memory).
 
 One code path for one process and for ``torchrun`` (DistributedDataParallel, each process drawing its
 own share of every step's images). Losses stay on the device and are read every ``log_every`` steps.
@@ -19,7 +20,7 @@ from tqdm import tqdm
 from augment.config import config_to_dict
 from augment.data import load_dataset
 from augment.errors import UserError
-from augment.gpu import DeviceImages, resize_and_crop
+from augment.gpu import DeviceImages, StreamedImages, fits_on_device, resize_and_crop
 from augment.runtime import (Dist, GracefulStop, LossMeter, all_ranks, close_distributed, init_distributed,
                              new_run_dir, pick_device, resolve_run_file, rng_state, save_checkpoint, seed_everything,
                              set_rng_state, stop_agreed, tensorboard_writer, write_run_info)
@@ -82,13 +83,13 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile) -> GanTrainResult:
     dataset = load_dataset(data, cfg.data, required=(t.domain_a, t.domain_b), quiet=not dist.is_main)
     if checkpoint is not None and checkpoint["data_fingerprint"] != dataset.fingerprint:
         raise UserError(f"{data}: not the data {ckpt_path} was trained on; resume with the same --data and data config")
-    domains = []
-    for name in (t.domain_a, t.domain_b):
-        idx = dataset.indices("train", name)
+    rows = [dataset.indices("train", name) for name in (t.domain_a, t.domain_b)]
+    for name, idx in zip((t.domain_a, t.domain_b), rows):
         if len(idx) == 0:
             raise UserError(f"{data}: no training-split image of class '{name}'; add images or change split_fractions")
-        domains.append(DeviceImages(dataset.images[idx], dataset.labels[idx], dev))
-    images_a, images_b = domains
+    resident = fits_on_device(sum(map(len, rows)) * dataset.images[0].numel(), dev, t.device_cache_share)
+    images_a, images_b = ((DeviceImages if resident else StreamedImages)(dataset.images, dataset.labels, dev, idx)
+                          for idx in rows)
     steps_per_epoch = max(1, max(len(images_a), len(images_b)) // (t.batch_size * dist.world_size))
     total = t.steps or t.epochs * steps_per_epoch
 
@@ -126,11 +127,10 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile) -> GanTrainResult:
             epoch, pos = divmod(step, steps_per_epoch)
             if epoch != order_epoch:
                 g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-                order_a = epoch_order(len(images_a), steps_per_epoch, dist, t.batch_size, g).to(dev)
-                order_b = epoch_order(len(images_b), steps_per_epoch, dist, t.batch_size, g).to(dev)
+                batches_a = images_a.batches(epoch_order(len(images_a), steps_per_epoch, dist, t.batch_size, g))
+                batches_b = images_b.batches(epoch_order(len(images_b), steps_per_epoch, dist, t.batch_size, g))
                 order_epoch = epoch
-            model.set_input(to_model_range(augment(images_a.get(order_a[pos])[0])),
-                            to_model_range(augment(images_b.get(order_b[pos])[0])))
+            model.set_input(to_model_range(augment(batches_a[pos][0])), to_model_range(augment(batches_b[pos][0])))
             meter.add(model.optimize_parameters(), step + 1)
             step += 1
             bar.update()
@@ -178,11 +178,11 @@ def _image_grid(model: CycleGAN) -> torch.Tensor:
     return make_grid(torch.cat([to_unit_range(x[:1].detach()) for x in tiles]).cpu(), nrow=3, padding=2)
 
 
-def _log_quality(model: CycleGAN, images_a: DeviceImages, images_b: DeviceImages, cfg: GanConfig, writer,
-                 step: int) -> None:
+def _log_quality(model: CycleGAN, images_a: DeviceImages | StreamedImages, images_b: DeviceImages | StreamedImages,
+                 cfg: GanConfig, writer, step: int) -> None:
     """gan-eval measures (fallback features) of the first ``eval_images`` domain-A training images."""
-    sources = images_a.images[:cfg.train.eval_images].float() / 255
-    real_b = images_b.images.float() / 255
+    sources = images_a.get(torch.arange(min(cfg.train.eval_images, len(images_a))))[0]
+    real_b = images_b.get(torch.arange(len(images_b)))[0]
     translated = in_batches(lambda x: translate(model.generators.ab, x, cfg.train.bf16), sources,
                             cfg.synth.batch_size, model.device)
     result = measure_translation(sources.cpu(), translated, real_b.cpu(), device=model.device)

@@ -13,6 +13,7 @@ import torch
 
 from augment.config import load_config
 from augment.errors import UserError
+from augment.gpu import StreamedImages
 from augment.phantoms import write_phantoms
 from augment.runtime import load_checkpoint
 from classifier.config import ClassifierConfig, EvalConfig
@@ -67,6 +68,18 @@ def pretrained_weights(tmp_path):
     weights = create_model("shallow", 3, width=8).state_dict()
     torch.save(weights, tmp_path / "w.pt")
     return tmp_path / "w.pt", weights
+
+
+def test_batches_streamed_from_host_memory_train_the_same_model(tmp_path, data, straight):
+    """A cache share of 0 keeps the images on the host and streams each batch: same batches, same order,
+    same augmentation, so the same weights as the run that held them on the device."""
+    trainer = Trainer(tiny_cfg(tmp_path, "train.device_cache_share=0"), data, tmp_path, device="cpu", quiet=True)
+    assert isinstance(trainer.train_data, StreamedImages)
+    streamed = trainer.run()
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(streamed / "last.pt")
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
 
 
 def test_pretrained_runs_train_the_head_first_then_everything(tmp_path, data, monkeypatch):

@@ -71,14 +71,25 @@ def test_interrupt_then_resume_equals_a_straight_run(tmp_path, data, monkeypatch
     torch.testing.assert_close(resumed.model.pool_b.images, straight.model.pool_b.images, rtol=0, atol=1e-6)
 
 
+def test_batches_streamed_from_host_memory_train_the_same_model(tmp_path, data, monkeypatch):
+    """A cache share of 0 leaves both domains on the host and streams each batch: the same weights and pools."""
+    cfg = tiny_config(tmp_path, "train.steps=6", "train.batch_size=2", "train.eval_every=3", "train.eval_images=4")
+    resident = train_gan(cfg, data, tmp_path / "a", device="cpu", seed=5)
+    cfg.train.device_cache_share = 0.0
+    monkeypatch.setattr(cyclegan.train, "DeviceImages", None)  # no resident set may be built
+    streamed = train_gan(cfg, data, tmp_path / "b", device="cpu", seed=5)
+    assert torch.equal(all_weights(resident.model), all_weights(streamed.model))
+    assert torch.equal(resident.model.pool_b.images, streamed.model.pool_b.images)
+
+
 def test_only_training_split_images_are_used(tmp_path, data, monkeypatch):
     cfg = tiny_config(tmp_path, "train.steps=2", "train.eval_every=2", "train.eval_images=4")
     used = []
 
     class Spy(cyclegan.train.DeviceImages):
-        def __init__(self, images, labels, device):
-            used.extend(hashlib.sha1(im.numpy().tobytes()).hexdigest() for im in images)
-            super().__init__(images, labels, device)
+        def __init__(self, images, labels, device, rows):
+            used.extend(hashlib.sha1(im.numpy().tobytes()).hexdigest() for im in images[rows])
+            super().__init__(images, labels, device, rows)
 
     monkeypatch.setattr(cyclegan.train, "DeviceImages", Spy)
     train_gan(cfg, data, tmp_path / "runs", device="cpu")
