@@ -13,7 +13,7 @@ Ours (the project's own code paths, one channel, paper architecture unless ``--s
   ``synthesize`` loads it (``load_generator_ab``: weights only, its layout) and ``translate``, as it calls it;
 - ``synthesize(n)`` end to end after start-up (checkpoint, cache reuse, generation, PNG writing) from a
   checkpoint of a 1-step ``train_gan`` run with that layout and upsampling;
-- peak GPU memory of each.
+- peak GPU memory (reserved) of each.
 Baseline (``--usual``, imported from its path, never copied): ``usual_recipe.cyclegan_rate`` at each batch size
 (100 steps at batch 1 and 30 at batch 8 as its ``main`` calls it) and its ``generator()`` timed as its ``main``
 does (fp32, no_grad). Both sides run under the same global flags, set once before anything runs and stated in
@@ -73,7 +73,9 @@ def reset_peak(device: torch.device) -> None:
 
 
 def peak_mib(device: torch.device) -> int | None:
-    return round(torch.cuda.max_memory_allocated(device) / 2**20) if device.type == "cuda" else None
+    """Peak memory reserved by PyTorch's allocator since :func:`reset_peak`: unlike the allocated peak, it
+    counts a CUDA graph's private pool, whose intermediate tensors are never allocated during a replay."""
+    return round(torch.cuda.max_memory_reserved(device) / 2**20) if device.type == "cuda" else None
 
 
 def gan_config(a, cache_dir: str, batch_size: int, layout: str, upsample: str, graph: bool, *extra: str) -> GanConfig:
@@ -311,7 +313,7 @@ def report(meta: dict, rows: list[dict]) -> None:
           f"{meta['size']}²  compile={meta['compile']} bf16={meta['bf16']} cudnn.benchmark={meta['cudnn_benchmark']} "
           f"tf32={meta['tf32']}")
     print(f"{'measure':<12} {'batch':>5} {'layout':<13} {'upsample':<10} {'mode':<6} {'ours':>16} {'ratio':>6} "
-          f"{'peak MiB':>8}  note")
+          f"{'peak MiB':>8}  note (peak: reserved GPU memory)")
     for r in rows:
         if r["measure"] == "train":
             ours, note = f"{r['img_s']} img/s", f"{r['it_s']} it/s; {r['steps']} steps after {r['warmup_s']} s warm-up"

@@ -4,8 +4,9 @@ from the per-machine cache, and synthesize's pinned, overlapped writing delivers
 translations. Skipped without a GPU.
 
 Two CUDA runs agree to rounding, not bit for bit: reflection padding's backward adds with atomics in
-an order that varies from run to run (PyTorch lists it as nondeterministic), so states are compared
-with a tolerance far below what one step of Adam at lr 2e-4 moves a weight.
+an order that varies from run to run (PyTorch lists it as nondeterministic), and under bf16 such a
+difference can flip a rounding; states are compared with tolerances far below what the steps move a
+weight (up to about lr = 2e-4 each), which a wrong image, draw or learning rate would exceed.
 """
 import csv
 
@@ -64,11 +65,11 @@ def replays(monkeypatch) -> list:
 
 def assert_same_state(got: CycleGAN, want: CycleGAN) -> None:
     weights = lambda m: torch.cat([p.detach().flatten() for p in m.parameters()])  # noqa: E731
-    torch.testing.assert_close(weights(got), weights(want), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(weights(got), weights(want), rtol=1e-3, atol=1e-5)
     for opt in ("opt_g", "opt_d"):
         for p_got, p_want in zip(getattr(got, opt).state.values(), getattr(want, opt).state.values()):
             assert torch.equal(p_got["step"], p_want["step"])
-            torch.testing.assert_close(p_got["exp_avg"], p_want["exp_avg"], rtol=1e-3, atol=1e-7)
+            torch.testing.assert_close(p_got["exp_avg"], p_want["exp_avg"], rtol=5e-2, atol=1e-5)
     assert int(got.step) == int(want.step) and torch.equal(got.lr, want.lr)
     for pool in ("pool_a", "pool_b"):
         torch.testing.assert_close(getattr(got, pool).images, getattr(want, pool).images, rtol=1e-2, atol=1e-3)
@@ -108,10 +109,10 @@ def test_step_is_bf16_channels_last_fused_and_free_of_host_syncs(tmp_path, data)
     for opt in (model.opt_g, model.opt_d):
         assert opt.defaults["fused"] and opt.defaults["capturable"]
         assert opt.param_groups[0]["lr"] is model.lr and model.lr.device.type == "cuda"
-    first_conv = model.generators.ab.net[1]
-    assert first_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    conv = model.generators.ab.net[4]  # the first downsampling: 8 → 16 channels
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
     dtypes = []
-    first_conv.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    conv.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
     ds = load_dataset(data, cfg.data, quiet=True)
     images = [DeviceImages(ds.images[ds.indices("train", c)], ds.labels[ds.indices("train", c)], device)
               for c in ("normal", "covid")]
