@@ -260,9 +260,13 @@ def main() -> None:
                     for mode in modes:
                         cfg = gan_config(a, cache, b, layout, upsample, mode == "graph")
                         w = max(warmup, TrainStep.WARMUP + 1) if mode == "graph" else warmup
-                        r = train_rate(cfg, images, dev, steps_for(b, a.tiny), w, a.compile, a.compile_cache)
-                        add({"measure": "train", "batch": b, "layout": layout, "upsample": upsample, "mode": mode,
-                             "steps": steps_for(b, a.tiny), "warmup_steps": w, **r})
+                        row = {"measure": "train", "batch": b, "layout": layout, "upsample": upsample, "mode": mode,
+                               "steps": steps_for(b, a.tiny), "warmup_steps": w}
+                        try:  # one failed row (a capture error, out of memory) must not lose the others
+                            add({**row, **train_rate(cfg, images, dev, row["steps"], w, a.compile, a.compile_cache)})
+                        except RuntimeError as e:  # torch.OutOfMemoryError is one
+                            reset_peak(dev)
+                            add({**row, "error": (str(e).splitlines() or [type(e).__name__])[0][:300]})
             if a.profile:
                 cfg = gan_config(a, cache, b, layouts[0], a.upsample[0], False)
                 train_rate(cfg, images, dev, a.profile_steps, warmup, a.compile, a.compile_cache,
@@ -299,7 +303,7 @@ def main() -> None:
         base = {(r["measure"][6:], r["batch"]): r["img_s"] for r in rows if r["measure"].startswith("usual_")}
         for r in rows:  # the usual recipe trains at 256² only, and runs the paper architecture
             comparable = same_model and (r["measure"] == "infer" or a.size == 256)
-            if (r["measure"], r.get("batch")) in base and comparable:
+            if (r["measure"], r.get("batch")) in base and comparable and "error" not in r:
                 r["ratio"] = round(r["img_s"] / base[r["measure"], r["batch"]], 2)
 
     (out / "results.json").write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
@@ -315,7 +319,9 @@ def report(meta: dict, rows: list[dict]) -> None:
     print(f"{'measure':<12} {'batch':>5} {'layout':<13} {'upsample':<10} {'mode':<6} {'ours':>16} {'ratio':>6} "
           f"{'peak MiB':>8}  note (peak: reserved GPU memory)")
     for r in rows:
-        if r["measure"] == "train":
+        if "error" in r:
+            ours, note = "failed", r["error"]
+        elif r["measure"] == "train":
             ours, note = f"{r['img_s']} img/s", f"{r['it_s']} it/s; {r['steps']} steps after {r['warmup_s']} s warm-up"
         elif r["measure"] == "infer":
             ours, note = f"{r['img_s']} img/s", f"{r['iters']} batches"
