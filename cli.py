@@ -139,7 +139,8 @@ def augment_command(data, config, out, device, seed, set_, synthetic, policy, de
 @click.option("--resume", type=click.Path(path_type=Path),
               help="Continue a GAN run from its folder or checkpoint.pt, with that run's config and seed.")
 @click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
-              help="torch.compile the networks: minutes of compiling, faster steps on a GPU.")
+              help="torch.compile the networks: minutes of compiling, once per machine and set-up (the code is kept "
+                   "in <out>/cache/), faster steps on a GPU.")
 @click.option("--steps", type=click.IntRange(1), help="Total training steps (overrides train.epochs).")
 def gan_train(data, config, out, device, seed, set_, resume, compile_, steps):
     """Train a CycleGAN between two classes (default normal ↔ covid) on the training split."""

@@ -91,8 +91,9 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
         raise
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
-    """Load a checkpoint or state dict with ``weights_only=True``: tensors and plain data only.
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict:
+    """Load a checkpoint or state dict with ``weights_only=True``: tensors and plain data only. With
+    ``mmap`` the file is memory-mapped and a tensor is read from disk only when used.
 
     A file holding arbitrary Python objects (a pickle that could run code) is refused.
     """
@@ -100,7 +101,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file; give a run folder or a .pt file that exists")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise UserError(f"{path}: refused to load: it holds Python objects other than tensors and plain data, "
                         "which could run code; only load checkpoints and state dicts you trust, saved as tensors") from e

@@ -1,26 +1,36 @@
 """CycleGAN speed against the plain eager loop of the usual recipe, on one device, in one process.
 
-    python benchmarks/bench_cyclegan.py --data /work/shared/data/cxr3 --usual /work/shared/bench/usual_recipe.py
-    python benchmarks/bench_cyclegan.py --quick --device cpu     # smoke run: 64², a few steps (~4 min on 2 cores)
+    python benchmarks/bench_cyclegan.py --data DATA --usual USUAL --out .bench/cyclegan   # GPU: ~5 minutes
+    python benchmarks/bench_cyclegan.py --tiny --device cpu --out /tmp/bench-cyclegan     # smoke run: 32², seconds
 
-Ours (the project's own code paths, one channel, paper architecture):
-- training step at batch 1 (it/s) and batch 8 (img/s): the body of ``cyclegan/train.py``'s loop,
-  i.e. ``DeviceImages.get`` → jitter crop → ``CycleGAN.set_input`` →
-  ``CycleGAN.optimize_parameters`` → ``LossMeter.add``, on training-split images of ``--data``;
-- generator inference at batch 32 (img/s): ``cyclegan.inference.translate`` with the A→B generator;
-- ``synthesize(n)`` end to end after start-up (checkpoint load, cache reuse, generation, PNG writing),
-  from a checkpoint written by a 1-step ``train_gan`` run;
-- peak GPU memory of each of these.
-Baseline (``--usual``, imported from its path, never copied): ``usual_recipe.cyclegan_rate`` at batch 1
-and 8 as its ``main`` calls it, and its ``generator()`` timed like its ``main`` (fp32, no_grad, batch 32).
-Ours runs first under the project's own settings; then the baseline's global flags (cudnn.benchmark,
-TF32) are set, as its ``main`` sets them. ``cyclegan_rate`` is CUDA-only (fixed 256², CUDA syncs), so
-on the CPU only the inference baseline runs. Everything is written to a temporary folder; prints a table,
-the ratios ours / baseline and one JSON line with date, hardware, torch version and commit.
+Ours (the project's own code paths, one channel, paper architecture unless ``--set model.*``):
+- training step at each ``--batches`` size (default 1, 8 and 32), for each memory layout (``--layouts``: NCHW,
+  channels_last), upsampling (``--upsample``: transposed convolution, its sub-pixel form) and mode (``--modes``:
+  eager, CUDA graph): :class:`cyclegan.step.TrainStep`, the step ``gan-train`` runs (the epoch's batch of
+  positions → gather on the device → jitter → both updates, pools, step count and lr), plus ``LossMeter.add`` as in its loop; it/s and
+  img/s after warm-up steps (whose time, capture and compiling included, is printed too);
+- generator inference at ``--infer-batch`` (default 32) for each layout and upsampling: the generator as
+  ``synthesize`` loads it (``load_generator_ab``: weights only, its layout) and ``translate``, as it calls it;
+- ``synthesize(n)`` end to end after start-up (checkpoint, cache reuse, generation, PNG writing) from a
+  checkpoint of a 1-step ``train_gan`` run with that layout and upsampling;
+- peak GPU memory (reserved) of each.
+Baseline (``--usual``, imported from its path, never copied): ``usual_recipe.cyclegan_rate`` at each batch size
+(100 steps at batch 1 and 30 at batch 8 as its ``main`` calls it) and its ``generator()`` timed as its ``main``
+does (fp32, no_grad). Both sides run under the same global flags, set once before anything runs and stated in
+every row: ``cudnn.benchmark`` (``--cudnn-benchmark``, default on, as the usual recipe sets it; ours gets it
+through ``train.cudnn_benchmark``) and TF32 (``--tf32``, default on, as the usual recipe). ``cyclegan_rate`` is
+CUDA-only (fixed 256², CUDA syncs); on the CPU only the inference baseline runs, and CUDA graphs and
+channels_last (CUDA-only in the project) are skipped.
+
+``--profile``: ``torch.profiler`` over a few eager steps at each batch size (first layout and upsampling) and
+over the inference: a Chrome trace and a top-20 table of each under ``--out``. Everything measured goes to
+``--out/results.json`` and, as a table, to the terminal; a ratio ours / baseline is printed only when both
+sides run the same network at the same size.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -36,14 +46,19 @@ import torch  # noqa: E402
 
 from augment.config import load_config  # noqa: E402
 from augment.data import load_dataset  # noqa: E402
-from augment.gpu import DeviceImages, resize_and_crop  # noqa: E402
+from augment.gpu import DeviceImages  # noqa: E402
 from augment.runtime import LossMeter, git_commit, pick_device, seed_everything  # noqa: E402
 from common import cpu_name, load_usual  # noqa: E402
+from cyclegan.checkpoint import CHECKPOINT_NAME, load_generator_ab  # noqa: E402
+from cyclegan.compile_cache import compile_cache_path, load_compiled, save_compiled  # noqa: E402
 from cyclegan.config import GanConfig  # noqa: E402
-from cyclegan.inference import to_model_range, translate  # noqa: E402
+from cyclegan.inference import translate  # noqa: E402
 from cyclegan.model import LOSS_NAMES, CycleGAN  # noqa: E402
+from cyclegan.step import TrainStep  # noqa: E402
 from cyclegan.synthesize import synthesize  # noqa: E402
 from cyclegan.train import train_gan  # noqa: E402
+
+TINY_MODEL = ["model.ngf=8", "model.ndf=8", "model.n_blocks=1", "model.n_layers_d=2"]
 
 
 def sync(device: torch.device) -> None:
@@ -57,65 +72,101 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def peak_mib(device: torch.device) -> float | None:
-    return round(torch.cuda.max_memory_allocated(device) / 2**20) if device.type == "cuda" else None
+def peak_mib(device: torch.device) -> int | None:
+    """Peak memory reserved by PyTorch's allocator since :func:`reset_peak`: unlike the allocated peak, it
+    counts a CUDA graph's private pool, whose intermediate tensors are never allocated during a replay."""
+    return round(torch.cuda.max_memory_reserved(device) / 2**20) if device.type == "cuda" else None
 
 
-def gan_config(a, batch_size: int, cache_dir: str) -> GanConfig:
+def gan_config(a, cache_dir: str, batch_size: int, layout: str, upsample: str, graph: bool, *extra: str) -> GanConfig:
+    flag = lambda v: str(v).lower()  # noqa: E731
     return load_config(GanConfig, None, [
         f"data.size={a.size}", f"data.cache_dir={cache_dir}", f"train.batch_size={batch_size}",
-        f"train.bf16={str(a.bf16).lower()}", f"train.channels_last={str(a.channels_last).lower()}",
-        "train.tensorboard=false", *a.overrides])
+        f"train.bf16={flag(a.bf16)}", f"train.channels_last={flag(layout == 'channels_last')}",
+        f"model.subpixel_upsample={flag(upsample == 'subpixel')}", f"train.cuda_graph={flag(graph)}",
+        f"train.cudnn_benchmark={flag(a.cudnn_benchmark)}", "train.tensorboard=false",
+        *(TINY_MODEL if a.tiny else []), *a.overrides, *extra])
 
 
-def our_train_rate(cfg: GanConfig, dataset, device: torch.device, steps: int, warmup: int, compile: bool) -> dict:
-    """Steps/s of the gan-train loop body after ``warmup`` steps (compilation, cudnn autotuning)."""
-    t = cfg.train
-    images_a, images_b = (DeviceImages(dataset.images[idx], dataset.labels[idx], device)
-                          for idx in (dataset.indices("train", t.domain_a), dataset.indices("train", t.domain_b)))
+def steps_for(batch: int, tiny: bool) -> int:
+    """Timed steps: 100 at batch 1 and 30 at batch 8 (as the usual recipe's ``main``), else 240 / batch, at least 10."""
+    if tiny:
+        return 2
+    return 100 if batch == 1 else max(10, 240 // batch)
+
+
+def train_rate(cfg: GanConfig, images: tuple[DeviceImages, DeviceImages], device: torch.device, steps: int,
+               warmup: int, compile: bool, cache_root: str, profile_to: Path | None = None) -> dict:
+    """Steps/s of ``TrainStep`` plus the loop's ``LossMeter.add``, after ``warmup`` steps (cuDNN autotuning,
+    the CUDA graph's warm-up and capture, compiling). With ``profile_to``, profiles the timed steps instead."""
+    b = cfg.train.batch_size
+    cache = compile_cache_path(cache_root, cfg, device) if compile else None
+    if cache is not None:
+        load_compiled(cache)
     seed_everything(0)
     model = CycleGAN(cfg, device, total_steps=10 * (warmup + steps), compile=compile)
-    augment = resize_and_crop(cfg.data.size, cfg.augment.load_size(cfg.data.size)).to(device)
+    train_step = TrainStep(model)
     meter = LossMeter(LOSS_NAMES, device)
     g = torch.Generator().manual_seed(0)
-    order_a = torch.randint(len(images_a), (warmup + steps, t.batch_size), generator=g).to(device)
-    order_b = torch.randint(len(images_b), (warmup + steps, t.batch_size), generator=g).to(device)
+    batches = [domain.batches(torch.randint(len(domain), (warmup + steps, b), generator=g)) for domain in images]
 
-    def step(i: int) -> None:  # as in cyclegan/train.py's loop
-        model.set_input(to_model_range(augment(images_a.get(order_a[i])[0])),
-                        to_model_range(augment(images_b.get(order_b[i])[0])))
-        meter.add(model.optimize_parameters(), i + 1)
+    def run(i: int) -> None:  # as cyclegan/train.py's loop
+        meter.add(train_step(batches[0][i][0], batches[1][i][0]), i + 1)
 
     start = time.perf_counter()
     for i in range(warmup):
-        step(i)
+        run(i)
     sync(device)
     warm_s = time.perf_counter() - start
+    if cache is not None:
+        save_compiled(cache)
     reset_peak(device)
-    start = time.perf_counter()
-    for i in range(warmup, warmup + steps):
-        step(i)
-    sync(device)
-    rate = steps / (time.perf_counter() - start)
+    with profiled(device, profile_to):
+        start = time.perf_counter()
+        for i in range(warmup, warmup + steps):
+            run(i)
+        sync(device)
+        rate = steps / (time.perf_counter() - start)
     losses = meter.read()
     if not all(math.isfinite(v) for v in losses.values()):
         raise RuntimeError(f"losses are not finite: {losses}")
-    out = {"it_s": rate, "warmup_s": warm_s, "peak_mib": peak_mib(device)}
-    del model
-    return out
+    return {"it_s": round(rate, 3), "img_s": round(rate * b, 2), "warmup_s": round(warm_s, 2),
+            "graph_replayed": train_step.graph is not None, "peak_mib": peak_mib(device)}
 
 
-def our_infer_rate(generator, device: torch.device, batch: int, size: int, iters: int, bf16: bool) -> dict:
-    x = torch.rand(batch, 1, size, size, device=device)
+def infer_rate(checkpoint: Path, device: torch.device, batch: int, iters: int, profile_to: Path | None = None) -> dict:
+    """img/s of ``translate`` with the generator as ``synthesize`` loads it, after 3 warm-up calls."""
+    generator, cfg, _ = load_generator_ab(checkpoint, device)
+    t = cfg.train
+    x = torch.rand(batch, 1, cfg.data.size, cfg.data.size, device=device)
     for _ in range(3):
-        translate(generator, x, bf16)
+        translate(generator, x, t.bf16, t.channels_last)
     sync(device)
     reset_peak(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        translate(generator, x, bf16)
-    sync(device)
-    return {"img_s": iters * batch / (time.perf_counter() - start), "peak_mib": peak_mib(device)}
+    with profiled(device, profile_to):
+        start = time.perf_counter()
+        for _ in range(iters):
+            translate(generator, x, t.bf16, t.channels_last)
+        sync(device)
+        rate = iters * batch / (time.perf_counter() - start)
+    return {"img_s": round(rate, 1), "peak_mib": peak_mib(device)}
+
+
+@contextlib.contextmanager
+def profiled(device: torch.device, path: Path | None):
+    """``torch.profiler`` around the block when ``path`` is given: ``<path>.json`` (a Chrome trace) and
+    ``<path>-top20.txt`` (the 20 operators with the most self time on the device, else on the CPU)."""
+    if path is None:
+        yield
+        return
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        yield
+    prof.export_chrome_trace(f"{path}.json")
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    Path(f"{path}-top20.txt").write_text(prof.key_averages().table(sort_by=key, row_limit=20) + "\n")
 
 
 def usual_infer_rate(usual, device: torch.device, batch: int, size: int, iters: int) -> float:
@@ -137,105 +188,149 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="/work/shared/data/cxr3", help="class folders or a folder with manifest.csv")
     ap.add_argument("--usual", help="path of usual_recipe.py (imported, never copied); omit to measure ours only")
+    ap.add_argument("--out", help="folder for results.json and profiles (default .bench/cyclegan-<time>)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--quick", action="store_true", help="smoke run: 64², a few steps, synthesize 32 (CPU-friendly)")
-    ap.add_argument("--size", type=int, default=None, help="image side (default 256; 64 with --quick)")
-    ap.add_argument("--steps", type=int, nargs=2, default=None, metavar=("BS1", "BS8"),
-                    help="timed steps at batch 1 and 8 (default 100 30, as usual_recipe; 3 1 with --quick)")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10; 1 with --quick)")
-    ap.add_argument("--infer-iters", type=int, default=None, help="timed batches of 32 (default 20; 2 with --quick)")
-    ap.add_argument("--synth-n", type=int, default=None, help="images for synthesize (default 1000; 32 with --quick)")
+    ap.add_argument("--tiny", action="store_true",
+                    help="smoke run: 32², ngf/ndf 8, 1 block, batches 1 and 2, 2 steps, synthesize 8 (seconds on a CPU)")
+    ap.add_argument("--size", type=int, help="image side (default 256; 32 with --tiny)")
+    ap.add_argument("--batches", type=int, nargs="+", help="training batch sizes (default 1 8 32; 1 2 with --tiny)")
+    ap.add_argument("--layouts", nargs="+", choices=["nchw", "channels_last"], default=["nchw", "channels_last"],
+                    help="memory layouts (train.channels_last; CUDA only, NCHW alone on the CPU)")
+    ap.add_argument("--upsample", nargs="+", choices=["transposed", "subpixel"], default=["transposed", "subpixel"],
+                    help="the generator's upsampling (model.subpixel_upsample)")
+    ap.add_argument("--modes", nargs="+", choices=["eager", "graph"], default=["eager", "graph"],
+                    help="train.cuda_graph off / on (graph on CUDA only)")
+    ap.add_argument("--warmup", type=int, help="untimed steps before each training row (default 6; 1 with --tiny; "
+                                               f"at least {TrainStep.WARMUP + 1} with graphs, so capture is untimed)")
+    ap.add_argument("--infer-batch", type=int, help="inference batch (default 32; 4 with --tiny)")
+    ap.add_argument("--infer-iters", type=int, help="timed inference batches (default 20; 1 with --tiny)")
+    ap.add_argument("--synth-n", type=int, help="images for synthesize (default 1000; 8 with --tiny)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the networks, as gan-train --compile")
+    ap.add_argument("--compile-cache", default="runs", help="compiled code goes to <this>/cache/, as gan-train's")
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="train.bf16 (CUDA only)")
-    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                    help="train.channels_last (CUDA only)")
-    ap.add_argument("--cudnn-benchmark", action="store_true",
-                    help="set torch.backends.cudnn.benchmark for ours too (gan-train leaves it off)")
+    ap.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
+                    help="torch.backends.cudnn.benchmark for both sides")
+    ap.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
+                    help="TF32 matmuls and convolutions for both sides")
+    ap.add_argument("--profile", action="store_true", help="profile eager steps and inference into --out")
+    ap.add_argument("--profile-steps", type=int, default=5, help="steps (batches) profiled per row")
     ap.add_argument("--cache-dir", help="image cache folder to reuse (default: a fresh temporary one)")
     ap.add_argument("--set", dest="overrides", nargs="*", default=[], help="extra GanConfig key=value overrides")
     a = ap.parse_args()
-    a.size = a.size or (64 if a.quick else 256)
-    steps1, steps8 = a.steps or ((3, 1) if a.quick else (100, 30))
-    warmup = a.warmup if a.warmup is not None else (1 if a.quick else 10)
-    infer_iters = a.infer_iters or (2 if a.quick else 20)
-    synth_n = a.synth_n or (32 if a.quick else 1000)
+    a.size = a.size or (32 if a.tiny else 256)
+    batches = a.batches or ([1, 2] if a.tiny else [1, 8, 32])
+    warmup = a.warmup if a.warmup is not None else (1 if a.tiny else 6)
+    infer_batch = a.infer_batch or (4 if a.tiny else 32)
+    infer_iters = a.infer_iters or (1 if a.tiny else 20)
+    synth_n = a.synth_n or (8 if a.tiny else 1000)
     dev = pick_device(a.device)
-    if a.cudnn_benchmark:
-        torch.backends.cudnn.benchmark = True
+    layouts = a.layouts if dev.type == "cuda" else ["nchw"]
+    modes = a.modes if dev.type == "cuda" else ["eager"]
+    out = Path(a.out or f".bench/cyclegan-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.backends.cudnn.benchmark = a.cudnn_benchmark  # both sides, before anything runs
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = a.tf32
     usual = load_usual(a.usual) if a.usual else None
 
+    flags = {"cudnn_benchmark": a.cudnn_benchmark, "tf32": a.tf32, "bf16": a.bf16 and dev.type == "cuda",
+             "compile": a.compile, "size": a.size}
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "commit": git_commit(),
             "torch": torch.__version__, "cpu": cpu_name(), "cpu_cores": os.cpu_count(),
             "load_avg_1min": round(os.getloadavg()[0], 2),
             "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None, "device": dev.type,
-            "size": a.size, "quick": a.quick, "compile": a.compile, "bf16": a.bf16 and dev.type == "cuda",
-            "channels_last": a.channels_last and dev.type == "cuda", "cudnn_benchmark": a.cudnn_benchmark}
-    res: dict = dict(meta)
+            "tiny": a.tiny, **flags}
+    rows: list[dict] = []
+    same_model = not a.tiny and not any(o.startswith("model.") for o in a.overrides)
+
+    def add(row: dict) -> None:
+        rows.append({**row, **flags})
+        print(json.dumps(rows[-1]), flush=True)
+
     with tempfile.TemporaryDirectory(prefix="bench_cyclegan_") as tmp:
         cache = a.cache_dir or os.path.join(tmp, "cache")
-        cfg1, cfg8 = gan_config(a, 1, cache), gan_config(a, 8, cache)
-        dataset = load_dataset(a.data, cfg1.data, required=(cfg1.train.domain_a, cfg1.train.domain_b), quiet=True)
+        first = gan_config(a, cache, 1, layouts[0], a.upsample[0], False)
+        dataset = load_dataset(a.data, first.data, required=(first.train.domain_a, first.train.domain_b), quiet=True)
+        images = tuple(DeviceImages(dataset.images[idx], dataset.labels[idx], dev)
+                       for idx in (dataset.indices("train", first.train.domain_a),
+                                   dataset.indices("train", first.train.domain_b)))
 
-        r1 = our_train_rate(cfg1, dataset, dev, steps1, warmup, a.compile)
-        r8 = our_train_rate(cfg8, dataset, dev, steps8, warmup, a.compile)
-        res.update(ours_bs1_it_s=round(r1["it_s"], 3), ours_bs1_warmup_s=round(r1["warmup_s"], 1),
-                   ours_bs1_peak_mib=r1["peak_mib"], ours_bs8_img_s=round(8 * r8["it_s"], 3),
-                   ours_bs8_warmup_s=round(r8["warmup_s"], 1), ours_bs8_peak_mib=r8["peak_mib"])
+        for b in batches:
+            for layout in layouts:
+                for upsample in a.upsample:
+                    for mode in modes:
+                        cfg = gan_config(a, cache, b, layout, upsample, mode == "graph")
+                        w = max(warmup, TrainStep.WARMUP + 1) if mode == "graph" else warmup
+                        row = {"measure": "train", "batch": b, "layout": layout, "upsample": upsample, "mode": mode,
+                               "steps": steps_for(b, a.tiny), "warmup_steps": w}
+                        try:  # one failed row (a capture error, out of memory) must not lose the others
+                            add({**row, **train_rate(cfg, images, dev, row["steps"], w, a.compile, a.compile_cache)})
+                        except RuntimeError as e:  # torch.OutOfMemoryError is one
+                            reset_peak(dev)
+                            add({**row, "error": (str(e).splitlines() or [type(e).__name__])[0][:300]})
+            if a.profile:
+                cfg = gan_config(a, cache, b, layouts[0], a.upsample[0], False)
+                train_rate(cfg, images, dev, a.profile_steps, warmup, a.compile, a.compile_cache,
+                           profile_to=out / f"profile-train-bs{b}")
 
-        # a 1-step gan-train run gives the checkpoint that inference and synthesize read
-        runs = os.path.join(tmp, "runs")
-        trained = train_gan(load_config(GanConfig, None, [f"data.size={a.size}", f"data.cache_dir={cache}",
-                                                          "train.steps=1", "train.tensorboard=false",
-                                                          f"train.bf16={str(a.bf16).lower()}", *a.overrides]),
-                            a.data, runs, device=a.device, seed=0)
-        run_dir, generator = trained.run_dir, trained.model.generators.ab.eval()
-        inf = our_infer_rate(generator, dev, 32, a.size, infer_iters, a.bf16)
-        res.update(ours_infer_bs32_img_s=round(inf["img_s"], 1), ours_infer_peak_mib=inf["peak_mib"])
-        del trained, generator
+        for layout in layouts:
+            for upsample in a.upsample:
+                # a 1-step gan-train run gives the checkpoint that inference and synthesize read
+                runs = os.path.join(tmp, f"runs-{layout}-{upsample}")
+                cfg = gan_config(a, cache, 1, layout, upsample, False, "train.steps=1")
+                run_dir = train_gan(cfg, a.data, runs, device=a.device, seed=0).run_dir
+                r = infer_rate(run_dir / CHECKPOINT_NAME, dev, infer_batch, infer_iters)
+                add({"measure": "infer", "batch": infer_batch, "layout": layout, "upsample": upsample,
+                     "iters": infer_iters, **r})
+                if a.profile and (layout, upsample) == (layouts[0], a.upsample[0]):
+                    infer_rate(run_dir / CHECKPOINT_NAME, dev, infer_batch, a.profile_steps,
+                               profile_to=out / f"profile-infer-bs{infer_batch}")
+                reset_peak(dev)
+                start = time.perf_counter()
+                synthesize(synth_n, a.data, runs, checkpoint=run_dir, dest=os.path.join(tmp, f"syn-{layout}-{upsample}"),
+                           device=a.device)
+                add({"measure": "synthesize", "n": synth_n, "layout": layout, "upsample": upsample,
+                     "s": round(time.perf_counter() - start, 2), "peak_mib": peak_mib(dev)})
 
-        reset_peak(dev)
-        start = time.perf_counter()
-        synthesize(synth_n, a.data, runs, checkpoint=run_dir, dest=os.path.join(tmp, "synthetic"), device=a.device)
-        synth_s = time.perf_counter() - start
-        res.update(synth_n=synth_n, ours_synth_s=round(synth_s, 2), ours_synth_peak_mib=peak_mib(dev))
+    if usual is not None:
+        if dev.type == "cuda":
+            for b in batches:
+                steps = steps_for(b, False)
+                rate = usual.cyclegan_rate(b, steps, "cuda")
+                add({"measure": "usual_train", "batch": b, "steps": steps, "it_s": round(rate, 3),
+                     "img_s": round(rate * b, 2)})
+        add({"measure": "usual_infer", "batch": infer_batch,
+             "img_s": round(usual_infer_rate(usual, dev, infer_batch, a.size, infer_iters), 1)})
+        base = {(r["measure"][6:], r["batch"]): r["img_s"] for r in rows if r["measure"].startswith("usual_")}
+        for r in rows:  # the usual recipe trains at 256² only, and runs the paper architecture
+            comparable = same_model and (r["measure"] == "infer" or a.size == 256)
+            if (r["measure"], r.get("batch")) in base and comparable and "error" not in r:
+                r["ratio"] = round(r["img_s"] / base[r["measure"], r["batch"]], 2)
 
-        if usual is not None:  # after ours: its global flags would otherwise change our figures
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-            if dev.type == "cuda":
-                res["usual_bs1_it_s"] = round(usual.cyclegan_rate(1, 100, "cuda"), 2)
-                res["usual_bs8_img_s"] = round(8 * usual.cyclegan_rate(8, 30, "cuda"), 2)
-            res["usual_infer_bs32_img_s"] = round(usual_infer_rate(usual, dev, 32, a.size, infer_iters), 1)
-            # the baseline is the paper architecture; its training rate is always at 256², its inference at --size
-            same_model = not any(o.startswith("model.") for o in a.overrides)
-            for ours, base, comparable in (("ours_bs1_it_s", "usual_bs1_it_s", same_model and a.size == 256),
-                                           ("ours_bs8_img_s", "usual_bs8_img_s", same_model and a.size == 256),
-                                           ("ours_infer_bs32_img_s", "usual_infer_bs32_img_s", same_model)):
-                if base in res and comparable:
-                    res["ratio_" + ours[5:]] = round(res[ours] / res[base], 2)
-
-    report(res, steps1, steps8, infer_iters)
+    (out / "results.json").write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
+    report(meta, rows)
+    print(f"wrote {out / 'results.json'}" + (f" and profiles to {out}/" if a.profile else ""))
 
 
-def report(r: dict, steps1: int, steps8: int, infer_iters: int) -> None:
-    where = f"GPU {r['gpu']}" if r["gpu"] else f"CPU {r['cpu']} ({r['cpu_cores']} cores)"
-    print(f"\n{r['date']}  commit {r['commit'] and r['commit'][:7]}  torch {r['torch']}  {where}  {r['size']}²  "
-          f"compile={r['compile']} bf16={r['bf16']} channels_last={r['channels_last']}")
-    mem = lambda k: f"{r[k]} MiB" if r.get(k) is not None else "-"  # noqa: E731
-    rows = [("train step, batch 1", f"{r['ours_bs1_it_s']} it/s", r.get("usual_bs1_it_s"), r.get("ratio_bs1_it_s"),
-             mem("ours_bs1_peak_mib"), f"{steps1} steps after warm-up {r['ours_bs1_warmup_s']} s"),
-            ("train step, batch 8", f"{r['ours_bs8_img_s']} img/s", r.get("usual_bs8_img_s"),
-             r.get("ratio_bs8_img_s"), mem("ours_bs8_peak_mib"), f"{steps8} steps after warm-up {r['ours_bs8_warmup_s']} s"),
-            ("generator inference, batch 32", f"{r['ours_infer_bs32_img_s']} img/s", r.get("usual_infer_bs32_img_s"),
-             r.get("ratio_infer_bs32_img_s"), mem("ours_infer_peak_mib"), f"{infer_iters} batches"),
-            (f"synthesize --n {r['synth_n']}", f"{r['ours_synth_s']} s", None, None, mem("ours_synth_peak_mib"),
-             "end to end after start-up")]
-    print(f"{'measure':<30} {'ours':>14} {'baseline':>10} {'ours/base':>9} {'peak GPU mem':>12}  note")
-    for name, ours, base, ratio, peak, note in rows:
-        print(f"{name:<30} {ours:>14} {'-' if base is None else base:>10} {'-' if ratio is None else ratio:>9} "
-              f"{peak:>12}  {note}")
-    print(json.dumps(r), flush=True)
+def report(meta: dict, rows: list[dict]) -> None:
+    where = f"GPU {meta['gpu']}" if meta["gpu"] else f"CPU {meta['cpu']} ({meta['cpu_cores']} cores)"
+    print(f"\n{meta['date']}  commit {meta['commit'] and meta['commit'][:7]}  torch {meta['torch']}  {where}  "
+          f"{meta['size']}²  compile={meta['compile']} bf16={meta['bf16']} cudnn.benchmark={meta['cudnn_benchmark']} "
+          f"tf32={meta['tf32']}")
+    print(f"{'measure':<12} {'batch':>5} {'layout':<13} {'upsample':<10} {'mode':<6} {'ours':>16} {'ratio':>6} "
+          f"{'peak MiB':>8}  note (peak: reserved GPU memory)")
+    for r in rows:
+        if "error" in r:
+            ours, note = "failed", r["error"]
+        elif r["measure"] == "train":
+            ours, note = f"{r['img_s']} img/s", f"{r['it_s']} it/s; {r['steps']} steps after {r['warmup_s']} s warm-up"
+        elif r["measure"] == "infer":
+            ours, note = f"{r['img_s']} img/s", f"{r['iters']} batches"
+        elif r["measure"] == "synthesize":
+            ours, note = f"{r['s']} s", f"--n {r['n']}, after start-up"
+        else:
+            ours, note = f"{r['img_s']} img/s", "baseline" + (f", {r['it_s']} it/s" if "it_s" in r else "")
+        print(f"{r['measure']:<12} {r.get('batch', '-'):>5} {r.get('layout', '-'):<13} {r.get('upsample', '-'):<10} "
+              f"{r.get('mode', '-'):<6} {ours:>16} {r.get('ratio', '-'):>6} {r.get('peak_mib') or '-':>8}  {note}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ class ModelConfig:
     n_blocks: int = 9      # residual blocks of the generator
     n_layers_d: int = 3    # strided layers of the PatchGAN; 3 gives 70x70 receptive fields
     init_std: float = 0.02  # weights drawn from N(0, init_std)
+    subpixel_upsample: bool = False  # the generator's transposed convs as conv + pixel_shuffle (same numbers)
 
     def check(self):
         if min(self.ngf, self.ndf, self.n_layers_d) < 1 or self.n_blocks < 0:
@@ -57,6 +58,9 @@ class TrainConfig:
     pool_size: int = 50            # image history for the discriminators (0: none)
     bf16: bool = True              # bf16 autocast (CUDA only)
     channels_last: bool = True     # channels_last memory format (CUDA only)
+    cuda_graph: bool = False       # capture the whole step in a CUDA graph and replay it (CUDA, one process)
+    cudnn_benchmark: bool = False  # let cuDNN time its kernels at the first steps (CUDA only; a resumed run
+                                   # may then differ from a straight one in the last bits)
     log_every: int = 100           # steps between loss read-outs (the only host syncs)
     image_every: int = 1000        # steps between TensorBoard image grids
     checkpoint_every: int = 5000   # steps between checkpoints (one is always written at the end)

@@ -71,7 +71,8 @@ def evaluate_gan(data: str | Path, out: str | Path = "runs", checkpoint: str | P
         split = "val"
     sources = dataset.images[dataset.indices(split, t.domain_a)][:n].float() / 255
     real_b = dataset.images[dataset.indices(split, t.domain_b)].float() / 255
-    translated = in_batches(lambda x: translate(generator, x, t.bf16), sources, cfg.synth.batch_size, dev)
+    translated = in_batches(lambda x: translate(generator, x, t.bf16, t.channels_last), sources,
+                            cfg.synth.batch_size, dev)
     result = measure_translation(sources, translated, real_b, features, classify, dev)
     result.update(checkpoint=str(path), step=state["step"], split=split, domain_a=t.domain_a, domain_b=t.domain_b)
     report = path.parent / f"gan-eval-step{state['step']}.json"

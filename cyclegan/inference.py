@@ -18,10 +18,12 @@ def to_unit_range(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def translate(generator: nn.Module, images: torch.Tensor, bf16: bool = True) -> torch.Tensor:
-    """``(B, 1, H, W)`` in [0, 1] on the generator's device → translated ``(B, 1, H, W)`` in [0, 1]."""
+def translate(generator: nn.Module, images: torch.Tensor, bf16: bool = True,
+              channels_last: bool = True) -> torch.Tensor:
+    """``(B, 1, H, W)`` in [0, 1] on the generator's device → translated ``(B, 1, H, W)`` in [0, 1]; bf16
+    autocast and the channels_last layout apply on CUDA only."""
     device = images.device
-    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    fmt = torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
     with autocast(device, bf16):
         return to_unit_range(generator(to_model_range(images).contiguous(memory_format=fmt)))
 

@@ -16,18 +16,20 @@ from .pool import ImagePool
 LOSS_NAMES = ("gan_ab", "gan_ba", "cycle_a", "cycle_b", "identity_a", "identity_b", "d_a", "d_b")
 
 
-def linear_decay(total_steps: int, decay_start: float):
-    """lr factor for step ``s``: 1 until ``decay_start · total``, then linearly down to 0 at ``total``."""
+def decayed_lr(step: torch.Tensor, lr: float, total_steps: int, decay_start: float) -> torch.Tensor:
+    """Zhu et al.'s schedule: ``lr`` for the first ``int(decay_start · total_steps)`` steps, then linearly
+    down to 0 at ``total_steps``. ``step``: int64 0-dim tensor → float32 0-dim on its device (no host sync)."""
     constant = int(total_steps * decay_start)
     decay = max(total_steps - constant, 1)
-
-    def factor(step: int) -> float:
-        return 1.0 - max(0, step - constant) / decay
-    return factor
+    return lr * ((decay - (step - constant).clamp(min=0)) / decay)  # an exact integer over decay: no cancellation
 
 
 class CycleGAN:
-    """Two generators, two discriminators, their Adam optimisers, lr schedules and image pools.
+    """Two generators, two discriminators, their Adam optimisers, the lr schedule and the image pools.
+
+    The step count, the learning rate and the pools live on the device and change in place, and the
+    optimisers are fused (and capturable on CUDA), so :meth:`optimize_parameters` needs no host sync
+    and can be captured in a CUDA graph.
 
     Args:
         cfg: the run's configuration (``model`` and ``train`` sections are used).
@@ -56,14 +58,13 @@ class CycleGAN:
             gens, discs, judge = torch.compile(gens), torch.compile(discs), torch.compile(judge)
         self._gens, self._discs, self._judge = gens, discs, judge
 
-        fused = device.type == "cuda"
-        betas = (t.beta1, t.beta2)
-        self.opt_g = torch.optim.Adam(self.generators.parameters(), lr=t.lr, betas=betas, fused=fused)
-        self.opt_d = torch.optim.Adam(self.discriminators.parameters(), lr=t.lr, betas=betas, fused=fused)
-        schedule = linear_decay(total_steps, t.decay_start)
-        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, schedule)
-        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, schedule)
-        self.pool_a, self.pool_b = ImagePool(t.pool_size), ImagePool(t.pool_size)
+        self.total_steps = total_steps
+        self.step = torch.zeros((), dtype=torch.long, device=device)  # optimisation steps done
+        self.lr = self.scheduled_lr()  # float32 0-dim on the device, shared by both optimisers
+        adam = dict(lr=self.lr, betas=(t.beta1, t.beta2), fused=True, capturable=device.type == "cuda")
+        self.opt_g = torch.optim.Adam(self.generators.parameters(), **adam)
+        self.opt_d = torch.optim.Adam(self.discriminators.parameters(), **adam)
+        self.pool_a, self.pool_b = ImagePool(t.pool_size, device), ImagePool(t.pool_size, device)
         self.real_a = self.real_b = None
         self.out: dict[str, torch.Tensor] = {}
         self.losses: torch.Tensor | None = None
@@ -111,30 +112,34 @@ class CycleGAN:
         self.opt_d.zero_grad(set_to_none=True)
         (d_a + d_b).backward()
         self.opt_d.step()
-        self.sched_g.step()
-        self.sched_d.step()
+        self.step.add_(1)
+        self.lr.copy_(self.scheduled_lr())
         self.losses = torch.stack([gan_ab, gan_ba, cycle_a, cycle_b, identity_a, identity_b, d_a, d_b]).detach()
         return self.losses
 
-    @property
-    def lr(self) -> float:
-        return self.opt_g.param_groups[0]["lr"]
+    def scheduled_lr(self) -> torch.Tensor:
+        """The learning rate of the next step (:func:`decayed_lr` of :attr:`step`)."""
+        t = self.cfg.train
+        return decayed_lr(self.step, t.lr, self.total_steps, t.decay_start)
 
     def parameters(self):
         return itertools.chain(self.generators.parameters(), self.discriminators.parameters())
 
     def state_dict(self) -> dict:
+        """Networks, optimisers and the step count (one host sync)."""
         return {"generators": self.generators.state_dict(), "discriminators": self.discriminators.state_dict(),
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict()}
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "step": int(self.step)}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`; the learning rate follows from the restored step count."""
         self.generators.load_state_dict(state["generators"])
         self.discriminators.load_state_dict(state["discriminators"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
-        self.sched_g.load_state_dict(state["sched_g"])
-        self.sched_d.load_state_dict(state["sched_d"])
+        self.step.fill_(state["step"])
+        self.lr.copy_(self.scheduled_lr())
+        for group in self.opt_g.param_groups + self.opt_d.param_groups:
+            group["lr"] = self.lr  # loading put the saved copy there
 
     def pool_state(self) -> dict:
         """This process's image pools (under torchrun each rank has its own), on the CPU."""
@@ -142,5 +147,5 @@ class CycleGAN:
 
     def load_pool_state(self, state: dict) -> None:
         """Restore what :meth:`pool_state` returned."""
-        self.pool_a.load_state_dict(state["a"], self.device)
-        self.pool_b.load_state_dict(state["b"], self.device)
+        self.pool_a.load_state_dict(state["a"])
+        self.pool_b.load_state_dict(state["b"])

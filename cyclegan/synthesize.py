@@ -1,25 +1,31 @@
 """``synthesize``: translate domain-A (normal) training images into domain B (covid) with a trained
-generator, writing PNGs and a manifest the data stage reads as extra training images."""
+generator, writing PNGs and a manifest the data stage reads as extra training images.
+
+Only the generator's weights are read from the checkpoint, and its sha256 is the one stored when it was
+saved. Each batch goes to pinned host memory without blocking, and a thread pool writes its PNGs while
+the device translates the next batches."""
 from __future__ import annotations
 
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from PIL import Image
 
-from augment.data import file_sha256, load_dataset, write_csv
+from augment.data import load_dataset, write_csv
 from augment.errors import UserError
 from augment.gpu import DeviceImages, build_augment
 from augment.runtime import pick_device, resolve_run_file
 from augment.runsplit import SPLIT_FILE, changes, read_split
 
-from .checkpoint import CHECKPOINT_NAME, load_generator_ab
+from .checkpoint import CHECKPOINT_NAME, checkpoint_sha256, load_generator_ab
 from .inference import translate
 
 MANIFEST_COLUMNS = ("path", "label", "split", "source", "group_id", "source_image", "checkpoint_sha256", "seed")
+IN_FLIGHT = 3  # batches translated ahead of the PNG writers
 
 
 def choose_sources(m: int, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,37 +73,45 @@ def synthesize(n: int, data: str | Path, out: str | Path = "runs", checkpoint: s
     if len(sources) == 0:
         raise UserError(f"{data}: no training-split image of class '{t.domain_a}' to translate; pass the GAN's --data")
     picks, augmented = choose_sources(len(sources), n, torch.Generator().manual_seed(seed))
+    picks_on_device = picks.to(dev)
     images = DeviceImages(dataset.images[sources], dataset.labels[sources], dev)
     augment = build_augment(cfg.synth.augment, cfg.data.size).to(dev)
     batch_size = batch_size or cfg.synth.batch_size
-    sha = file_sha256(path)
+    sha = checkpoint_sha256(path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"{folder}: cannot create the output folder ({e.strerror or e}); choose another --dest") from e
-    rows = []
+    rows, writing, pool = [], deque(), ThreadPoolExecutor(8)
     try:  # a failed or interrupted synthesis leaves no images without a manifest
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), ThreadPoolExecutor(8) as pool:
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(seed)
             for start in range(0, n, batch_size):
-                x, _ = images.get(picks[start:start + batch_size])
+                x, _ = images.get(picks_on_device[start:start + batch_size])
                 chosen = augmented[start:start + batch_size].nonzero().squeeze(1).to(dev)
                 if len(chosen):
                     x[chosen] = augment(x[chosen])
-                pngs = (translate(generator, x, t.bf16) * 255 + 0.5).to(torch.uint8).cpu()
+                pngs, ready = _to_host((translate(generator, x, t.bf16, t.channels_last) * 255 + 0.5).to(torch.uint8))
                 names = [f"{t.domain_b}/syn_{start + i:05d}.png" for i in range(len(pngs))]
-                list(pool.map(lambda job: _write_png(dest / job[0], job[1]), zip(names, pngs)))
+                writing.append([pool.submit(_write_png, dest / name, png, ready) for name, png in zip(names, pngs)])
+                if len(writing) > IN_FLIGHT:
+                    _wait(writing.popleft())  # a writer's error is raised here
                 for name, pick in zip(names, picks[start:start + batch_size].tolist()):
                     k = int(sources[pick])
                     rows.append({"path": name, "label": t.domain_b, "split": "train", "source": "synthetic",
                                  "group_id": dataset.groups[k],
                                  "source_image": str(dataset.root / dataset.paths[k]),
                                  "checkpoint_sha256": sha, "seed": seed})
+            for batch in writing:
+                _wait(batch)
         write_csv(dest / "manifest.csv", rows, MANIFEST_COLUMNS)
     except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # no writer runs while the images are removed
         for p in folder.glob("syn_*.png"):
             p.unlink()
         raise
+    finally:
+        pool.shutdown(wait=True)
     print(f"wrote {n} synthetic {t.domain_b} images to {folder}/ and {dest / 'manifest.csv'} "
           f"(from {path}, step {state['step']}, seed {seed})")
     return dest
@@ -130,8 +144,27 @@ def _clear_or_refuse(dest: Path, folder: Path, overwrite: bool) -> None:
     manifest.unlink(missing_ok=True)
 
 
-def _write_png(path: Path, image: torch.Tensor) -> None:
-    """``uint8 (1, H, W)`` → 8-bit grayscale PNG, written to a temporary name then renamed."""
+def _wait(futures) -> None:
+    for future in futures:
+        future.result()
+
+
+def _to_host(images: torch.Tensor) -> tuple[torch.Tensor, Callable[[], None]]:
+    """``images`` on the CPU, and a function that returns once they are there: from CUDA, a copy into
+    pinned memory that does not block this thread, and a wait on its event."""
+    if images.device.type != "cuda":
+        return images, lambda: None
+    host = torch.empty(images.shape, dtype=images.dtype, pin_memory=True)
+    host.copy_(images, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return host, copied.synchronize
+
+
+def _write_png(path: Path, image: torch.Tensor, ready: Callable[[], None]) -> None:
+    """``uint8 (1, H, W)`` → 8-bit grayscale PNG, written to a temporary name then renamed, once ``ready()``
+    has returned (the image has reached host memory)."""
+    ready()
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         Image.fromarray(image[0].numpy()).save(tmp, format="PNG")

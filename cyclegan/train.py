@@ -2,7 +2,9 @@
 ``train.device_cache_share`` of its memory, streamed from host memory).
 
 One code path for one process and for ``torchrun`` (DistributedDataParallel, each process drawing its
-own share of every step's images). Losses stay on the device and are read every ``log_every`` steps.
+own share of every step's images). Each step is a :class:`cyclegan.step.TrainStep` (with
+``train.cuda_graph``, replayed from a CUDA graph); losses stay on the device and are read every
+``log_every`` steps.
 """
 from __future__ import annotations
 
@@ -20,17 +22,19 @@ from tqdm import tqdm
 from augment.config import config_to_dict
 from augment.data import load_dataset
 from augment.errors import UserError
-from augment.gpu import DeviceImages, StreamedImages, fits_on_device, resize_and_crop
+from augment.gpu import DeviceImages, StreamedImages, fits_on_device
 from augment.runtime import (Dist, GracefulStop, LossMeter, all_ranks, close_distributed, init_distributed,
-                             new_run_dir, pick_device, resolve_run_file, rng_state, save_checkpoint, seed_everything,
-                             set_rng_state, stop_agreed, tensorboard_writer, write_run_info)
+                             new_run_dir, pick_device, resolve_run_file, rng_state, seed_everything, set_rng_state,
+                             stop_agreed, tensorboard_writer, write_run_info)
 from augment.runsplit import SPLIT_FILE, split_rows, write_split
 
-from .checkpoint import CHECKPOINT_NAME, read_gan_checkpoint
+from .checkpoint import CHECKPOINT_NAME, read_gan_checkpoint, save_gan_checkpoint
+from .compile_cache import compile_cache_path, load_compiled, save_compiled
 from .config import GanConfig
 from .evaluate import measure_translation
-from .inference import in_batches, to_model_range, to_unit_range, translate
+from .inference import in_batches, to_unit_range, translate
 from .model import LOSS_NAMES, CycleGAN
+from .step import TrainStep
 
 
 @dataclass
@@ -60,7 +64,8 @@ def train_gan(cfg: Optional[GanConfig], data: str | Path, out: str | Path = "run
         device: ``auto``, ``cpu`` or ``cuda``.
         seed: seed of weights, batch order, augmentation and image pools.
         resume: a GAN checkpoint or run folder to continue (same folder, same config, same seed).
-        compile: ``torch.compile`` the networks (minutes of compiling; worth it for long GPU runs).
+        compile: ``torch.compile`` the networks (minutes of compiling; worth it for long GPU runs). The
+            compiled code is kept in ``<out>/cache/`` and reused by later runs of the same set-up.
     """
     dist = init_distributed(device)
     try:
@@ -75,11 +80,14 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile) -> GanTrainResult:
         ckpt_path = resolve_run_file(resume, out, "gan", (CHECKPOINT_NAME,), CHECKPOINT_NAME)
         checkpoint, cfg = read_gan_checkpoint(ckpt_path, resume=True)
         seed, run_dir = checkpoint["seed"], ckpt_path.parent
-    else:
-        cfg = cfg or GanConfig()
+    cfg = cfg or GanConfig()
+    t = cfg.train
+    if t.cuda_graph and dist.world_size > 1:
+        raise UserError("train.cuda_graph captures one process's step; under torchrun (DistributedDataParallel) "
+                        "set train.cuda_graph=false")
+    if checkpoint is None:
         run_dir = new_run_dir(out, "gan") if dist.is_main else None
         ckpt_path = run_dir / CHECKPOINT_NAME if run_dir else None
-    t = cfg.train
     dataset = load_dataset(data, cfg.data, required=(t.domain_a, t.domain_b), quiet=not dist.is_main)
     if checkpoint is not None and checkpoint["data_fingerprint"] != dataset.fingerprint:
         raise UserError(f"{data}: not the data {ckpt_path} was trained on; resume with the same --data and data config")
@@ -93,9 +101,12 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile) -> GanTrainResult:
     steps_per_epoch = max(1, max(len(images_a), len(images_b)) // (t.batch_size * dist.world_size))
     total = t.steps or t.epochs * steps_per_epoch
 
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = t.cudnn_benchmark
+    cache_file = compile_cache_path(out, cfg, dev, dist.world_size) if compile else None
+    cached = cache_file is not None and load_compiled(cache_file)
     seed_everything(seed)
     model = CycleGAN(cfg, dev, total, distributed=dist.world_size > 1, compile=compile)
-    augment = resize_and_crop(cfg.data.size, cfg.augment.load_size(cfg.data.size)).to(dev)
     step = 0
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
@@ -109,13 +120,14 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile) -> GanTrainResult:
         write_run_info(run_dir, cfg, seed, dataset.fingerprint, data=str(data), total_steps=total,
                        world_size=dist.world_size, train_images={t.domain_a: len(images_a), t.domain_b: len(images_b)})
         write_split(run_dir / SPLIT_FILE, split_rows(dataset))
+    train_step = TrainStep(model)  # after the restore: a CUDA graph holds the state's addresses
 
     def save(at_step: int) -> None:
         ranks = all_ranks({"rng": rng_state(), "pools": model.pool_state()}, dist)  # every rank joins
         if dist.is_main:
-            save_checkpoint({"step": at_step, "total_steps": total, "seed": seed, "config": config_to_dict(cfg),
-                             "data_fingerprint": dataset.fingerprint, "model": model.state_dict(),
-                             "ranks": ranks}, ckpt_path)
+            save_gan_checkpoint({"step": at_step, "total_steps": total, "seed": seed, "config": config_to_dict(cfg),
+                                 "data_fingerprint": dataset.fingerprint, "model": model.state_dict(),
+                                 "ranks": ranks}, ckpt_path)
 
     meter = LossMeter(LOSS_NAMES, dev)
     last_saved = step if checkpoint is not None else None
@@ -130,13 +142,14 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile) -> GanTrainResult:
                 batches_a = images_a.batches(epoch_order(len(images_a), steps_per_epoch, dist, t.batch_size, g))
                 batches_b = images_b.batches(epoch_order(len(images_b), steps_per_epoch, dist, t.batch_size, g))
                 order_epoch = epoch
-            model.set_input(to_model_range(augment(batches_a[pos][0])), to_model_range(augment(batches_b[pos][0])))
-            meter.add(model.optimize_parameters(), step + 1)
+            meter.add(train_step(batches_a[pos][0], batches_b[pos][0]), step + 1)
             step += 1
             bar.update()
             if step % t.log_every == 0 or step == total:
                 meter.check_finite(ckpt_path, last_saved)
                 tick = _log_losses(meter, model, writer, bar, step, tick)
+                if cache_file is not None and not cached and dist.is_main:  # compiled by now: keep it
+                    cached = save_compiled(cache_file)
             if dist.is_main and step % t.image_every == 0:
                 writer.add_image("translation", _image_grid(model), step)
             if dist.is_main and t.eval_every and step % t.eval_every == 0:
@@ -163,7 +176,7 @@ def _log_losses(meter: LossMeter, model: CycleGAN, writer, bar, step: int, tick:
     rate = (step - tick[1]) / max(now - tick[0], 1e-9)
     for name, value in losses.items():
         writer.add_scalar(f"loss/{name}", value, step)
-    writer.add_scalar("lr", model.lr, step)
+    writer.add_scalar("lr", float(model.lr), step)
     writer.add_scalar("speed/steps_per_s", rate, step)
     l = losses
     bar.set_postfix(G=f"{l['gan_ab'] + l['gan_ba']:.3g}", cycle=f"{l['cycle_a'] + l['cycle_b']:.3g}",
@@ -181,9 +194,10 @@ def _image_grid(model: CycleGAN) -> torch.Tensor:
 def _log_quality(model: CycleGAN, images_a: DeviceImages | StreamedImages, images_b: DeviceImages | StreamedImages,
                  cfg: GanConfig, writer, step: int) -> None:
     """gan-eval measures (fallback features) of the first ``eval_images`` domain-A training images."""
-    sources = images_a.get(torch.arange(min(cfg.train.eval_images, len(images_a))))[0]
+    t = cfg.train
+    sources = images_a.get(torch.arange(min(t.eval_images, len(images_a))))[0]
     real_b = images_b.get(torch.arange(len(images_b)))[0]
-    translated = in_batches(lambda x: translate(model.generators.ab, x, cfg.train.bf16), sources,
+    translated = in_batches(lambda x: translate(model.generators.ab, x, t.bf16, t.channels_last), sources,
                             cfg.synth.batch_size, model.device)
     result = measure_translation(sources.cpu(), translated, real_b.cpu(), device=model.device)
     for key in ("fd", "kid", "ssim_mean"):

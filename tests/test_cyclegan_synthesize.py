@@ -2,12 +2,15 @@
 import csv
 import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+
+import cyclegan.checkpoint
 
 from augment.config import load_config
 from augment.data import load_dataset
@@ -16,7 +19,10 @@ from augment.phantoms import write_phantoms
 from cyclegan import GanConfig, evaluate_gan, measure_translation, synthesize, train_gan
 from augment.data import file_sha256
 from augment.runtime import load_checkpoint, save_checkpoint
+from cyclegan.checkpoint import load_generator_ab
+from cyclegan.inference import translate
 from cyclegan.metrics import frechet_distance, kernel_inception_distance, ssim_pairs
+from cyclegan.networks import Generators, ResnetGenerator
 from cyclegan.synthesize import MANIFEST_COLUMNS
 
 
@@ -38,17 +44,46 @@ def gan_run(tmp_path_factory):
     return data, tmp / "runs", run, cfg
 
 
-def test_checkpoint_of_an_earlier_layout_translates_but_does_not_resume(gan_run, tmp_path):
-    """Earlier checkpoints stored the classifier's augmentation keys and no per-process state."""
+def with_cancelled_biases(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` in the earlier layout: a random bias on every convolution an instance norm follows."""
+    g = torch.Generator().manual_seed(0)
+    for m in module.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and m.bias is None:
+            m.bias = torch.nn.Parameter(torch.randn(m.out_channels, generator=g))
+    return module
+
+
+def earlier_layout(state: dict, cfg, layout: int) -> dict:
+    """A checkpoint as an earlier gan-train wrote it. Layout 1: biases on the convolutions before
+    instance norms (random here; they cancel out), LambdaLR schedulers, no layout stamp. Layout 0 also
+    lacks per-process state and stored the classifier's augmentation keys."""
+    generators = Generators(cfg.model)
+    generators.load_state_dict(state["model"]["generators"])
+    state = {k: v for k, v in state.items() if k != "layout"}
+    state["model"] = {**state["model"], "generators": with_cancelled_biases(generators).state_dict(),
+                      "sched_g": {"last_epoch": 2}, "sched_d": {"last_epoch": 2}}
+    del state["model"]["step"]
+    if layout == 0:
+        del state["ranks"]
+        state["config"] = {**state["config"], "augment": {"enabled": True, "crop_scale": [0.8, 1.0], "degrees": 10.0}}
+    return state
+
+
+@pytest.mark.parametrize("layout", [0, 1])
+def test_checkpoint_of_an_earlier_layout_translates_the_same_but_does_not_resume(gan_run, tmp_path, layout):
     data, out, run, cfg = gan_run
     state = load_checkpoint(run / "checkpoint.pt")
-    del state["ranks"]
-    state["config"]["augment"] = {"enabled": True, "crop_scale": [0.8, 1.0], "degrees": 10.0, "brightness": 0.1}
+    earlier = earlier_layout(state, cfg, layout)
+    assert "ab.net.1.bias" in earlier["model"]["generators"] and "ab.net.1.bias" not in state["model"]["generators"]
     old = tmp_path / "old" / "checkpoint.pt"
-    save_checkpoint(state, old)
+    save_checkpoint(earlier, old)
+    x = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    now, _, _ = load_generator_ab(run / "checkpoint.pt", torch.device("cpu"))
+    before, _, _ = load_generator_ab(old, torch.device("cpu"))
+    torch.testing.assert_close(translate(before, x), translate(now, x), rtol=0, atol=1e-5)
     dest = synthesize(3, data, out, checkpoint=old, dest=tmp_path / "syn", device="cpu")
     assert len(read_manifest(dest)) == 3
-    with pytest.raises(UserError, match="earlier gan-train.*start a new run"):
+    with pytest.raises(UserError, match=f"earlier gan-train \\(checkpoint layout {layout}, now 2\\).*start a new run"):
         train_gan(None, data, out, device="cpu", resume=old)
 
 
@@ -76,6 +111,51 @@ def test_manifest_describes_training_pngs_of_the_source_patients(gan_run, tmp_pa
         img = Image.open(dest / r["path"])
         assert img.mode == "L" and img.size == (32, 32) and r["path"].startswith("covid/")
     assert len({r["source_image"] for r in rows}) == 5  # fewer than the sources: no repeats
+
+
+def test_pngs_are_the_checkpoints_generator_applied_to_the_listed_sources(gan_run, tmp_path):
+    """Reading only the generator's weights, copying through pinned memory and writing on a thread pool
+    change no output: each PNG is the A→B generator of the full checkpoint applied to its source."""
+    data, out, run, cfg = gan_run
+    dest = synthesize(5, data, out, checkpoint=run, dest=tmp_path / "syn", device="cpu", batch_size=5)
+    rows = read_manifest(dest)
+    ds = load_dataset(data, cfg.data, quiet=True)
+    position = {str(ds.root / p): i for i, p in enumerate(ds.paths)}
+    sources = ds.images[[position[r["source_image"]] for r in rows]].float() / 255
+    generator = ResnetGenerator(cfg.model.ngf, cfg.model.n_blocks)
+    weights = load_checkpoint(run / "checkpoint.pt")["model"]["generators"]
+    generator.load_state_dict({k[3:]: v for k, v in weights.items() if k.startswith("ab.")})
+    with torch.no_grad():
+        expected = ((generator(sources * 2 - 1) + 1) / 2).clamp(0, 1).mul(255).add(0.5).to(torch.uint8)
+    got = torch.stack([torch.from_numpy(np.array(Image.open(dest / r["path"]))) for r in rows]).unsqueeze(1)
+    assert torch.equal(got, expected)
+
+
+def test_the_sha256_stored_with_the_checkpoint_is_used_and_one_without_is_hashed(gan_run, tmp_path, monkeypatch):
+    data, out, run, cfg = gan_run
+    stored = json.loads((run / "checkpoint.sha256.json").read_text())
+    assert stored["sha256"] == file_sha256(run / "checkpoint.pt")
+
+    def no_hashing(path):
+        raise AssertionError(f"hashed {path}")
+    monkeypatch.setattr(cyclegan.checkpoint, "file_sha256", no_hashing)
+    dest = synthesize(2, data, out, checkpoint=run, dest=tmp_path / "stored", device="cpu")
+    assert {r["checkpoint_sha256"] for r in read_manifest(dest)} == {stored["sha256"]}
+    monkeypatch.undo()
+
+    older = tmp_path / "older"  # a run saved before the sha256 was stored
+    shutil.copytree(run, older)
+    (older / "checkpoint.sha256.json").unlink()
+    dest = synthesize(2, data, out, checkpoint=older, dest=tmp_path / "older-syn", device="cpu")
+    assert {r["checkpoint_sha256"] for r in read_manifest(dest)} == {stored["sha256"]}
+
+    replaced = tmp_path / "replaced"  # a checkpoint changed after its sha256 was stored: hashed anew
+    shutil.copytree(run, replaced)
+    state = load_checkpoint(replaced / "checkpoint.pt")
+    save_checkpoint({**state, "step": 3}, replaced / "checkpoint.pt")
+    dest = synthesize(2, data, out, checkpoint=replaced, dest=tmp_path / "replaced-syn", device="cpu")
+    assert {r["checkpoint_sha256"] for r in read_manifest(dest)} == {file_sha256(replaced / "checkpoint.pt")}
+    assert file_sha256(replaced / "checkpoint.pt") != stored["sha256"]
 
 
 def test_same_seed_same_files_and_repeats_differ(gan_run, tmp_path):

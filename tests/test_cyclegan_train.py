@@ -15,9 +15,11 @@ from augment.config import load_config
 from augment.data import load_dataset
 from augment.errors import UserError
 from augment.phantoms import write_phantoms
-from augment.runtime import load_checkpoint
+from augment.gpu import DeviceImages
+from augment.runtime import Dist, load_checkpoint
 from cyclegan import GanConfig, train_gan
-from cyclegan.model import LOSS_NAMES
+from cyclegan.model import LOSS_NAMES, CycleGAN
+from cyclegan.step import TrainStep
 from conftest import StopAfter
 
 
@@ -57,7 +59,7 @@ def test_losses_fall_and_everything_is_logged(tmp_path, data):
 
 
 def test_interrupt_then_resume_equals_a_straight_run(tmp_path, data, monkeypatch, capsys):
-    cfg = tiny_config(tmp_path, "train.steps=8")
+    cfg = tiny_config(tmp_path, "train.steps=8", "train.pool_size=6")  # the pools fill across the interruption
     straight = train_gan(cfg, data, tmp_path / "a", device="cpu", seed=3)
     monkeypatch.setattr(cyclegan.train, "GracefulStop", StopAfter)
     first = train_gan(cfg, data, tmp_path / "b", device="cpu", seed=3)
@@ -67,8 +69,71 @@ def test_interrupt_then_resume_equals_a_straight_run(tmp_path, data, monkeypatch
     monkeypatch.undo()
     resumed = train_gan(None, data, tmp_path / "b", device="cpu", resume=first.run_dir)
     assert resumed.step == 8 and resumed.run_dir == first.run_dir and not resumed.interrupted
-    torch.testing.assert_close(all_weights(resumed.model), all_weights(straight.model), rtol=0, atol=1e-6)
-    torch.testing.assert_close(resumed.model.pool_b.images, straight.model.pool_b.images, rtol=0, atol=1e-6)
+    assert_same_state(resumed.model, straight.model)
+
+
+def assert_same_state(got, want) -> None:
+    """Bit for bit the same weights, optimiser moments, device step count, learning rate and image pools."""
+    assert torch.equal(all_weights(got), all_weights(want))
+    for opt in ("opt_g", "opt_d"):
+        for p_got, p_want in zip(getattr(got, opt).state.values(), getattr(want, opt).state.values()):
+            for key in ("exp_avg", "exp_avg_sq", "step"):
+                assert torch.equal(p_got[key], p_want[key]), (opt, key)
+    assert int(got.step) == int(want.step) and torch.equal(got.lr, want.lr)
+    for pool in ("pool_a", "pool_b"):
+        assert torch.equal(getattr(got, pool).images, getattr(want, pool).images), pool
+        assert int(getattr(got, pool).count) == int(getattr(want, pool).count), pool
+
+
+def test_cuda_graph_is_refused_under_torchrun(tmp_path, data):
+    cfg = tiny_config(tmp_path, "train.cuda_graph=true")
+    with pytest.raises(UserError, match="train.cuda_graph.*torchrun.*train.cuda_graph=false"):
+        cyclegan.train._train(cfg, data, tmp_path / "runs", torch.device("cpu"), Dist(rank=0, world_size=2), 0, None,
+                              False)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cuda_graph_is_ignored_on_the_cpu(tmp_path, data):
+    cfg = tiny_config(tmp_path, "train.cuda_graph=true")
+    model = CycleGAN(cfg, torch.device("cpu"), total_steps=2)
+    ds = load_dataset(data, cfg.data, quiet=True)
+    images = [DeviceImages(ds.images[ds.indices("train", c)], ds.labels[ds.indices("train", c)], "cpu")
+              for c in ("normal", "covid")]
+    step = TrainStep(model)
+    losses = step(images[0].get(torch.tensor([0]))[0], images[1].get(torch.tensor([1]))[0])
+    assert not step.cuda_graph and step.graph is None and losses.shape == (len(LOSS_NAMES),)
+    assert int(model.step) == 1
+
+
+def test_compiled_code_is_written_once_per_set_up_and_loaded_by_later_runs(tmp_path, data, monkeypatch):
+    """torch.compile's artifacts go to <out>/cache/compile-<torch version>-<hash>.bin after the first steps;
+    a later run of the same set-up loads them before it compiles and leaves the file alone; another
+    set-up gets its own file; a file that does not load is rewritten. Compiling itself is replaced here
+    (minutes on a CPU); tests/test_cyclegan_gpu.py compiles for real."""
+    saved, loaded = [], []
+
+    def load(blob):
+        if blob == b"damaged":
+            raise RuntimeError("bad magic")
+        loaded.append(blob)
+
+    monkeypatch.setattr(torch, "compile", lambda module: module)
+    monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: saved.append(1) or (b"code%d" % len(saved), {}))
+    monkeypatch.setattr(torch.compiler, "load_cache_artifacts", load)
+    runs = tmp_path / "runs"
+    cfg = tiny_config(tmp_path, "train.steps=2", "train.log_every=1", "train.tensorboard=false")
+    train_gan(cfg, data, runs, device="cpu", compile=True)
+    [file] = (runs / "cache").glob("compile-*.bin")
+    assert file.name.startswith(f"compile-{torch.__version__}-") and file.read_bytes() == b"code1" and not loaded
+    train_gan(cfg, data, runs, device="cpu", compile=True)
+    assert loaded == [b"code1"] and len(saved) == 1 and file.read_bytes() == b"code1"
+    train_gan(tiny_config(tmp_path, "train.steps=2", "train.log_every=1", "train.tensorboard=false",
+                          "train.batch_size=2"), data, runs, device="cpu", compile=True)
+    assert len(list((runs / "cache").glob("compile-*.bin"))) == 2
+    file.write_bytes(b"damaged")
+    with pytest.warns(UserWarning, match="compiled code not loaded \\(bad magic\\); compiling afresh"):
+        train_gan(cfg, data, runs, device="cpu", compile=True)
+    assert file.read_bytes() == b"code3"
 
 
 def test_batches_streamed_from_host_memory_train_the_same_model(tmp_path, data, monkeypatch):
@@ -170,4 +235,4 @@ def test_ddp_two_gloo_processes_stay_in_sync_and_resume_exactly(tmp_path, data):
     resumed = spawn_two_ranks(tmp_path, data, cfg.data.cache_dir, "resumed", resume=run)
     for rank in range(2):  # each rank continued with its own RNG state and image pools
         for key in ("weights", "pool_a", "pool_b"):
-            torch.testing.assert_close(resumed[rank][key], straight[rank][key], rtol=0, atol=1e-6, msg=f"{key} {rank}")
+            assert torch.equal(resumed[rank][key], straight[rank][key]), f"{key} {rank}"
