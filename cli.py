@@ -488,16 +488,21 @@ def ablation_stages(gan_cfg, clf_cfg, dest: Path, device: str, lung_masker=None)
     import copy
     import json
     from augment.ablation import Stages
+    from augment.runtime import latest_run
     from classifier.evaluate import evaluate as evaluate_classifier
     from classifier.train import Trainer
     from cyclegan import evaluate_gan, synthesize, train_gan
+    from cyclegan.checkpoint import CHECKPOINT_NAME
 
     def stopped():
         click.echo(f"ablation stopped; run the same command again to continue ({dest} keeps finished cells)", err=True)
         sys.exit(INTERRUPTED)
 
     def train_gan_stage(manifest, folder, seed):
-        result = train_gan(gan_cfg, manifest, folder, device, seed)
+        earlier = latest_run(folder, "gan", marker=CHECKPOINT_NAME)  # a run of this seed that was stopped: resume it
+        if earlier is not None and json.loads((earlier / "run.json").read_text())["seed"] != seed:
+            earlier = None
+        result = train_gan(gan_cfg, manifest, folder, device, seed, resume=earlier)
         if result.interrupted:
             stopped()
         return result.run_dir
@@ -508,7 +513,9 @@ def ablation_stages(gan_cfg, clf_cfg, dest: Path, device: str, lung_masker=None)
     def train_classifier_stage(manifest, folder, seed, classic_augment):
         cfg = copy.deepcopy(clf_cfg)
         cfg.augment.enabled = classic_augment
-        trainer = Trainer(cfg, manifest, folder, device=device, seed=seed, quiet=True, lung_masker=lung_masker)
+        earlier = latest_run(folder, "classifier", marker="last.pt")  # the cell's run was stopped: resume it
+        trainer = Trainer(cfg, manifest, folder, resume=earlier, device=device, seed=seed, quiet=True,
+                          lung_masker=lung_masker)
         run = trainer.run()
         if trainer.stopped:
             stopped()

@@ -181,18 +181,22 @@ def test_summary_pairs_by_seed():
     assert "accuracy rose by 0.020" in summary["verdict"]
 
 
-def test_cli_ablation_runs_every_stage_and_resumes(tmp_path):
-    from click.testing import CliRunner
-    from cli import cli
+def cli_ablation_args(tmp_path, seeds: int, gan_steps: int) -> list[str]:
+    """``ablation`` on 32² phantoms with a shallow CNN and a tiny CycleGAN, into ``tmp_path / "abl"``."""
     data = write_phantoms(tmp_path / "data", {"covid": 8, "normal": 16, "pneumonia": 16}, 32, seed=0)
-    dest = tmp_path / "abl"
-    args = ["ablation", "--data", str(data), "--out", str(tmp_path / "runs"), "--device", "cpu", "--seeds", "2",
-            "--dest", str(dest), "--backbone", "shallow", *[f"--set={s}" for s in (
+    return ["ablation", "--data", str(data), "--out", str(tmp_path / "runs"), "--device", "cpu", "--seeds", str(seeds),
+            "--dest", str(tmp_path / "abl"), "--backbone", "shallow", *[f"--set={s}" for s in (
                 "data.size=32", f"data.cache_dir={tmp_path / 'cache'}", "model.width=4", "model.input_size=32",
                 "train.epochs=1", "train.tensorboard=false", "eval.bootstrap=10")],
             *[f"--gan-set={s}" for s in ("data.size=32", f"data.cache_dir={tmp_path / 'cache'}", "model.ngf=4",
-                                         "model.ndf=4", "model.n_blocks=1", "model.n_layers_d=2", "train.steps=2",
-                                         "train.tensorboard=false")]]
+                                         "model.ndf=4", "model.n_blocks=1", "model.n_layers_d=2",
+                                         f"train.steps={gan_steps}", "train.tensorboard=false")]]
+
+
+def test_cli_ablation_runs_every_stage_and_resumes(tmp_path):
+    from click.testing import CliRunner
+    from cli import cli
+    args, dest = cli_ablation_args(tmp_path, seeds=2, gan_steps=2), tmp_path / "abl"
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
     summary = json.loads((dest / "summary.json").read_text())
@@ -208,3 +212,28 @@ def test_cli_ablation_runs_every_stage_and_resumes(tmp_path):
     assert r.exit_code == 2 and "policy differ" in r.output
     r = CliRunner().invoke(cli, [*args, "--set", "train.epochs=2"])
     assert r.exit_code == 2 and "classifier_config differ" in r.output
+
+
+def test_cli_ablation_resumes_a_stopped_gan_and_a_stopped_classifier_in_their_own_runs(tmp_path, monkeypatch):
+    import cyclegan.train
+    from click.testing import CliRunner
+    from augment.runtime import load_checkpoint
+    from classifier.train import Trainer
+    from cli import cli, INTERRUPTED
+    from conftest import StopAfter, sigint_at_call
+    args, dest = cli_ablation_args(tmp_path, seeds=1, gan_steps=6), tmp_path / "abl"
+    monkeypatch.setattr(cyclegan.train, "GracefulStop", lambda: StopAfter(3))
+    assert CliRunner().invoke(cli, args).exit_code == INTERRUPTED
+    [gan] = (dest / "gan").iterdir()
+    assert load_checkpoint(gan / "checkpoint.pt")["step"] == 3 and not (dest / "gan.json").exists()
+    monkeypatch.undo()
+    step = sigint_at_call(monkeypatch, Trainer, "train_step", 1)
+    assert CliRunner().invoke(cli, args).exit_code == INTERRUPTED  # the GAN finishes, the first cell stops
+    [cell] = (dest / "runs" / "real-seed0" / "classifier").iterdir()
+    assert (cell / "last.pt").exists() and not (cell / "best.pt").exists()
+    monkeypatch.setattr(Trainer, "train_step", step)
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert list((dest / "gan").iterdir()) == [gan] and load_checkpoint(gan / "checkpoint.pt")["step"] == 6
+    assert json.loads((dest / "gan.json").read_text())["checkpoint"] == str(gan)
+    assert list((dest / "runs" / "real-seed0" / "classifier").iterdir()) == [cell] and (cell / "best.pt").exists()

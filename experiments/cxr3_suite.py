@@ -1,0 +1,867 @@
+"""The real-data evidence suite on cxr3: one command, resumable stages, a time budget per call.
+
+    python experiments/cxr3_suite.py --data DIR --out DIR [--usual PATH] [--lungs-data DIR]
+        [--stages levers recipe gan ablation audit] [--budget-s S] [--scale gpu|cpu|tiny] [--device D]
+
+On the GPU machine (torch 2.11, Python 3.12; at most 10 minutes a command and 30 minutes of device time
+a session; only the folder $OUT comes back; nothing outside the machine can be reached):
+
+1. Here, in the repository root, once. The copies go into git-ignored folders; cxr3 and lungseg are
+   for research use only: never commit them, delete them afterwards. kornia and kornia_rs are not
+   installed on the GPU machine, so their wheels travel too (benchmarks/RESULTS.md, "Running the GPU
+   rows"). 33 + 11 MB of images and about 7 MB of wheels: inside the 64 MiB a call may carry.
+
+       mkdir -p .data && cp -r /work/shared/data/cxr3 /work/shared/data/lungseg .data/ \\
+         && cp /work/shared/bench/usual_accuracy.py .data/
+       python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
+         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \\
+         --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl kornia==0.9.0 kornia_rs==0.2.0
+
+2. Three device calls one after another, each this same command, carrying `.data` and `.whl`, with a
+   600 s limit (COMMIT: `git rev-parse HEAD` here, since the machine's copy of the tree has no .git):
+
+       [ -d /tmp/site/kornia ] || python3 -m pip install -q --no-index --no-deps --no-compile \\
+         --target /tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1; \\
+       python3 experiments/cxr3_suite.py --data .data/cxr3 --lungs-data .data/lungseg \\
+         --usual .data/usual_accuracy.py --out .suite --report $OUT --budget-s 540 --commit COMMIT
+
+   Each call skips finished units, resumes a stopped training run from its checkpoint, and ends itself
+   within 540 s plus a 30 s grace (a training run is stopped with SIGTERM, saves, and the next call
+   resumes it). `.suite/` (git-ignored: checkpoints and image caches) lives on the machine only while
+   it is held, so make the calls back to back. After every unit, $OUT receives summary.md,
+   summary.json, each unit's result and log, and the translation grid: copy them into the repository's
+   notes and benchmarks/RESULTS.md from there (never the images). By the guesses in `Scale.estimates`
+   (not measured) recipe takes about 15 minutes, gan 10, ablation 20 and audit 5: recipe and gan fill
+   one session; a second session runs the same command (or `--stages ablation audit`) on a fresh
+   `.suite/`, which retrains the yardstick (recipe's first run) before gan-eval and the audit.
+
+Units and the budget: the stages run in the order levers (only when named), recipe, gan, ablation,
+audit; each is a list of units whose result is ``<out>/results/<unit>.json``; a unit whose result exists
+is skipped. Before a unit starts, its duration is estimated (the mean of finished units of its kind,
+else the scale's guess, less what earlier attempts spent). A unit that cannot resume starts only if that
+fits in what is left of ``--budget-s``; a training unit, which resumes, starts if half of it (or half the
+budget, when it is longer than one call) fits. Otherwise the suite stops and prints what remains.
+
+Scales: ``gpu`` is the issue's recipe (configs/classify-train.yaml, 224² input, 2 seeds; CycleGAN 5,000
+steps at 256², Zebin et al.); ``cpu`` mirrors the CPU preset (configs/classify-train-cpu.yaml against the
+usual recipe at its CPU scale, 3 seeds, the rows of RESULTS.md's "CPU preset"); ``tiny`` runs every stage
+on phantoms in about a minute on a CPU (tests/test_suite.py).
+
+Exit status: 0 when every planned unit finished or was skipped with a reason, 3 when the budget ran out
+first, 1 when a unit failed (its log says why; the others still ran), 130 when stopped by a signal.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import io
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from augment.ablation import mean_interval, write_tstr_manifest  # noqa: E402
+from augment.balance import Policy, balance  # noqa: E402
+from augment.data import DataConfig, decode_to_square  # noqa: E402
+from augment.errors import UserError  # noqa: E402
+from augment.runtime import git_commit, latest_run, write_bytes_atomic, write_text_atomic  # noqa: E402
+from benchmarks.common import cpu_name  # noqa: E402
+
+STAGES = ("levers", "recipe", "gan", "ablation", "audit")
+MINORITY = "covid"
+# the issue's targets, and the usual recipe's validation accuracy it quotes for each headline backbone
+TARGET_ACCURACY = TARGET_COVID_SENSITIVITY = 0.90
+ISSUE_USUAL = {"resnet50": 0.837, "efficientnet_b0": 0.747, "vgg16": 0.678}
+GRACE_S = 30        # after SIGTERM, seconds a command has to save its checkpoint before it is killed
+INTERRUPTED = 130   # exit status of a toolkit training stopped by a signal (after saving)
+BUDGET_SPENT = 3    # exit status when the budget ran out before every unit finished
+# runs usual_accuracy.py with torch.manual_seed offset by 1000 × seed (seed 0: the script unchanged)
+SEEDED_USUAL = """import runpy, sys, torch
+seed_offset = 1000 * int(sys.argv[1])
+manual_seed = torch.manual_seed
+torch.manual_seed = lambda s: manual_seed(s + seed_offset)
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The sizes of every stage at one scale. Paths are relative to the repository."""
+    classifier_config: str
+    classifier_sets: tuple[str, ...]          # overrides of every classifier
+    backbones: tuple[str, ...]                # recipe; the first is screened by levers, and its first seed is
+                                              # the yardstick of gan, tstr and audit
+    seeds: tuple[int, ...]                    # recipe and levers
+    usual_args: tuple[str, ...]               # usual_accuracy.py options besides --data, --models, --device
+    levers: tuple[tuple[str, tuple[str, ...]], ...]  # (name, overrides), each against the recipe's own run
+    gan_config: str | None
+    gan_sets: tuple[str, ...]                 # gan-train overrides; also the ablation's CycleGAN
+    ablation_seeds: int
+    lungseg_config: str
+    lungseg_sets: tuple[str, ...]
+    # seconds a unit of each kind ("ours:vgg16", else "ours", else "default") is expected to take until
+    # one has run here: guesses, not measurements
+    estimates: dict[str, float] = field(default_factory=dict)
+
+
+SCALES = {
+    "gpu": Scale(
+        classifier_config="configs/classify-train.yaml", classifier_sets=(),
+        backbones=("resnet50", "efficientnet_b0", "vgg16"), seeds=(0, 1),
+        usual_args=("--epochs", "40", "--size", "224", "--workers", "16"),
+        levers=(("epochs60", ("train.epochs=60",)), ("res256", ("data.size=288", "model.input_size=256")),
+                ("no-ema", ("train.ema=0",)), ("mixup", ("train.mixup=0.2",)), ("cutmix", ("train.cutmix=1.0",)),
+                ("sampler", ("train.balance=sampler",))),
+        gan_config=None, gan_sets=("data.size=256", "train.steps=5000", "train.checkpoint_every=500"),
+        ablation_seeds=3, lungseg_config="configs/lungseg-train.yaml", lungseg_sets=(),
+        estimates={"ours": 90, "ours:vgg16": 130, "usual": 75, "usual:vgg16": 110, "lever": 90, "gan-train": 450,
+                   "gan-eval": 40, "tstr": 110, "ablation": 1200, "lungseg": 90, "audit": 60, "lung-crop": 120,
+                   "default": 90}),
+    "cpu": Scale(
+        classifier_config="configs/classify-train-cpu.yaml", classifier_sets=(), backbones=("resnet18",),
+        seeds=(0, 1, 2), usual_args=("--size", "112", "--epochs", "12", "--workers", "2"),
+        levers=(("epochs20", ("train.epochs=20",)), ("sampler", ("train.balance=sampler",)),
+                ("no-ema", ("train.ema=0",)), ("mixup", ("train.mixup=0.2",))),
+        gan_config=None, gan_sets=("data.size=128", "model.ngf=32", "model.ndf=32", "model.n_blocks=6",
+                                   "train.steps=2000", "train.checkpoint_every=200"),
+        ablation_seeds=3, lungseg_config="configs/lungseg-train.yaml",
+        lungseg_sets=("data.size=128", "model.width=8", "model.depth=5", "train.epochs=18", "train.lr=0.003"),
+        estimates={"ours": 380, "usual": 400, "lever": 400, "gan-train": 3600, "gan-eval": 120, "tstr": 500,
+                   "ablation": 14400, "lungseg": 900, "audit": 300, "lung-crop": 500, "default": 300}),
+    "tiny": Scale(
+        classifier_config="configs/classify-train-demo.yaml",
+        classifier_sets=("data.size=32", "model.input_size=32", "model.width=4", "train.epochs=2",
+                         "train.tensorboard=false", "eval.bootstrap=20"),
+        backbones=("shallow",), seeds=(0,), usual_args=("--size", "32", "--epochs", "1", "--workers", "0"),
+        levers=(("mixup", ("train.mixup=0.2",)),),
+        gan_config="configs/gan-train-demo.yaml",
+        gan_sets=("data.size=32", "model.ngf=4", "model.ndf=4", "model.n_blocks=1", "model.n_layers_d=2",
+                  "train.pool_size=2", "train.steps=4", "train.log_every=2", "train.checkpoint_every=2",
+                  "train.tensorboard=false"),
+        ablation_seeds=1, lungseg_config="configs/lungseg-train-demo.yaml",
+        lungseg_sets=("data.size=32", "train.epochs=1", "train.tensorboard=false", "eval.bootstrap=20"),
+        estimates={"default": 10}),
+}
+
+
+class Stopped(Exception):
+    """The budget ran out, or a stop was asked for; finished work is kept."""
+
+
+class Failed(Exception):
+    """A command of a unit failed; the unit's log says why."""
+
+
+@dataclass
+class Unit:
+    """One resumable piece of work; its result is ``results/<name>.json``."""
+    name: str
+    kind: str                                   # units of one kind take about as long (duration estimates)
+    resumable: bool                             # stopping it keeps its progress (a training run)
+    work: Callable[["Unit"], dict]              # runs the commands, returns the figures
+    needs: tuple[str, ...] = ()                 # units whose results it reads
+    unavailable: str | None = None              # why it cannot run here at all (a missing command or option)
+
+
+def read_json(path: Path, default=None):
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def strict(value):
+    """``value`` with NaN and infinities as null, so the JSON written is strict (as classifier.evaluate.json_safe,
+    which this script does not import: the classifier package takes seconds to import)."""
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    return None if isinstance(value, float) and not np.isfinite(value) else value
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it (commands run there), else absolute."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def write_json(path: Path, value) -> None:
+    write_text_atomic(path, json.dumps(strict(value), indent=2) + "\n")
+
+
+def gpu_name() -> str | None:
+    """The GPU as nvidia-smi names it (not torch, which would hold a CUDA context in this process)."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
+def mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+class Suite:
+    def __init__(self, a: argparse.Namespace):
+        self.a, self.scale = a, SCALES[a.scale]
+        self.data, self.out = Path(a.data).resolve(), Path(a.out).resolve()
+        self.lungs = Path(a.lungs_data).resolve() if a.lungs_data else None
+        self.usual_script = Path(a.usual).resolve() if a.usual else None
+        self.cache = self.out / "cache"
+        self.deadline = time.monotonic() + a.budget_s if a.budget_s else None
+        self.progress = read_json(self.out / "progress.json", {})
+        for key in ("spent", "timers", "commands", "durations"):
+            self.progress.setdefault(key, {})
+        self.skipped: dict[str, str] = {}
+        self.failed: dict[str, str] = {}
+        self.stopped: str | None = None
+        self.remaining: list[str] = []
+        self.stop_requested = False
+        self.environment = {"gpu": gpu_name(), "cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+                            "python": platform.python_version(), "commit": git_commit() or a.commit}
+
+    # ------------------------------------------------------------ paths and commands
+    @staticmethod
+    def arg(value) -> str:
+        """A command-line argument; paths as :func:`shown`."""
+        return shown(value) if isinstance(value, Path) else str(value)
+
+    def cli(self, command: str, *args) -> list[str]:
+        return [sys.executable, "cli.py", command, *map(self.arg, args), "--device", self.a.device]
+
+    def folder(self, unit: Unit) -> Path:
+        return self.out / "runs" / unit.name
+
+    def result(self, name: str) -> dict | None:
+        return read_json(self.out / "results" / f"{name}.json")
+
+    def classifier_sets(self, *extra: str) -> list[str]:
+        return [*self.scale.classifier_sets, f"data.cache_dir={self.arg(self.cache)}", *extra]
+
+    @staticmethod
+    def flags(flag: str, values) -> list[str]:
+        return [x for v in values for x in (flag, v)]
+
+    # ------------------------------------------------------------ running units under the budget
+    def run(self, units: list[Unit]) -> None:
+        for i, unit in enumerate(units):
+            if self.result(unit.name) is not None:
+                print(f"{unit.name}: done earlier, kept", flush=True)
+                continue
+            try:
+                missing = [n for n in unit.needs if self.result(n) is None]
+                reason = unit.unavailable or (f"needs {', '.join(missing)} first" if missing else None)
+                if reason:
+                    self.skipped[unit.name] = reason
+                    print(f"{unit.name}: skipped: {reason}", flush=True)
+                    continue
+                self.check_budget(unit)
+                self.run_unit(unit)
+            except Stopped as e:
+                self.stopped = str(e)
+                self.remaining = list(dict.fromkeys(u.name for u in units[i:]
+                                                    if self.result(u.name) is None and not u.unavailable))
+                print(f"stopped: {e}\nremaining: {', '.join(self.remaining)}", flush=True)
+                return
+            except Exception as e:  # noqa: BLE001 - one unit's failure must not cost the others their turn
+                if not isinstance(e, Failed):
+                    log = self.out / "logs" / f"{unit.name}.log"
+                    log.parent.mkdir(parents=True, exist_ok=True)
+                    with open(log, "a", encoding="utf-8") as f:
+                        traceback.print_exc(file=f)
+                self.failed[unit.name] = str(e) if isinstance(e, Failed) else f"{type(e).__name__}: {e}"
+                print(f"{unit.name}: failed: {self.failed[unit.name]}", flush=True)
+            finally:
+                self.write_summary(units)
+
+    def estimate(self, unit: Unit) -> float:
+        """Seconds ``unit`` still needs: the mean of finished units of its kind, else the scale's guess,
+        less what earlier attempts spent (at least a tenth of it)."""
+        done = self.progress["durations"].get(unit.kind)
+        guesses = self.scale.estimates
+        total = mean(done) if done else guesses.get(unit.kind, guesses.get(unit.kind.split(":")[0], guesses["default"]))
+        return max(total - self.progress["spent"].get(unit.name, 0.0), 0.1 * total)
+
+    def check_budget(self, unit: Unit) -> None:
+        if self.stop_requested:
+            raise Stopped("stopped by a signal")
+        if self.deadline is None:
+            return
+        left, need = self.deadline - time.monotonic(), self.estimate(unit)
+        if unit.resumable:  # it saves when stopped: worth starting when half of it (or of a call) fits
+            need = min(need, self.a.budget_s) / 2
+        if need > left:
+            raise Stopped(f"{unit.name} needs about {need:.0f} s to start, {max(left, 0):.0f} s of the "
+                          f"{self.a.budget_s:g} s budget are left")
+
+    def run_unit(self, unit: Unit) -> None:
+        print(f"{unit.name}: running (about {self.estimate(unit):.0f} s)", flush=True)
+        start = time.monotonic()
+        try:
+            figures = unit.work(unit)
+        finally:
+            self.progress["spent"][unit.name] = self.progress["spent"].get(unit.name, 0.0) + time.monotonic() - start
+            self.save_progress()
+        seconds = self.progress["spent"].pop(unit.name)
+        self.progress["durations"].setdefault(unit.kind, []).append(round(seconds, 1))
+        result = {"unit": unit.name, "kind": unit.kind, "seconds": round(seconds, 1),
+                  "timers": self.progress["timers"].pop(unit.name, {}),
+                  "commands": self.progress["commands"].pop(unit.name, []),
+                  "finished": datetime.datetime.now().isoformat(timespec="seconds"), **self.environment, **figures}
+        write_json(self.out / "results" / f"{unit.name}.json", result)
+        self.save_progress()
+        print(f"{unit.name}: done in {seconds:.0f} s", flush=True)
+
+    def save_progress(self) -> None:
+        write_json(self.out / "progress.json", self.progress)
+
+    def call(self, unit: Unit, cmd: list[str], timer: str) -> None:
+        """Run one command of ``unit``, its output appended to the unit's log, and add its wall time to
+        the unit's ``timer``. At the end of the budget the command gets SIGTERM (a training saves and
+        exits) and, :data:`GRACE_S` later, SIGKILL."""
+        if self.stop_requested or (self.deadline is not None and time.monotonic() >= self.deadline):
+            raise Stopped("stopped by a signal" if self.stop_requested else "the time budget ran out")
+        log = self.out / "logs" / f"{unit.name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.progress["commands"].setdefault(unit.name, []).append(shlex.join(["python", *cmd[1:]]))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "30"}  # few progress-bar lines in logs
+        start, why, signalled = time.monotonic(), None, None
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"$ {shlex.join(cmd)}\n")
+            f.flush()
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+            while True:
+                try:
+                    code = proc.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                now = time.monotonic()
+                if why is None and self.deadline is not None and now >= self.deadline:
+                    why, signalled = "the time budget ran out", now
+                    proc.send_signal(signal.SIGTERM)
+                elif why is None and self.stop_requested:  # the signal reached the command too (same group)
+                    why, signalled = "stopped by a signal", now
+                if signalled is not None and now - signalled > GRACE_S:
+                    proc.kill()
+        timers = self.progress["timers"].setdefault(unit.name, {})
+        timers[timer] = round(timers.get(timer, 0.0) + time.monotonic() - start, 2)
+        self.save_progress()
+        if code and (why or code == INTERRUPTED):
+            raise Stopped(why or f"{cmd[2]} was interrupted")
+        if code:
+            raise Failed(f"`{shlex.join(cmd[1:4])} ...` exited with status {code}; see {log}")
+
+    # ------------------------------------------------------------ the work of each kind of unit
+    def train_and_evaluate(self, unit: Unit, data: Path, backbone: str, seed: int, extra=()) -> dict:
+        """classify-train in the unit's folder (resuming the run there), then evaluate: its figures."""
+        folder, config = self.folder(unit), ROOT / self.scale.classifier_config
+        sets = self.flags("--set", self.classifier_sets(*extra))
+        run = latest_run(folder, "classifier", marker="last.pt")
+        if run is None:
+            self.call(unit, self.cli("classify-train", "--data", data, "--config", config, "--backbone", backbone,
+                                     "--seed", seed, "--out", folder, *sets), "train")
+            run = latest_run(folder, "classifier", marker="last.pt")
+        else:
+            self.call(unit, self.cli("classify-train", "--resume", run, "--data", data), "train")
+        self.call(unit, self.cli("evaluate", "--data", data, "--config", config, "--checkpoint", run, "--out", folder,
+                                 *sets), "evaluate")
+        return classifier_figures(run) | {"backbone": backbone, "seed": seed, "overrides": list(extra),
+                                          "train_s": self.progress["timers"][unit.name]["train"]}
+
+    def usual(self, unit: Unit, backbone: str, seed: int) -> dict:
+        """usual_accuracy.py for one backbone and seed, as a process of its own."""
+        device = "cuda" if self.a.device != "cpu" and torch.cuda.is_available() else "cpu"
+        self.call(unit, [sys.executable, "-c", SEEDED_USUAL, str(seed), self.arg(self.usual_script), "--data",
+                         self.arg(self.data), "--models", backbone, "--device", device, *self.scale.usual_args], "train")
+        lines = (self.out / "logs" / f"{unit.name}.log").read_text().splitlines()
+        return usual_figures(next(line for line in reversed(lines) if line.startswith("{"))) | {
+            "backbone": backbone, "seed": seed, "wall_s": self.progress["timers"][unit.name]["train"]}
+
+    def gan_train(self, unit: Unit) -> dict:
+        folder = self.folder(unit)
+        run = latest_run(folder, "gan", marker="checkpoint.pt")
+        if run is None:
+            config = ["--config", ROOT / self.scale.gan_config] if self.scale.gan_config else []
+            self.call(unit, self.cli("gan-train", "--data", self.data, *config, "--out", folder, *self.flags(
+                "--set", [*self.scale.gan_sets, f"data.cache_dir={self.arg(self.cache)}"])), "train")
+            run = latest_run(folder, "gan", marker="checkpoint.pt")
+        else:
+            self.call(unit, self.cli("gan-train", "--resume", run, "--data", self.data), "train")
+        info, seconds = read_json(run / "run.json"), self.progress["timers"][unit.name]["train"]
+        size = yaml.safe_load((run / "config.yaml").read_text())["data"]["size"]
+        return {"run": self.arg(run), "steps": info["total_steps"], "size": size, "train_images": info["train_images"],
+                "train_s": seconds, "it_s": info["total_steps"] / seconds}
+
+    def gan_eval(self, unit: Unit) -> dict:
+        gan, yardstick = self.result("gan/train"), self.result(self.yardstick)
+        run = ROOT / gan["run"]
+        self.call(unit, self.cli("gan-eval", "--data", self.data, "--checkpoint", run, "--classifier",
+                                 ROOT / yardstick["run"], "--out", self.folder(unit)), "eval")
+        report = read_json(run / f"gan-eval-step{gan['steps']}.json")
+        keep = ("features", "split", "n_translated", "n_real_b", "fd", "kid", "kid_std", "ssim_mean", "ssim_std",
+                "share_called_b")
+        return {k: report[k] for k in keep} | {"gan": gan["run"], "classifier": yardstick["run"]}
+
+    def tstr(self, unit: Unit) -> dict:
+        """Train on synthetic covid (as many as the real covid training images, which leave), test on real;
+        and the grid of the first 16 translations beside their sources."""
+        gan, real = self.result("gan/train"), self.result(self.yardstick)
+        run, folder = ROOT / gan["run"], self.folder(unit)
+        with open(run / "split.csv", newline="", encoding="utf-8") as f:
+            n = sum(r["label"] == MINORITY and r["split"] == "train" for r in csv.DictReader(f))
+        synthetic = folder / "synthetic"
+        if not (synthetic / "manifest.csv").exists():
+            self.call(unit, self.cli("synthesize", "--data", self.data, "--checkpoint", run, "--n", n, "--dest",
+                                     synthetic, "--overwrite", "--out", folder), "synthesize")
+        grid = translation_grid(synthetic, run, self.out / "figures" / "gan-translations.png")
+        manifest = folder / "tstr.csv"
+        if not manifest.exists():  # read as the real-only run read the data: same groups and splits
+            data = yaml.safe_load((ROOT / real["run"] / "config.yaml").read_text())["data"]
+            cfg = DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+            balance(self.data, synthetic, Policy("count", n), folder / "balanced.csv", cfg, overwrite=True)
+            write_tstr_manifest(folder / "balanced.csv", manifest, MINORITY)
+        figures = self.train_and_evaluate(unit, manifest, real["backbone"], real["seed"])
+        return figures | {"n_synthetic": n, "grid": self.arg(grid), "train_real_accuracy": real["accuracy"],
+                          "train_real_sensitivity": real["sensitivity"], "train_real_run": real["run"]}
+
+    def ablation(self, unit: Unit, fraction: float | None) -> dict:
+        folder = self.folder(unit)
+        dest = folder / "experiment"
+        gan_config = ["--gan-config", ROOT / self.scale.gan_config] if self.scale.gan_config else []
+        cache = f"data.cache_dir={self.arg(self.cache)}"
+        self.call(unit, self.cli(
+            "ablation", "--data", self.data, "--out", folder, "--dest", dest, "--backbone", self.scale.backbones[0],
+            "--seeds", self.scale.ablation_seeds, "--config", ROOT / self.scale.classifier_config,
+            *self.flags("--set", self.classifier_sets()), *gan_config,
+            *self.flags("--gan-set", [*self.scale.gan_sets, cache]),
+            *(["--minority-fraction", fraction] if fraction else [])), "ablation")
+        s = read_json(dest / "summary.json")
+        keep = ("conditions", "synthetic_minus_classic", "verdict", "tstr", "gan_quality", "gan_per_seed", "minority",
+                "minority_fraction", "seeds", "n_synthetic")
+        return {k: s[k] for k in keep} | {"backbone": self.scale.backbones[0], "table": (dest / "table.md").read_text()}
+
+    def lungseg(self, unit: Unit) -> dict:
+        folder = self.folder(unit)
+        run = latest_run(folder, "lungseg", marker="checkpoint.pt")
+        if run is None:
+            self.call(unit, self.cli("lungseg-train", "--data", self.lungs, "--config", ROOT / self.scale.lungseg_config,
+                                     "--out", folder, *self.flags("--set", [*self.scale.lungseg_sets,
+                                                                            f"data.cache_dir={self.arg(self.cache)}"])),
+                      "train")
+            run = latest_run(folder, "lungseg", marker="checkpoint.pt")
+        else:
+            self.call(unit, self.cli("lungseg-train", "--resume", run), "train")
+        m = read_json(run / "metrics.json")
+        every = m["per_source"]["all"]
+        return {"run": self.arg(run), "split": m["split"], "size": m["size"], "dice": every["dice"],
+                "dice_ci": every["dice_ci"], "iou": every["iou"], "iou_ci": every["iou_ci"], "n": every["n"],
+                "per_source": {s: {"n": v["n"], "dice": v["dice"], "dice_ci": v["dice_ci"]}
+                               for s, v in m["per_source"].items() if s != "all"}}
+
+    def audit(self, unit: Unit, classifier: Path) -> dict:
+        """``cli.py audit`` of a classifier with the lung segmenter. The command is not in the toolkit
+        yet; its options here (--checkpoint, --lungseg) are assumed. Its figures are the JSON files it
+        writes (under the classifier run or the unit's folder)."""
+        folder, start = self.folder(unit), time.time()
+        self.call(unit, self.cli("audit", "--data", self.data, "--checkpoint", classifier, "--lungseg",
+                                 ROOT / self.result("lungseg")["run"], "--out", folder), "audit")
+        written = [p for where in (classifier, folder) for p in where.rglob("*.json")
+                   if p.stat().st_mtime >= start and p.stat().st_size < 1_000_000]
+        return {"audited": self.arg(classifier), "reports": {self.arg(p): read_json(p) for p in written}}
+
+    def lung_crop(self, unit: Unit) -> dict:
+        real = self.result(self.yardstick)
+        figures = self.train_and_evaluate(unit, self.data, real["backbone"], real["seed"], self.lung_crop_sets())
+        return figures | self.audit(unit, ROOT / figures["run"])
+
+    def lung_crop_sets(self) -> tuple[str, ...]:
+        return "data.lung_crop=true", f"data.lungseg_run={self.result('lungseg')['run']}"
+
+    # ------------------------------------------------------------ the plan
+    @property
+    def yardstick(self) -> str:
+        """The recipe run that gan-eval, TSTR and the audit compare with: first backbone, first seed."""
+        return f"recipe/ours-{self.scale.backbones[0]}-seed{self.scale.seeds[0]}"
+
+    def plan(self, stages: list[str]) -> list[Unit]:
+        s, units = self.scale, []
+        no_lungs = None if self.lungs else "no --lungs-data given"
+        no_crop = None if "lung_crop" in {f.name for f in fields(DataConfig)} else "the data config has no lung_crop key yet"
+        no_audit = None
+        if "audit" in stages and subprocess.run([sys.executable, "cli.py", "audit", "--help"], cwd=ROOT,
+                                                capture_output=True).returncode:
+            no_audit = "cli.py has no audit command yet"
+
+        def ours(bb: str, seed: int) -> Unit:
+            return Unit(f"recipe/ours-{bb}-seed{seed}", f"ours:{bb}", True,
+                        lambda u: self.train_and_evaluate(u, self.data, bb, seed))
+
+        if "levers" in stages:  # each change against the recipe's own run of the first backbone
+            levers = list(s.levers)
+            if not no_crop and not no_lungs:  # lung-cropped training needs a lung segmenter first
+                units.append(Unit("lungseg", "lungseg", True, self.lungseg))
+                levers.append(("lung-crop", None))
+            for seed in s.seeds:
+                units.append(ours(s.backbones[0], seed))
+                for name, sets in levers:
+                    units.append(Unit(f"levers/{name}-seed{seed}", f"lever:{name}", True,
+                                      lambda u, seed=seed, sets=sets: self.train_and_evaluate(
+                                          u, self.data, s.backbones[0], seed,
+                                          self.lung_crop_sets() if sets is None else sets),
+                                      needs=("lungseg",) if sets is None else ()))
+        if "recipe" in stages:
+            for seed in s.seeds:
+                for bb in s.backbones:
+                    units.append(ours(bb, seed))
+                    units.append(Unit(f"recipe/usual-{bb}-seed{seed}", f"usual:{bb}", False,
+                                      lambda u, bb=bb, seed=seed: self.usual(u, bb, seed),
+                                      unavailable=None if self.usual_script else "no --usual given"))
+        if "gan" in stages:
+            units += [ours(s.backbones[0], s.seeds[0]),  # the yardstick, when recipe did not run here
+                      Unit("gan/train", "gan-train", True, self.gan_train),
+                      Unit("gan/eval", "gan-eval", False, self.gan_eval, needs=("gan/train", self.yardstick)),
+                      Unit("gan/tstr", "tstr", True, self.tstr, needs=("gan/train", self.yardstick))]
+        if "ablation" in stages:
+            for fraction in (0.25, None) if self.a.full_ablation else (0.25,):
+                units.append(Unit(f"ablation/{f'f{fraction:g}' if fraction else 'full'}", "ablation", True,
+                                  lambda u, f=fraction: self.ablation(u, f)))
+        if "audit" in stages:
+            why_not = no_audit or no_lungs
+            if not why_not:
+                units.append(ours(s.backbones[0], s.seeds[0]))
+            units += [Unit("lungseg", "lungseg", True, self.lungseg, unavailable=why_not),
+                      Unit("audit/default", "audit", False,
+                           lambda u: self.audit(u, ROOT / self.result(self.yardstick)["run"]),
+                           needs=("lungseg", self.yardstick), unavailable=why_not),
+                      Unit("audit/lung-crop", "lung-crop", True, self.lung_crop, needs=("lungseg", self.yardstick),
+                           unavailable=why_not or no_crop)]
+        first = {}
+        for u in units:  # a unit two stages share (the recipe's run, the lung segmenter) is planned once, first
+            first.setdefault(u.name, u)
+        return list(first.values())
+
+    # ------------------------------------------------------------ the summary
+    def write_summary(self, units: list[Unit]) -> None:
+        results = {u.name: r for u in units if (r := self.result(u.name)) is not None}
+        summary = {"suite": "cxr3", "scale": self.a.scale, "data": str(self.data), "date": datetime.date.today().isoformat(),
+                   **self.environment, "command": shlex.join(["python", *sys.argv]),
+                   "budget_s": self.a.budget_s, "stopped": self.stopped,
+                   "remaining": self.remaining,
+                   "skipped": self.skipped, "failed": self.failed,
+                   "stages": stage_summaries(results, self.scale), "units": results}
+        write_json(self.out / "summary.json", summary)
+        write_text_atomic(self.out / "summary.md", markdown(summary))
+        if self.a.report:
+            report = Path(self.a.report)
+            for name in ("summary.json", "summary.md", "results", "logs", "figures"):
+                source = self.out / name
+                if source.is_dir():
+                    shutil.copytree(source, report / name, dirs_exist_ok=True)
+                elif source.exists():
+                    report.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(source, report / name)
+
+
+# ---------------------------------------------------------------- reading the toolkit's outputs
+def classifier_figures(run: Path) -> dict:
+    """Figures of a classifier run from ``eval/metrics.json`` (evaluate) and ``best_metrics.json``."""
+    m = read_json(run / "eval" / "metrics.json")  # the run's own split
+    return {"run": shown(run), "split": m["split"], "n": m["n"], "accuracy": m["accuracy"], "accuracy_ci": m["accuracy_ci"],
+            "macro_f1": m["macro"]["f1"], "macro_auc": m["macro"]["auc"],
+            "sensitivity": {c: p["sensitivity"] for c, p in m["per_class"].items()},
+            "sensitivity_ci": {c: p["sensitivity_ci"] for c, p in m["per_class"].items()},
+            "per_source": {s: {"n": v["n"], "accuracy": v["accuracy"]} for s, v in m.get("per_source", {}).items()},
+            "best_epoch": read_json(run / "best_metrics.json")["epoch"]}
+
+
+def usual_figures(line: str) -> dict:
+    """The JSON line usual_accuracy.py prints per model, as the same figures as ours."""
+    r = json.loads(line)
+    classes = [k[:-5] for k in r if k.endswith("_sens")]
+    per_source = {}
+    for k, v in r.items():
+        if k.startswith("acc_") and k != "acc_ci95":
+            accuracy, n = v.split(" (n=")
+            per_source[k[4:]] = {"n": int(n.rstrip(")")), "accuracy": float(accuracy)}
+    return {"accuracy": r["accuracy"], "accuracy_ci": r["acc_ci95"], "sensitivity": {c: r[f"{c}_sens"] for c in classes},
+            "specificity": {c: r[f"{c}_spec"] for c in classes}, "per_source": per_source, "epochs": r["epochs"],
+            "train_s": r["train_s"]}
+
+
+def translation_grid(synthetic: Path, gan_run: Path, dest: Path, n: int = 16) -> Path:
+    """A PNG of the first ``n`` translations of ``synthetic`` beside their sources as the GAN saw them:
+    rows of four source | translation pairs."""
+    data = yaml.safe_load((gan_run / "config.yaml").read_text())["data"]
+    with open(synthetic / "manifest.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))[:n]
+    size, gap = data["size"], 4
+    pairs = [np.hstack([decode_to_square(Path(r["source_image"]), size, data["resize"]),
+                        np.full((size, 1), 255, np.uint8),
+                        np.asarray(Image.open(synthetic / r["path"]).convert("L"))]) for r in rows]
+    per_row = min(4, len(pairs))
+    canvas = np.full(((len(pairs) + per_row - 1) // per_row * (size + gap) - gap,
+                      per_row * (pairs[0].shape[1] + gap) - gap), 255, np.uint8)
+    for i, pair in enumerate(pairs):
+        y, x = i // per_row * (size + gap), i % per_row * (pair.shape[1] + gap)
+        canvas[y:y + size, x:x + pair.shape[1]] = pair
+    buffer = io.BytesIO()
+    Image.fromarray(canvas).save(buffer, format="PNG")
+    write_bytes_atomic(dest, buffer.getvalue())
+    return dest
+
+
+# ---------------------------------------------------------------- per-stage summaries
+def side(results: list[dict]) -> dict | None:
+    """Mean over seeds of one side (ours or usual) of a backbone."""
+    if not results:
+        return None
+    classes = results[0]["sensitivity"]
+    sources = sorted({s for r in results for s in r["per_source"]})
+    return {"seeds": [r["seed"] for r in results], "split": results[0].get("split", "val"),
+            "accuracy": mean(r["accuracy"] for r in results),
+            "accuracy_per_seed": [[r["accuracy"], r["accuracy_ci"]] for r in results],
+            "sensitivity": {c: mean(r["sensitivity"][c] for r in results) for c in classes},
+            "per_source": {s: mean(r["per_source"][s]["accuracy"] for r in results if s in r["per_source"])
+                           for s in sources},
+            "train_s": mean(r.get("wall_s", r["train_s"]) for r in results)}
+
+
+def paired(ours: list[dict], theirs: list[dict]) -> dict | None:
+    """Mean paired accuracy difference over the seeds both sides ran, with a 95 % t interval (≥ 3 seeds)."""
+    by_seed = {r["seed"]: r["accuracy"] for r in theirs}
+    d = [r["accuracy"] - by_seed[r["seed"]] for r in ours if r["seed"] in by_seed]
+    if not d:
+        return None
+    m, lo, hi = mean_interval(d)
+    return {"mean": m, "low": lo, "high": hi, "n": len(d)}
+
+
+def stage_summaries(results: dict, scale: Scale) -> dict:
+    out = {}
+    pick = lambda prefix: [r for n, r in results.items() if n.startswith(prefix)]  # noqa: E731
+    if pick("levers/"):
+        by = {"base": pick(f"recipe/ours-{scale.backbones[0]}-")}  # the config as it is: the recipe's runs
+        for r in pick("levers/"):
+            by.setdefault(r["unit"].split("/")[1].rsplit("-seed", 1)[0], []).append(r)
+        rows = {name: {"overrides": rs[0]["overrides"], **side(rs), "units": [r["unit"] for r in rs],
+                       "minus_base": paired(rs, by["base"]) if name != "base" else None}
+                for name, rs in by.items() if rs}
+        winner = max(rows, key=lambda k: (rows[k]["accuracy"], rows[k]["sensitivity"].get(MINORITY) or 0))
+        out["levers"] = {"backbone": scale.backbones[0], "candidates": rows, "winner": winner,
+                         "winner_sets": " ".join(f"--set {o}" for o in rows[winner]["overrides"])}
+    if pick("recipe/"):
+        rows = {}
+        for bb in scale.backbones:
+            ours, usual = pick(f"recipe/ours-{bb}-"), pick(f"recipe/usual-{bb}-")
+            if ours or usual:
+                rows[bb] = {"ours": side(ours), "usual": side(usual), "ours_minus_usual": paired(ours, usual),
+                            "issue_usual": ISSUE_USUAL.get(bb), "units": [r["unit"] for r in ours + usual]}
+        scored = [bb for bb in rows if rows[bb]["ours"]]
+        best = max(scored, key=lambda bb: rows[bb]["ours"]["accuracy"], default=None)
+        targets = None
+        if best:
+            b = rows[best]["ours"]
+            targets = {"best_backbone": best, "accuracy": b["accuracy"],
+                       "accuracy_met": b["accuracy"] >= TARGET_ACCURACY,
+                       "covid_sensitivity": b["sensitivity"].get(MINORITY),
+                       "covid_sensitivity_met": (b["sensitivity"].get(MINORITY) or 0) >= TARGET_COVID_SENSITIVITY,
+                       "above_issue_usual": {bb: rows[bb]["ours"]["accuracy"] > rows[bb]["issue_usual"]
+                                             for bb in scored if rows[bb]["issue_usual"] is not None},
+                       "above_measured_usual": {bb: rows[bb]["ours_minus_usual"]["mean"] > 0
+                                                for bb in scored if rows[bb]["ours_minus_usual"]}}
+        out["recipe"] = {"backbones": rows, "targets": targets}
+    gan = {k: results[f"gan/{k}"] for k in ("train", "eval", "tstr") if f"gan/{k}" in results}
+    if gan:
+        out["gan"] = gan
+    ablation = {n.split("/")[1]: r for n, r in results.items() if n.startswith("ablation/")}
+    if ablation:
+        out["ablation"] = ablation
+    audit = {n: results[n] for n in ("lungseg", "audit/default", "audit/lung-crop") if n in results}
+    if audit:
+        out["audit"] = audit
+    return out
+
+
+# ---------------------------------------------------------------- summary.md
+def pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def seconds(x) -> str:
+    return "–" if x is None else f"{x:.0f}"
+
+
+def ci(pair) -> str:
+    return f" [{pct(pair[0])}, {pct(pair[1])}]" if pair else ""
+
+
+def diff(d: dict | None) -> str:
+    if not d:
+        return "–"
+    bounds = f" [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]" if d["low"] is not None else ""
+    return f"{100 * d['mean']:+.1f}{bounds} (n={d['n']})"
+
+
+def markdown(s: dict) -> str:
+    st = s["stages"]
+    lines = [f"# cxr3 evidence suite, scale `{s['scale']}`", "",
+             f"{s['date']} · GPU {s['gpu'] or 'none'} · CPU {s['cpu']}, {s['cores']} cores · torch {s['torch']} · "
+             f"Python {s['python']} · commit `{s['commit'] or 'unknown'}` · data `{s['data']}`", "",
+             f"Command: `{s['command']}`", "",
+             "Accuracy and sensitivities in %; intervals are 95 % (per seed: bootstrap over patients; "
+             "differences: Student t over seeds, none below 3 seeds). Every unit's commands, date, GPU and "
+             "commit are listed at the end and in summary.json."]
+    if s["stopped"]:
+        lines += ["", f"**Stopped: {s['stopped']}.** Remaining: {', '.join(s['remaining']) or 'none'}."]
+    notes = [f"- {what} {u}: {why}" for what in ("skipped", "failed") for u, why in s[what].items()]
+    if notes:
+        lines += ["", *notes]
+    if "levers" in st:
+        lv = st["levers"]
+        split = lv["candidates"]["base"]["split"] if "base" in lv["candidates"] else "held-out"
+        lines += ["", f"## levers: one change at a time on {lv['backbone']}, {split} split", "",
+                  "| candidate | overrides | seeds | accuracy | covid sens. | − base | train s |", "|---|---|---|---|---|---|---|"]
+        for name, r in lv["candidates"].items():
+            lines.append(f"| {name} | {', '.join(r['overrides']) or '(the config)'} | {len(r['seeds'])} | "
+                         f"{pct(r['accuracy'])} | {pct(r['sensitivity'].get(MINORITY))} | {diff(r['minus_base'])} | "
+                         f"{r['train_s']:.0f} |")
+        lines += ["", f"Highest mean accuracy: **{lv['winner']}**: "
+                  + (f"`{lv['winner_sets']}` (put into configs/classify-train.yaml)" if lv["winner_sets"]
+                     else "the config as it is") + ". A screen over few seeds, not a test."]
+    if "recipe" in st:
+        rows, t = st["recipe"]["backbones"], st["recipe"]["targets"]
+        split = next((r["ours"]["split"] for r in rows.values() if r["ours"]), "val")
+        lines += ["", f"## recipe: our defaults against the usual recipe, {split} split", "",
+                  "| backbone | ours: accuracy per seed [CI] | ours mean | covid | normal | pneumonia | usual mean | "
+                  "usual covid | ours − usual | issue's usual | s ours / usual |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for bb, r in rows.items():
+            o, u = r["ours"] or {}, r["usual"] or {}
+            per_seed = "; ".join(f"{pct(a)}{ci(c)}" for a, c in o.get("accuracy_per_seed", []))
+            sens = o.get("sensitivity", {})
+            lines.append(f"| {bb} | {per_seed or '–'} | {pct(o.get('accuracy'))} | {pct(sens.get('covid'))} | "
+                         f"{pct(sens.get('normal'))} | {pct(sens.get('pneumonia'))} | {pct(u.get('accuracy'))} | "
+                         f"{pct(u.get('sensitivity', {}).get('covid'))} | {diff(r['ours_minus_usual'])} | "
+                         f"{pct(r['issue_usual'])} | {seconds(o.get('train_s'))} / {seconds(u.get('train_s'))} |")
+        if t:
+            lines += ["", f"Targets: best backbone {t['best_backbone']}: accuracy {pct(t['accuracy'])} "
+                      f"(≥ 90: {'met' if t['accuracy_met'] else 'not met'}), covid sensitivity "
+                      f"{pct(t['covid_sensitivity'])} (≥ 90: {'met' if t['covid_sensitivity_met'] else 'not met'}). "
+                      "Above the issue's usual figure: " + (", ".join(f"{bb} {'yes' if v else 'no'}" for bb, v in
+                                                                     t["above_issue_usual"].items()) or "–")
+                      + ". Above the usual recipe measured here: " + (", ".join(
+                          f"{bb} {'yes' if v else 'no'}" for bb, v in t["above_measured_usual"].items()) or "not run")
+                      + "." + (" Both sides pick their best epoch on the validation split they are scored on, "
+                               "so both figures are optimistic in the same way." if split == "val" else "")]
+        sources = sorted({src for r in rows.values() for x in (r["ours"], r["usual"]) if x for src in x["per_source"]})
+        if sources:
+            lines += ["", "Accuracy per source, ours / usual:", "", "| backbone | " + " | ".join(sources) + " |",
+                      "|---|" + "---|" * len(sources)]
+            for bb, r in rows.items():
+                o, u = (r["ours"] or {}).get("per_source", {}), (r["usual"] or {}).get("per_source", {})
+                lines.append(f"| {bb} | " + " | ".join(f"{pct(o.get(x))} / {pct(u.get(x))}" for x in sources) + " |")
+    if "gan" in st:
+        g = st["gan"]
+        lines += ["", "## gan: CycleGAN normal → covid", ""]
+        if "train" in g:
+            tr = g["train"]
+            images = " and ".join(f"{n} {c}" for c, n in tr["train_images"].items())
+            lines.append(f"- gan-train: {tr['steps']} steps at {tr['size']}² on {images} training images in "
+                         f"{tr['train_s']:.0f} s: {tr['it_s']:.2f} it/s over the wall time (start-up included)")
+        if "eval" in g:
+            e = g["eval"]
+            called = "–" if e["share_called_b"] is None else pct(e["share_called_b"])
+            lines.append(f"- gan-eval on the {e['split']} split ({e['n_translated']} translated, {e['n_real_b']} real "
+                         f"covid, features {e['features']}): Fréchet distance {e['fd']:.4g}, KID {e['kid']:.4g} ± "
+                         f"{e['kid_std']:.2g}, SSIM source vs translation {e['ssim_mean']:.3f}, called covid {called} %")
+        if "tstr" in g:
+            x = g["tstr"]
+            lines.append(f"- TSTR ({x['n_synthetic']} synthetic covid replace the real ones in training; "
+                         f"{x['backbone']}): accuracy {pct(x['accuracy'])}{ci(x['accuracy_ci'])}, covid sensitivity "
+                         f"{pct(x['sensitivity'].get(MINORITY))}; trained on real: {pct(x['train_real_accuracy'])}, "
+                         f"{pct(x['train_real_sensitivity'].get(MINORITY))}. Grid: `{x['grid']}`")
+    for name, r in st.get("ablation", {}).items():
+        lines += ["", f"## ablation {name}: {r['backbone']}, seeds {r['seeds']}", "", r["table"].strip()]
+    if "audit" in st:
+        a = st["audit"]
+        lines += ["", "## lung segmenter and audit", ""]
+        if "lungseg" in a:
+            ls = a["lungseg"]
+            lines.append(f"- lungseg-train: {ls['split']} Dice {ls['dice']:.3f} [{ls['dice_ci'][0]:.3f}, "
+                         f"{ls['dice_ci'][1]:.3f}] at {ls['size']}² over {ls['n']} images")
+        for key in ("audit/default", "audit/lung-crop"):
+            if key in a:
+                acc = f"accuracy {pct(a[key]['accuracy'])}; " if "accuracy" in a[key] else ""
+                lines.append(f"- {key}: {acc}reports " + ", ".join(f"`{p}`" for p in a[key]["reports"]))
+    lines += ["", "## Commands", ""]
+    for name, r in s["units"].items():
+        lines.append(f"- **{name}** ({r['finished']}, {r['seconds']:.0f} s, GPU {r['gpu'] or 'none'}, torch "
+                     f"{r['torch']}, commit `{r['commit'] or 'unknown'}`): " + "; ".join(f"`{c}`" for c in r["commands"]))
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="The module docstring gives the "
+                                 "device-call sequence.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--data", required=True, help="cxr3 folder (manifest.csv with train/val splits)")
+    ap.add_argument("--out", required=True, help="working folder: results, logs, runs, cache")
+    ap.add_argument("--usual", help="usual_accuracy.py, run from its path (not part of the project)")
+    ap.add_argument("--lungs-data", help="lung image/mask pairs for lungseg-train (stage audit; levers' lung crop)")
+    ap.add_argument("--stages", nargs="+", choices=STAGES, default=["recipe", "gan", "ablation", "audit"])
+    ap.add_argument("--budget-s", type=float, help="stop before the work would run past this many seconds")
+    ap.add_argument("--scale", choices=sorted(SCALES), default="gpu")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument("--full-ablation", action="store_true", help="also the ablation with all covid training data")
+    ap.add_argument("--report", help="folder that receives a copy of the summary, results, logs and figures after "
+                                     "every unit (a GPU machine's $OUT)")
+    ap.add_argument("--commit", help="the commit to record when git cannot tell (a copy of the tree without .git)")
+    a = ap.parse_args()
+    for flag, path in (("--data", a.data), ("--usual", a.usual), ("--lungs-data", a.lungs_data)):
+        if path and not Path(path).exists():
+            print(f"error: {flag} {path}: no such file or folder", file=sys.stderr)
+            return 2
+    suite = Suite(a)
+    settings = {"scale": a.scale, "data": str(suite.data)}
+    earlier = read_json(suite.out / "suite.json")
+    if earlier is not None and earlier != settings:
+        print(f"error: {suite.out} holds a suite run with other settings ({earlier}); give another --out", file=sys.stderr)
+        return 2
+    write_json(suite.out / "suite.json", settings)
+
+    def request_stop(signum, frame):
+        if suite.stop_requested:
+            raise KeyboardInterrupt
+        suite.stop_requested = True
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        suite.run(suite.plan([s for s in STAGES if s in a.stages]))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {suite.out / 'summary.md'} and summary.json" + (f", copied to {a.report}" if a.report else ""))
+    if suite.stopped:
+        return INTERRUPTED if suite.stop_requested else BUDGET_SPENT
+    return 1 if suite.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

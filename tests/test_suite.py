@@ -1,0 +1,123 @@
+"""experiments/cxr3_suite.py at --scale tiny on phantoms: every stage's figures, then a rerun that keeps
+finished units, then a budget too small for the next unit."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from augment.phantoms import write_phantoms
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("levers", "recipe", "gan", "ablation", "audit")
+
+
+def run_suite(tmp_path: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "experiments/cxr3_suite.py", "--data", str(data), "--out",
+                           str(tmp_path / "out"), "--lungs-data", str(data), "--report", str(tmp_path / "report"),
+                           "--scale", "tiny", "--device", "cpu", "--stages", *STAGES, *extra],
+                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_tiny_suite_gives_every_stage_keeps_finished_units_and_stops_before_a_unit_beyond_its_budget(tmp_path):
+    data = write_phantoms(tmp_path / "data", 12, 32, seed=0, masks=True)
+    out = tmp_path / "out"
+    r = run_suite(tmp_path, data)
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    st = s["stages"]
+    assert s["stopped"] is None and not s["failed"] and s["scale"] == "tiny" and s["torch"]
+    assert set(st["levers"]["candidates"]) == {"base", "mixup"} and st["levers"]["winner"] in {"base", "mixup"}
+    assert st["levers"]["candidates"]["mixup"]["minus_base"]["n"] == 1
+    ours = st["recipe"]["backbones"]["shallow"]["ours"]
+    assert 0 <= ours["accuracy"] <= 1 and set(ours["sensitivity"]) == {"covid", "normal", "pneumonia"}
+    assert set(ours["per_source"]) == {"phantom"} and ours["train_s"] > 0
+    assert st["recipe"]["targets"]["best_backbone"] == "shallow"
+    assert s["skipped"]["recipe/usual-shallow-seed0"] == "no --usual given"
+    gan = st["gan"]
+    assert gan["train"]["steps"] == 4 and gan["train"]["it_s"] > 0
+    assert gan["eval"]["features"] == "classifier_penultimate_features" and 0 <= gan["eval"]["share_called_b"] <= 1
+    assert gan["eval"]["fd"] >= 0 and gan["eval"]["n_translated"] > 0
+    assert gan["tstr"]["n_synthetic"] > 0 and 0 <= gan["tstr"]["accuracy"] <= 1
+    grid = Image.open(tmp_path / "report" / "figures" / "gan-translations.png")
+    assert grid.mode == "L" and grid.height >= 32 and grid.width >= 2 * 32 + 1
+    ablation = st["ablation"]["f0.25"]
+    assert set(ablation["conditions"]) == {"real", "classic", "synthetic"} and ablation["minority_fraction"] == 0.25
+    has_audit = subprocess.run([sys.executable, "cli.py", "audit", "--help"], cwd=ROOT, capture_output=True).returncode == 0
+    if has_audit:
+        assert st["audit"]["lungseg"]["dice"] > 0 and st["audit"]["audit/default"]["reports"]
+    else:
+        assert s["skipped"]["audit/default"] == "cli.py has no audit command yet"
+    for name, unit in s["units"].items():
+        assert unit["seconds"] > 0 and unit["commands"] and all(c.startswith("python ") for c in unit["commands"])
+    assert json.loads((tmp_path / "report" / "summary.json").read_text()) == s
+    md = (tmp_path / "report" / "summary.md").read_text()
+    assert all(f"## {title}" in md for title in ("levers", "recipe", "gan", "ablation f0.25", "Commands"))
+
+    results = {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*.json")}
+    folders = sorted(p for p in (out / "runs").rglob("*") if p.is_dir())
+    r = run_suite(tmp_path, data)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("done earlier, kept") == len(results) == len(s["units"])
+    assert {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*.json")} == results
+    assert sorted(p for p in (out / "runs").rglob("*") if p.is_dir()) == folders
+
+    took = json.loads((out / "results" / "gan" / "eval.json").read_text())["seconds"]
+    (out / "results" / "gan" / "eval.json").unlink()
+    r = run_suite(tmp_path, data, "--budget-s", str(took / 4))
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "remaining: gan/eval" in r.stdout and not (out / "results" / "gan" / "eval.json").exists()
+    s = json.loads((out / "summary.json").read_text())
+    assert s["remaining"] == ["gan/eval"] and "budget" in s["stopped"] and "gan" not in s["stages"].get("gan", {})
+    assert sorted(p for p in (out / "runs").rglob("*") if p.is_dir()) == folders
+
+    r = run_suite(tmp_path, data, "--scale", "cpu")
+    assert r.returncode == 2 and "other settings" in r.stderr and not (out / "runs" / "recipe" / "ours-resnet18-seed0").exists()
+
+
+def test_usual_recipe_line_becomes_the_same_figures_as_ours():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from cxr3_suite import usual_figures
+    line = ('{"accuracy": 0.8571, "acc_ci95": [0.812, 0.8980], "covid_sens": 0.8261, "covid_spec": 0.9497, '
+            '"normal_sens": 0.88, "normal_spec": 0.9172, "pneumonia_sens": 0.8485, "pneumonia_spec": 0.9189, '
+            '"acc_figure1": "1.000 (n=1)", "acc_ieee8023": "0.784 (n=51)", "model": "resnet50", "val_acc": 0.8571, '
+            '"epochs": 40, "train_s": 101.5}')
+    f = usual_figures(line)
+    assert f["accuracy"] == 0.8571 and f["accuracy_ci"] == [0.812, 0.898]
+    assert f["sensitivity"] == {"covid": 0.8261, "normal": 0.88, "pneumonia": 0.8485}
+    assert f["per_source"] == {"figure1": {"n": 1, "accuracy": 1.0}, "ieee8023": {"n": 51, "accuracy": 0.784}}
+    assert f["train_s"] == 101.5 and f["epochs"] == 40
+
+
+def test_recipe_summary_pairs_ours_with_the_usual_recipe_by_seed_and_judges_the_targets():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from cxr3_suite import SCALES, markdown, stage_summaries
+
+    def unit(side, bb, seed, accuracy, covid):
+        sens = {"covid": covid, "normal": 0.9, "pneumonia": 0.9}
+        return {"unit": f"recipe/{side}-{bb}-seed{seed}", "seed": seed, "split": "val", "accuracy": accuracy,
+                "accuracy_ci": [accuracy - 0.05, accuracy + 0.05], "sensitivity": sens,
+                "per_source": {"kermany": {"n": 88, "accuracy": accuracy}}, "train_s": 60.0,
+                **({"wall_s": 70.0} if side == "usual" else {})}
+    rows = [unit("ours", "resnet50", 0, 0.92, 0.95), unit("ours", "resnet50", 1, 0.90, 0.93),
+            unit("usual", "resnet50", 0, 0.84, 0.80), unit("usual", "resnet50", 1, 0.86, 0.82),
+            unit("ours", "vgg16", 0, 0.66, 0.70), unit("usual", "vgg16", 0, 0.70, 0.75)]
+    recipe = stage_summaries({r["unit"]: r for r in rows}, SCALES["gpu"])["recipe"]
+    resnet = recipe["backbones"]["resnet50"]
+    assert resnet["ours"]["accuracy"] == pytest.approx(0.91) and resnet["usual"]["train_s"] == 70.0
+    assert resnet["ours_minus_usual"]["mean"] == pytest.approx(0.06) and resnet["ours_minus_usual"]["n"] == 2
+    assert resnet["ours_minus_usual"]["low"] is None  # no interval below 3 seeds
+    t = recipe["targets"]
+    assert t["best_backbone"] == "resnet50" and t["accuracy_met"] and t["covid_sensitivity_met"]
+    assert t["above_issue_usual"] == {"resnet50": True, "vgg16": False}
+    assert t["above_measured_usual"] == {"resnet50": True, "vgg16": False}
+    summary = {"scale": "gpu", "date": "d", "gpu": "H100", "cpu": "c", "cores": 16, "torch": "2.11", "python": "3.12",
+               "commit": "abc", "data": "cxr3", "command": "python experiments/cxr3_suite.py", "stopped": None,
+               "remaining": [], "skipped": {}, "failed": {}, "stages": {"recipe": recipe}, "units": {}}
+    md = markdown(summary)
+    assert "| resnet50 | 92.0 [87.0, 97.0]; 90.0 [85.0, 95.0] | 91.0 | 94.0 |" in md
+    assert "+6.0 (n=2)" in md and "vgg16 no" in md and "(≥ 90: met)" in md
