@@ -344,7 +344,7 @@ def write_run_info(run_dir: str | Path, cfg: Any, seed: int, data_fingerprint: s
 
 def package_versions() -> dict:
     versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("torchvision", "kornia", "numpy", "skimage"):
+    for name in ("torchvision", "numpy", "skimage"):
         try:
             versions[name] = __import__(name).__version__
         except ImportError:

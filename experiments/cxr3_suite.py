@@ -6,24 +6,20 @@
 On the GPU machine (torch 2.11, Python 3.12; at most 10 minutes a command and 30 minutes of device time
 a session; only the folder $OUT comes back; nothing outside the machine can be reached):
 
-1. Here, in the repository root, once. The copies go into git-ignored folders; cxr3 and lungseg are
-   for research use only: never commit them, delete them afterwards. kornia and kornia_rs are not
-   installed on the GPU machine, so their wheels travel too (benchmarks/RESULTS.md, "Running the GPU
-   rows"). 33 + 11 MB of images and about 7 MB of wheels: inside the 64 MiB a call may carry.
+1. Here, in the repository root, once. The copies go into a git-ignored folder; cxr3 and lungseg are
+   for research use only: never commit them, delete them afterwards. 33 + 11 MB of images: inside the
+   64 MiB a call may carry. Every package the toolkit imports is already on the GPU machine (kornia is
+   only needed by benchmarks/bench_data.py's comparison rows).
 
        mkdir -p .data && cp -r /work/shared/data/cxr3 /work/shared/data/lungseg .data/ \\
          && cp /work/shared/bench/usual_accuracy.py .data/
-       python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
-         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \\
-         --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl kornia==0.9.0 kornia_rs==0.2.0
 
-2. Three device calls one after another, each this same command, carrying `.data` and `.whl`, with a
-   600 s limit (COMMIT: `git rev-parse HEAD` here, since the machine's copy of the tree has no .git):
+2. Three device calls one after another, each this same command, carrying `.data`, with a 600 s limit
+   (COMMIT: `git rev-parse HEAD` here, since the machine's copy of the tree has no .git):
 
-       [ -d /tmp/site/kornia ] || python3 -m pip install -q --no-index --no-deps --no-compile \\
-         --target /tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1; \\
-       python3 experiments/cxr3_suite.py --data .data/cxr3 --lungs-data .data/lungseg \\
-         --usual .data/usual_accuracy.py --out .suite --report $OUT --budget-s 540 --commit COMMIT
+       export PYTHONUNBUFFERED=1; python3 experiments/cxr3_suite.py --data .data/cxr3 \\
+         --lungs-data .data/lungseg --usual .data/usual_accuracy.py --out .suite --report $OUT \\
+         --budget-s 540 --commit COMMIT
 
    Each call skips finished units, resumes a stopped training run from its checkpoint, and ends itself
    within 540 s plus a 30 s grace (a training run is stopped with SIGTERM, saves, and the next call
