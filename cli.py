@@ -389,6 +389,30 @@ def lungseg(images, data, checkpoint, dest, overwrite, out, device):
     return dest
 
 
+# ---- the shortcut audit ----
+@cli.command("audit")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="Classifier run folder or checkpoint (default: latest run).")
+@click.option("--lungs", type=click.Path(path_type=Path),
+              help="Lung segmenter: a lungseg-train run folder or checkpoint (default: the latest lungseg run).")
+@click.option("--data", type=click.Path(path_type=Path),
+              help="Images to audit on, chosen as evaluate chooses them (default: the data the run was trained on, "
+                   "its test split).")
+@click.option("--dest", type=click.Path(path_type=Path),
+              help="Output folder (default: <run>/audit; another test set: <run>/audit/<name>-<split>).")
+@click.option("--method", type=click.Choice(["cam", "gradcam", "gradcampp"]), help="CAM method (default: the run's eval.cam_method).")
+@click.option("--folds", type=click.IntRange(2), default=5, show_default=True, help="Folds of the source probe (by patient).")
+@click.option("--examples", type=click.IntRange(0), default=3, show_default=True, help="Example overlays per class.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier audit in --dest.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def audit_command(checkpoint, lungs, data, dest, method, folds, examples, overwrite, out, device, seed):
+    """Is the classifier looking at the lungs? Its CAMs inside the lung masks, a probe of the image source in
+    its features, its accuracy with the lungs hidden, and accuracy per source; writes audit.md and audit.json."""
+    from audit import run_audit
+    return run_audit(checkpoint, lungs, data, out, dest, method, overwrite, device, seed, folds, examples)["dest"]
+
+
 # ---- the experiment and the demo ----
 @cli.command()
 @common_options
