@@ -244,6 +244,17 @@ def test_audit_writes_the_four_checks_and_refuses_to_overwrite(runs):
     assert json.loads((dest / "audit.json").read_text())["method"] == "CAM"
 
 
+def test_another_test_set_is_audited_whole_in_its_own_folder(runs):
+    classifier, lungs, tmp = runs
+    other = write_phantoms(tmp / "other-hospital", 2, size=32, seed=7)
+    r = CliRunner().invoke(cli, ["audit", "--checkpoint", str(classifier), "--lungs", str(lungs), "--data", str(other),
+                                 "--device", "cpu", "--examples", "0", "--out", str(tmp / "runs")])
+    assert r.exit_code == 0, r.output
+    result = json.loads((classifier / "audit" / "other-hospital-all" / "audit.json").read_text())
+    assert result["split"] == "all" and result["n"] == 6 and result["figures"] == ["cam_in_lungs"]
+    assert "one source (phantom)" in result["source_probe"]["all"]["skipped"]
+
+
 @pytest.mark.parametrize("which", ["missing", "classifier run"])
 def test_a_bad_lungs_path_is_one_line(runs, which):
     classifier, _, tmp = runs
