@@ -158,9 +158,11 @@ def markdown_report(r: dict) -> str:
         for name, v in part.items():
             cam_rows.append(f"| {name if label == 'all' else f'{label} {name}'} | {v['share']['n']} | {pct(v['share'])} | "
                             f"{pct(v['peak'])} | {pct(v['area'])} | {points(v['share_minus_area'])} |")
+    probes = {"all": r["source_probe"]["all"], **{f"class {c}": v for c, v in r["source_probe"]["per_class"].items()}}
     probe_rows = ["| images | n | patients | probe accuracy | always the commonest source | difference |",
-                  "|---|---|---|---|---|---|", f"| all | {_probe_cells(r['source_probe']['all'])} |"]
-    probe_rows += [f"| class {c} | {_probe_cells(v)} |" for c, v in r["source_probe"]["per_class"].items()]
+                  "|---|---|---|---|---|---|", *(f"| {name} | {_probe_cells(v)} |" for name, v in probes.items())]
+    if all("skipped" in v for v in probes.values()):
+        probe_rows = []  # the sentence says why
     hidden_rows = ["| images | accuracy | difference from as they are |", "|---|---|---|",
                    f"| as they are | {pct(h['plain'])} | |",
                    f"| lungs hidden | {pct(h['hidden'])} | {points(h['hidden_minus_plain'])} |",
