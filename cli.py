@@ -522,8 +522,8 @@ def ablation_stages(gan_cfg, clf_cfg, dest: Path, device: str):
 @click.pass_context
 def demo(ctx, out, device):
     """The whole chain on the built-in demo data: inspect, gan-train, synthesize, augment, classify-train,
-    evaluate, cam, predict, a two-seed ablation, compare, then lung-mask phantoms, lungseg-train and
-    lungseg; ends with what was written where."""
+    evaluate, cam, predict, a two-seed ablation, compare, then lung-mask phantoms, lungseg-train, lungseg
+    and the audit of the classifier; ends with what was written where."""
     import json
     import time
     from augment.phantoms import demo_data, demo_lung_data
@@ -549,13 +549,15 @@ def demo(ctx, out, device):
                           device=device)
     lung_masks = ctx.invoke(lungseg, images=[lung_data / "covid" / "covid_00001.png"], checkpoint=lung_run,
                             out=out, device=device)
+    shortcut_audit = ctx.invoke(audit_command, checkpoint=run, lungs=lung_run, out=out, device=device)
     written = [("demo data (phantoms)", data), ("CycleGAN run", gan_run), ("synthetic covid images", synthetic),
                ("balanced training manifest", manifest), ("classifier run", run),
                ("evaluation (metrics, report, plots, CAMs)", run / "eval"), ("CAM overlays", overlays[0].parent),
                ("predictions on the covid folder", predictions), ("ablation table", experiment / "table.md"),
                ("comparison with the ablation's classic run", Path(comparison) / "compare.md"),
                ("lung-mask phantoms", lung_data),
-               ("lung segmenter run (metrics.json)", lung_run), ("lung masks and overlays", lung_masks)]
+               ("lung segmenter run (metrics.json)", lung_run), ("lung masks and overlays", lung_masks),
+               ("shortcut audit of the classifier", shortcut_audit / "audit.md")]
     click.echo(f"\ndemo finished in {time.perf_counter() - start:.0f} s; it wrote:")
     for what, where in written:
         click.echo(f"  {what:<42} {where}")
