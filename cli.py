@@ -412,6 +412,30 @@ def lungseg(images, data, checkpoint, dest, overwrite, out, device):
     return dest
 
 
+# ---- the shortcut audit ----
+@cli.command("audit")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="Classifier run folder or checkpoint (default: latest run).")
+@click.option("--lungs", type=click.Path(path_type=Path),
+              help="Lung segmenter: a lungseg-train run folder or checkpoint (default: the latest lungseg run).")
+@click.option("--data", type=click.Path(path_type=Path),
+              help="Images to audit on, chosen as evaluate chooses them (default: the data the run was trained on, "
+                   "its test split).")
+@click.option("--dest", type=click.Path(path_type=Path),
+              help="Output folder (default: <run>/audit; another test set: <run>/audit/<name>-<split>).")
+@click.option("--method", type=click.Choice(["cam", "gradcam", "gradcampp"]), help="CAM method (default: the run's eval.cam_method).")
+@click.option("--folds", type=click.IntRange(2), default=5, show_default=True, help="Folds of the source probe (by patient).")
+@click.option("--examples", type=click.IntRange(0), default=3, show_default=True, help="Example overlays per class.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier audit in --dest.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def audit_command(checkpoint, lungs, data, dest, method, folds, examples, overwrite, out, device, seed):
+    """Is the classifier looking at the lungs? Its CAMs inside the lung masks, a probe of the image source in
+    its features, its accuracy with the lungs hidden, and accuracy per source; writes audit.md and audit.json."""
+    from audit import run_audit
+    return run_audit(checkpoint, lungs, data, out, dest, method, overwrite, device, seed, folds, examples)["dest"]
+
+
 # ---- the experiment and the demo ----
 @cli.command()
 @common_options
@@ -543,8 +567,8 @@ def ablation_stages(gan_cfg, clf_cfg, dest: Path, device: str, lung_masker=None)
 @click.pass_context
 def demo(ctx, out, device):
     """The whole chain on the built-in demo data: inspect, gan-train, synthesize, augment, classify-train,
-    evaluate, cam, predict, a two-seed ablation, compare, then lung-mask phantoms, lungseg-train and
-    lungseg; ends with what was written where."""
+    evaluate, cam, predict, a two-seed ablation, compare, then lung-mask phantoms, lungseg-train, lungseg
+    and the audit of the classifier; ends with what was written where."""
     import json
     import time
     from augment.phantoms import demo_data, demo_lung_data
@@ -570,13 +594,15 @@ def demo(ctx, out, device):
                           device=device)
     lung_masks = ctx.invoke(lungseg, images=[lung_data / "covid" / "covid_00001.png"], checkpoint=lung_run,
                             out=out, device=device)
+    shortcut_audit = ctx.invoke(audit_command, checkpoint=run, lungs=lung_run, out=out, device=device)
     written = [("demo data (phantoms)", data), ("CycleGAN run", gan_run), ("synthetic covid images", synthetic),
                ("balanced training manifest", manifest), ("classifier run", run),
                ("evaluation (metrics, report, plots, CAMs)", run / "eval"), ("CAM overlays", overlays[0].parent),
                ("predictions on the covid folder", predictions), ("ablation table", experiment / "table.md"),
                ("comparison with the ablation's classic run", Path(comparison) / "compare.md"),
                ("lung-mask phantoms", lung_data),
-               ("lung segmenter run (metrics.json)", lung_run), ("lung masks and overlays", lung_masks)]
+               ("lung segmenter run (metrics.json)", lung_run), ("lung masks and overlays", lung_masks),
+               ("shortcut audit of the classifier", shortcut_audit / "audit.md")]
     click.echo(f"\ndemo finished in {time.perf_counter() - start:.0f} s; it wrote:")
     for what, where in written:
         click.echo(f"  {what:<42} {where}")

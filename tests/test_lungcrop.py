@@ -217,6 +217,12 @@ def test_classify_train_evaluate_predict_and_cam_on_lung_cropped_images(segmente
     r = runner.invoke(cli, ["cam", "--checkpoint", str(run), "--out", str(out), "--device", "cpu", str(files[0])])
     assert r.exit_code == 0, r.output
     assert len(list((run / "cam").rglob("*.png"))) == 1
+    r = runner.invoke(cli, ["audit", "--checkpoint", str(run), "--lungs", str(segmenter), "--data", str(data),
+                            "--out", str(out), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    audited = json.loads((run / "audit" / "audit.json").read_text())
+    assert audited["input"] == "data.lung_crop=true" and audited["n"] == metrics["n"]
+    assert audited["lungs_hidden"]["plain"]["value"] == pytest.approx(metrics["accuracy"])  # the run's own view
 
     with pytest.raises(UserError, match="lung segmenter of its data.lungseg_run"):
         predict_files(files, run, dest=tmp / "pred2", device="cpu", quiet=True)
