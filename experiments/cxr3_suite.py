@@ -62,7 +62,7 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -474,15 +474,23 @@ class Suite:
                                for s, v in m["per_source"].items() if s != "all"}}
 
     def audit(self, unit: Unit, classifier: Path) -> dict:
-        """``cli.py audit`` of a classifier with the lung segmenter. The command is not in the toolkit
-        yet; its options here (--checkpoint, --lungseg) are assumed. Its figures are the JSON files it
-        writes (under the classifier run or the unit's folder)."""
-        folder, start = self.folder(unit), time.time()
-        self.call(unit, self.cli("audit", "--data", self.data, "--checkpoint", classifier, "--lungseg",
-                                 ROOT / self.result("lungseg")["run"], "--out", folder), "audit")
-        written = [p for where in (classifier, folder) for p in where.rglob("*.json")
-                   if p.stat().st_mtime >= start and p.stat().st_size < 1_000_000]
-        return {"audited": self.arg(classifier), "reports": {self.arg(p): read_json(p) for p in written}}
+        """``cli.py audit`` of a classifier run with the lung segmenter, into the unit's folder; its key
+        figures from ``audit.json`` (each a value with its interval over patients)."""
+        dest = self.folder(unit) / "audit"
+        self.call(unit, self.cli("audit", "--data", self.data, "--checkpoint", classifier, "--lungs",
+                                 ROOT / self.result("lungseg")["run"], "--dest", dest, "--overwrite"), "audit")
+        r = read_json(dest / "audit.json")
+        probe, hidden = r["source_probe"]["all"], r["lungs_hidden"]
+        return {"audited": self.arg(classifier), "report": self.arg(dest / "audit.md"), "input": r["input"],
+                "split": r["split"], "n": r["n"], "method": r["method"], "sentences": r["sentences"],
+                "cam_in_lungs": r["cam"]["all"]["share"], "peak_in_lungs": r["cam"]["all"]["peak"],
+                "lung_area": r["cam"]["all"]["area"],
+                "source_probe": probe if "skipped" in probe else
+                {k: probe[k] for k in ("accuracy", "majority_rate", "accuracy_minus_majority")},
+                "accuracy": {v: hidden[v] for v in ("plain", "hidden", "kept")}, "chance": hidden["chance"],
+                "per_source": {name: {"n": v["n"], "accuracy": v["accuracy"]["plain"], "hidden": v["accuracy"]["hidden"],
+                                      "kept": v["accuracy"]["kept"], "cam_in_lungs": v["cam"]["share"]}
+                               for name, v in r["per_source"].items()}}
 
     def lung_crop(self, unit: Unit) -> dict:
         real = self.result(self.yardstick)
@@ -501,11 +509,6 @@ class Suite:
     def plan(self, stages: list[str]) -> list[Unit]:
         s, units = self.scale, []
         no_lungs = None if self.lungs else "no --lungs-data given"
-        no_crop = None if "lung_crop" in {f.name for f in fields(DataConfig)} else "the data config has no lung_crop key yet"
-        no_audit = None
-        if "audit" in stages and subprocess.run([sys.executable, "cli.py", "audit", "--help"], cwd=ROOT,
-                                                capture_output=True).returncode:
-            no_audit = "cli.py has no audit command yet"
 
         def ours(bb: str, seed: int) -> Unit:
             return Unit(f"recipe/ours-{bb}-seed{seed}", f"ours:{bb}", True,
@@ -513,7 +516,7 @@ class Suite:
 
         if "levers" in stages:  # each change against the recipe's own run of the first backbone
             levers = list(s.levers)
-            if not no_crop and not no_lungs:  # lung-cropped training needs a lung segmenter first
+            if not no_lungs:  # lung-cropped training needs a lung segmenter first
                 units.append(Unit("lungseg", "lungseg", True, self.lungseg))
                 levers.append(("lung-crop", None))
             for seed in s.seeds:
@@ -541,15 +544,14 @@ class Suite:
                 units.append(Unit(f"ablation/{f'f{fraction:g}' if fraction else 'full'}", "ablation", True,
                                   lambda u, f=fraction: self.ablation(u, f)))
         if "audit" in stages:
-            why_not = no_audit or no_lungs
-            if not why_not:
+            if not no_lungs:
                 units.append(ours(s.backbones[0], s.seeds[0]))
-            units += [Unit("lungseg", "lungseg", True, self.lungseg, unavailable=why_not),
+            units += [Unit("lungseg", "lungseg", True, self.lungseg, unavailable=no_lungs),
                       Unit("audit/default", "audit", False,
                            lambda u: self.audit(u, ROOT / self.result(self.yardstick)["run"]),
-                           needs=("lungseg", self.yardstick), unavailable=why_not),
+                           needs=("lungseg", self.yardstick), unavailable=no_lungs),
                       Unit("audit/lung-crop", "lung-crop", True, self.lung_crop, needs=("lungseg", self.yardstick),
-                           unavailable=why_not or no_crop)]
+                           unavailable=no_lungs)]
         first = {}
         for u in units:  # a unit two stages share (the recipe's run, the lung segmenter) is planned once, first
             first.setdefault(u.name, u)
@@ -710,6 +712,11 @@ def ci(pair) -> str:
     return f" [{pct(pair[0])}, {pct(pair[1])}]" if pair else ""
 
 
+def interval(v: dict) -> str:
+    """An audit figure ``{"value", "ci"}`` in percent with its interval."""
+    return "–" if v["value"] is None else pct(v["value"]) + ci(v["ci"])
+
+
 def diff(d: dict | None) -> str:
     if not d:
         return "–"
@@ -803,10 +810,18 @@ def markdown(s: dict) -> str:
             ls = a["lungseg"]
             lines.append(f"- lungseg-train: {ls['split']} Dice {ls['dice']:.3f} [{ls['dice_ci'][0]:.3f}, "
                          f"{ls['dice_ci'][1]:.3f}] at {ls['size']}² over {ls['n']} images")
-        for key in ("audit/default", "audit/lung-crop"):
-            if key in a:
-                acc = f"accuracy {pct(a[key]['accuracy'])}; " if "accuracy" in a[key] else ""
-                lines.append(f"- {key}: {acc}reports " + ", ".join(f"`{p}`" for p in a[key]["reports"]))
+        rows = [(key, a[key]) for key in ("audit/default", "audit/lung-crop") if key in a]
+        if rows:
+            lines += ["", "| classifier | input | accuracy | lungs hidden | only lungs | CAM mass in lungs | "
+                      "lung area | source probe − majority |", "|---|---|---|---|---|---|---|---|"]
+            for key, r in rows:
+                probe = r["source_probe"]
+                lines.append(f"| {key} | {r['input']} | " + " | ".join(
+                    interval(v) for v in (*(r["accuracy"][k] for k in ("plain", "hidden", "kept")),
+                                          r["cam_in_lungs"], r["lung_area"]))
+                    + f" | {'–' if 'skipped' in probe else interval(probe['accuracy_minus_majority'])} |")
+            for key, r in rows:
+                lines += ["", f"{key} (`{r['report']}`): " + " ".join(r["sentences"].values())]
     lines += ["", "## Commands", ""]
     for name, r in s["units"].items():
         lines.append(f"- **{name}** ({r['finished']}, {r['seconds']:.0f} s, GPU {r['gpu'] or 'none'}, torch "

@@ -31,7 +31,8 @@ def test_tiny_suite_gives_every_stage_keeps_finished_units_and_stops_before_a_un
     s = json.loads((out / "summary.json").read_text())
     st = s["stages"]
     assert s["stopped"] is None and not s["failed"] and s["scale"] == "tiny" and s["torch"]
-    assert set(st["levers"]["candidates"]) == {"base", "mixup"} and st["levers"]["winner"] in {"base", "mixup"}
+    assert set(st["levers"]["candidates"]) == {"base", "mixup", "lung-crop"}
+    assert st["levers"]["winner"] in {"base", "mixup", "lung-crop"}
     assert st["levers"]["candidates"]["mixup"]["minus_base"]["n"] == 1
     ours = st["recipe"]["backbones"]["shallow"]["ours"]
     assert 0 <= ours["accuracy"] <= 1 and set(ours["sensitivity"]) == {"covid", "normal", "pneumonia"}
@@ -47,16 +48,18 @@ def test_tiny_suite_gives_every_stage_keeps_finished_units_and_stops_before_a_un
     assert grid.mode == "L" and grid.height >= 32 and grid.width >= 2 * 32 + 1
     ablation = st["ablation"]["f0.25"]
     assert set(ablation["conditions"]) == {"real", "classic", "synthetic"} and ablation["minority_fraction"] == 0.25
-    has_audit = subprocess.run([sys.executable, "cli.py", "audit", "--help"], cwd=ROOT, capture_output=True).returncode == 0
-    if has_audit:
-        assert st["audit"]["lungseg"]["dice"] > 0 and st["audit"]["audit/default"]["reports"]
-    else:
-        assert s["skipped"]["audit/default"] == "cli.py has no audit command yet"
+    audit = st["audit"]
+    assert audit["lungseg"]["dice"] > 0
+    assert audit["audit/default"]["input"] == "whole images" and audit["audit/lung-crop"]["input"] == "data.lung_crop=true"
+    for key in ("audit/default", "audit/lung-crop"):
+        assert 0 <= audit[key]["accuracy"]["hidden"]["value"] <= 1 and 0 <= audit[key]["cam_in_lungs"]["value"] <= 1
+        assert set(audit[key]["per_source"]) == {"phantom"} and "skipped" in audit[key]["source_probe"]
     for name, unit in s["units"].items():
         assert unit["seconds"] > 0 and unit["commands"] and all(c.startswith("python ") for c in unit["commands"])
     assert json.loads((tmp_path / "report" / "summary.json").read_text()) == s
     md = (tmp_path / "report" / "summary.md").read_text()
-    assert all(f"## {title}" in md for title in ("levers", "recipe", "gan", "ablation f0.25", "Commands"))
+    assert all(f"## {title}" in md for title in ("levers", "recipe", "gan", "ablation f0.25", "lung segmenter and audit",
+                                                 "Commands"))
 
     results = {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*.json")}
     folders = sorted(p for p in (out / "runs").rglob("*") if p.is_dir())
