@@ -23,6 +23,7 @@ GUIDE = """## How to read it, and its limits
   small lungs favour "outside". The maps explain the predicted class. Intervals resample patients; with few
   patients they are wide.
 """
+MIN_SOURCE_PATIENTS = 10  # fewer patients than this: a source's accuracy is too noisy to rank
 
 
 def pct(m: dict | None) -> str:
@@ -92,25 +93,32 @@ def hidden_sentence(h: dict) -> str:
 
 
 def source_sentence(per_source: dict) -> str:
-    """Check 4 in one sentence, from ``result["per_source"]``."""
+    """Check 4 in one sentence, from ``result["per_source"]``: sources are ranked only among those with at
+    least :data:`MIN_SOURCE_PATIENTS` patients (a source of one image is always best or worst)."""
     if len(per_source) < 2:
         return (f"All images come from one source ({next(iter(per_source), 'none')}), so there is no comparison "
                 "between sources.")
+    ranked = {s: v for s, v in per_source.items() if v["n_groups"] >= MIN_SOURCE_PATIENTS}
+    few = sorted(set(per_source) - set(ranked))
+    aside = f" ({', '.join(few)}: fewer than {MIN_SOURCE_PATIENTS} patients each, not ranked)" if few else ""
+    if len(ranked) < 2:
+        return (f"Fewer than two sources have {MIN_SOURCE_PATIENTS} patients or more{aside}, so sources are not "
+                "ranked; see the table.")
 
     def value(s, v):
-        return per_source[s]["accuracy"][v]["value"]
+        return ranked[s]["accuracy"][v]["value"]
 
-    best = max(per_source, key=lambda s: value(s, "plain"))
-    worst = min(per_source, key=lambda s: value(s, "plain"))
-    top_hidden = max(per_source, key=lambda s: value(s, "hidden"))
-    a = per_source[best]["accuracy"]
+    best = max(ranked, key=lambda s: value(s, "plain"))
+    worst = min(ranked, key=lambda s: value(s, "plain"))
+    top_hidden = max(ranked, key=lambda s: value(s, "hidden"))
+    a = ranked[best]["accuracy"]
     text = (f"Accuracy is highest on {best} ({pct(a['plain'])}) and lowest on {worst} "
-            f"({pct(per_source[worst]['accuracy']['plain'])}); ")
+            f"({pct(ranked[worst]['accuracy']['plain'])}){aside}; ")
     if top_hidden == best:
         return text + (f"{best} is also the source classified best with the lungs hidden ({pct(a['hidden'])}), so its "
                        "accuracy may come from outside the lungs.")
     return text + (f"with the lungs hidden, {top_hidden} is classified best "
-                   f"({pct(per_source[top_hidden]['accuracy']['hidden'])}; {best}: {pct(a['hidden'])}).")
+                   f"({pct(ranked[top_hidden]['accuracy']['hidden'])}; {best}: {pct(a['hidden'])}).")
 
 
 def sentences(r: dict) -> dict[str, str]:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from audit.checks import (accuracy_summary, cam_mass_in_lungs, fit_softmax_regression, group_folds, lung_area,
                           mean_with_interval, peak_in_lungs, probe_predictions, source_probe)
-from audit.report import cam_sentence, hidden_sentence
+from audit.report import cam_sentence, hidden_sentence, source_sentence
 from audit.run import classify_variants
 from augment.phantoms import write_phantoms
 from classifier.model import Classifier
@@ -264,3 +264,15 @@ def test_a_bad_lungs_path_is_one_line(runs, which):
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert r.output.count("\n") == 1 and str(lungs) in r.output
     assert not (tmp / "bad").exists()
+
+
+def test_check_4_ranks_only_sources_with_enough_patients():
+    def source(patients, plain, hidden):
+        return {"n": patients, "n_groups": patients,
+                "accuracy": {v: {"value": x, "ci": [x - 0.1, x + 0.1]} for v, x in (("plain", plain), ("hidden", hidden))}}
+
+    per_source = {"big-a": source(20, 0.9, 0.6), "big-b": source(15, 0.7, 0.5), "tiny": source(1, 1.0, 1.0)}
+    text = source_sentence(per_source)
+    assert "highest on big-a" in text and "lowest on big-b" in text and "tiny: fewer than 10 patients" in text
+    assert "big-a is also the source classified best with the lungs hidden" in text
+    assert "not ranked" in source_sentence({"big-a": per_source["big-a"], "tiny": per_source["tiny"]})
