@@ -1,7 +1,7 @@
 """Batches on the device and their augmentation there.
 
 The cached uint8 images move to the GPU once (:class:`DeviceImages`), or, when they would take too much
-of its memory, stay memory-mapped on the host and stream batch by batch (:class:`StreamedImages`); both
+of its memory, stay in host memory (for gan-train, the memory-mapped cache) and stream batch by batch (:class:`StreamedImages`); both
 give the same batches in the same seeded order. Augmentation draws its parameters on the images' device
 and warps each image once: no host sync, no host-to-device copy, so a CUDA graph can capture it. The
 same code runs on the CPU.

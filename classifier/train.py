@@ -5,6 +5,7 @@ augmented on the device, early stopping on validation macro-F1 and exact resume.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 import time
@@ -134,6 +135,9 @@ class Trainer:
             cfg = load_config(ClassifierConfig, path.parent / "config.yaml")
             seed = ckpt["seed"]
             lung_masker = run_lung_masker(ckpt, path, lung_masker)
+        if cfg.data.uses_lungs:  # the run's config names its segmenter for commands run from other folders
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+                cfg.data, lungseg_run=str(Path(cfg.data.lungseg_run).resolve())))
         self.cfg, self.seed, self.quiet = cfg, seed, quiet or not self.dist.is_main
         seed_everything(seed + self.dist.rank)
         main = self.dist.is_main

@@ -32,8 +32,9 @@ def compile_cache_path(out: str | Path, cfg: GanConfig, device: torch.device, wo
 
 def load_compiled(path: Path) -> bool:
     """Load the compiled code stored at ``path`` into torch's compile caches. False when there is none,
-    or when it does not load (a warning says why; compiling then starts afresh)."""
-    if not path.is_file():
+    or when it does not load (a warning says why; compiling then starts afresh), or torch is older than 2.7
+    (no artifact caches: it compiles every run)."""
+    if not path.is_file() or not hasattr(torch.compiler, "load_cache_artifacts"):
         return False
     try:
         torch.compiler.load_cache_artifacts(path.read_bytes())
@@ -45,7 +46,10 @@ def load_compiled(path: Path) -> bool:
 
 
 def save_compiled(path: Path) -> bool:
-    """Write the code this process compiled to ``path`` (atomically); False when it compiled nothing."""
+    """Write the code this process compiled to ``path`` (atomically); False when it compiled nothing (or
+    torch is older than 2.7)."""
+    if not hasattr(torch.compiler, "save_cache_artifacts"):
+        return False
     artifacts = torch.compiler.save_cache_artifacts()
     if artifacts is None:
         return False

@@ -65,7 +65,7 @@ class TrainConfig:
     image_every: int = 1000        # steps between TensorBoard image grids
     checkpoint_every: int = 5000   # steps between checkpoints (one is always written at the end)
     eval_every: int = 0            # steps between quality measures (gan-eval); 0 turns them off
-    eval_images: int = 200         # domain-A images translated for each periodic measure
+    eval_images: int = 200         # domain-A images translated (and domain-B images compared) per periodic measure
     device_cache_share: float = 0.5  # GPU memory share both domains may take; beyond, batches stream from the host
     tensorboard: bool = True
 

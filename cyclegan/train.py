@@ -193,10 +193,11 @@ def _image_grid(model: CycleGAN) -> torch.Tensor:
 
 def _log_quality(model: CycleGAN, images_a: DeviceImages | StreamedImages, images_b: DeviceImages | StreamedImages,
                  cfg: GanConfig, writer, step: int) -> None:
-    """gan-eval measures (fallback features) of the first ``eval_images`` domain-A training images."""
+    """gan-eval measures (fallback features) of the first ``eval_images`` domain-A training images, against
+    the first ``eval_images`` domain-B ones."""
     t = cfg.train
     sources = images_a.get(torch.arange(min(t.eval_images, len(images_a))))[0]
-    real_b = images_b.get(torch.arange(len(images_b)))[0]
+    real_b = images_b.get(torch.arange(min(t.eval_images, len(images_b))))[0]  # a streamed set may not fit whole
     translated = in_batches(lambda x: translate(model.generators.ab, x, t.bf16, t.channels_last), sources,
                             cfg.synth.batch_size, model.device)
     result = measure_translation(sources.cpu(), translated, real_b.cpu(), device=model.device)

@@ -3,33 +3,30 @@
     python experiments/cxr3_suite.py --data DIR --out DIR [--usual PATH] [--lungs-data DIR]
         [--stages levers recipe gan ablation audit] [--budget-s S] [--scale gpu|cpu|tiny] [--device D]
 
-On the GPU machine (torch 2.11, Python 3.12; at most 10 minutes a command and 30 minutes of device time
-a session; only the folder $OUT comes back; nothing outside the machine can be reached):
+On a GPU machine whose commands have a time limit (each command below ends within about 10 minutes):
 
-1. Here, in the repository root, once. The copies go into a git-ignored folder; cxr3 and lungseg are
-   for research use only: never commit them, delete them afterwards. 33 + 11 MB of images: inside the
-   64 MiB a call may carry. Every package the toolkit imports is already on the GPU machine (kornia is
-   only needed by benchmarks/bench_data.py's comparison rows).
+1. Copy the data next to the checkout into the git-ignored `.data/` (cxr3 and the lung pairs are for
+   research use only: never commit them, delete the copies afterwards), with the usual-recipe script
+   `usual_accuracy.py` that the accuracy baseline comes from. Every package the toolkit imports must be
+   installed (kornia is only needed by benchmarks/bench_data.py's comparison rows).
 
-       mkdir -p .data && cp -r /work/shared/data/cxr3 /work/shared/data/lungseg .data/ \\
-         && cp /work/shared/bench/usual_accuracy.py .data/
+       mkdir -p .data && cp -r CXR3_DIR LUNGSEG_DIR USUAL_ACCURACY_PY .data/
 
-2. Three device calls one after another, each this same command, carrying `.data`, with a 600 s limit
-   (COMMIT: `git rev-parse HEAD` here, since the machine's copy of the tree has no .git):
+2. Run the same command several times, back to back (COMMIT: `git rev-parse HEAD` of the checkout, for
+   copies of the tree without .git; REPORT: a folder that is kept after the machine is returned):
 
        export PYTHONUNBUFFERED=1; python3 experiments/cxr3_suite.py --data .data/cxr3 \\
-         --lungs-data .data/lungseg --usual .data/usual_accuracy.py --out .suite --report $OUT \\
+         --lungs-data .data/lungseg --usual .data/usual_accuracy.py --out .suite --report REPORT \\
          --budget-s 540 --commit COMMIT
 
    Each call skips finished units, resumes a stopped training run from its checkpoint, and ends itself
    within 540 s plus a 30 s grace (a training run is stopped with SIGTERM, saves, and the next call
-   resumes it). `.suite/` (git-ignored: checkpoints and image caches) lives on the machine only while
-   it is held, so make the calls back to back. After every unit, $OUT receives summary.md,
-   summary.json, each unit's result and log, and the translation grid: copy them into the repository's
-   notes and benchmarks/RESULTS.md from there (never the images). By the guesses in `Scale.estimates`
-   (not measured) recipe takes about 15 minutes, gan 10, ablation 20 and audit 5: recipe and gan fill
-   one session; a second session runs the same command (or `--stages ablation audit`) on a fresh
-   `.suite/`, which retrains the yardstick (recipe's first run) before gan-eval and the audit.
+   resumes it). `.suite/` (git-ignored: checkpoints and image caches) must survive between the calls.
+   After every unit, REPORT receives summary.md, summary.json, each unit's result and log, and the
+   translation grid: copy the figures into benchmarks/RESULTS.md from there (never the images). By the
+   guesses in `Scale.estimates` (not measured) recipe takes about 15 minutes, gan 10, ablation 20 and
+   audit 5; `--stages ablation audit` on a fresh `.suite/` retrains the yardstick (recipe's first run)
+   before gan-eval and the audit.
 
 Units and the budget: the stages run in the order levers (only when named), recipe, gan, ablation,
 audit; each is a list of units whose result is ``<out>/results/<unit>.json``; a unit whose result exists
@@ -38,7 +35,7 @@ else the scale's guess, less what earlier attempts spent). A unit that cannot re
 fits in what is left of ``--budget-s``; a training unit, which resumes, starts if half of it (or half the
 budget, when it is longer than one call) fits. Otherwise the suite stops and prints what remains.
 
-Scales: ``gpu`` is the issue's recipe (configs/classify-train.yaml, 224² input, 2 seeds; CycleGAN 5,000
+Scales: ``gpu`` is the full-size recipe (configs/classify-train.yaml, 224² input, 2 seeds; CycleGAN 5,000
 steps at 256², Zebin et al.); ``cpu`` mirrors the CPU preset (configs/classify-train-cpu.yaml against the
 usual recipe at its CPU scale, 3 seeds, the rows of RESULTS.md's "CPU preset"); ``tiny`` runs every stage
 on phantoms in about a minute on a CPU (tests/test_suite.py).
@@ -84,9 +81,10 @@ from benchmarks.common import cpu_name  # noqa: E402
 
 STAGES = ("levers", "recipe", "gan", "ablation", "audit")
 MINORITY = "covid"
-# the issue's targets, and the usual recipe's validation accuracy it quotes for each headline backbone
+# the targets, and the usual recipe's cxr3 validation accuracy quoted for each headline backbone
+# (usual_accuracy.py at full size on a GPU)
 TARGET_ACCURACY = TARGET_COVID_SENSITIVITY = 0.90
-ISSUE_USUAL = {"resnet50": 0.837, "efficientnet_b0": 0.747, "vgg16": 0.678}
+QUOTED_USUAL = {"resnet50": 0.837, "efficientnet_b0": 0.747, "vgg16": 0.678}
 GRACE_S = 30        # after SIGTERM, seconds a command has to save its checkpoint before it is killed
 INTERRUPTED = 130   # exit status of a toolkit training stopped by a signal (after saving)
 BUDGET_SPENT = 3    # exit status when the budget ran out before every unit finished
@@ -672,7 +670,7 @@ def stage_summaries(results: dict, scale: Scale) -> dict:
             ours, usual = pick(f"recipe/ours-{bb}-"), pick(f"recipe/usual-{bb}-")
             if ours or usual:
                 rows[bb] = {"ours": side(ours), "usual": side(usual), "ours_minus_usual": paired(ours, usual),
-                            "issue_usual": ISSUE_USUAL.get(bb), "units": [r["unit"] for r in ours + usual]}
+                            "quoted_usual": QUOTED_USUAL.get(bb), "units": [r["unit"] for r in ours + usual]}
         scored = [bb for bb in rows if rows[bb]["ours"]]
         best = max(scored, key=lambda bb: rows[bb]["ours"]["accuracy"], default=None)
         targets = None
@@ -682,8 +680,8 @@ def stage_summaries(results: dict, scale: Scale) -> dict:
                        "accuracy_met": b["accuracy"] >= TARGET_ACCURACY,
                        "covid_sensitivity": b["sensitivity"].get(MINORITY),
                        "covid_sensitivity_met": (b["sensitivity"].get(MINORITY) or 0) >= TARGET_COVID_SENSITIVITY,
-                       "above_issue_usual": {bb: rows[bb]["ours"]["accuracy"] > rows[bb]["issue_usual"]
-                                             for bb in scored if rows[bb]["issue_usual"] is not None},
+                       "above_quoted_usual": {bb: rows[bb]["ours"]["accuracy"] > rows[bb]["quoted_usual"]
+                                             for bb in scored if rows[bb]["quoted_usual"] is not None},
                        "above_measured_usual": {bb: rows[bb]["ours_minus_usual"]["mean"] > 0
                                                 for bb in scored if rows[bb]["ours_minus_usual"]}}
         out["recipe"] = {"backbones": rows, "targets": targets}
@@ -755,7 +753,7 @@ def markdown(s: dict) -> str:
         split = next((r["ours"]["split"] for r in rows.values() if r["ours"]), "val")
         lines += ["", f"## recipe: our defaults against the usual recipe, {split} split", "",
                   "| backbone | ours: accuracy per seed [CI] | ours mean | covid | normal | pneumonia | usual mean | "
-                  "usual covid | ours − usual | issue's usual | s ours / usual |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "usual covid | ours − usual | quoted usual | s ours / usual |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for bb, r in rows.items():
             o, u = r["ours"] or {}, r["usual"] or {}
             per_seed = "; ".join(f"{pct(a)}{ci(c)}" for a, c in o.get("accuracy_per_seed", []))
@@ -763,13 +761,13 @@ def markdown(s: dict) -> str:
             lines.append(f"| {bb} | {per_seed or '–'} | {pct(o.get('accuracy'))} | {pct(sens.get('covid'))} | "
                          f"{pct(sens.get('normal'))} | {pct(sens.get('pneumonia'))} | {pct(u.get('accuracy'))} | "
                          f"{pct(u.get('sensitivity', {}).get('covid'))} | {diff(r['ours_minus_usual'])} | "
-                         f"{pct(r['issue_usual'])} | {seconds(o.get('train_s'))} / {seconds(u.get('train_s'))} |")
+                         f"{pct(r['quoted_usual'])} | {seconds(o.get('train_s'))} / {seconds(u.get('train_s'))} |")
         if t:
             lines += ["", f"Targets: best backbone {t['best_backbone']}: accuracy {pct(t['accuracy'])} "
                       f"(≥ 90: {'met' if t['accuracy_met'] else 'not met'}), covid sensitivity "
                       f"{pct(t['covid_sensitivity'])} (≥ 90: {'met' if t['covid_sensitivity_met'] else 'not met'}). "
-                      "Above the issue's usual figure: " + (", ".join(f"{bb} {'yes' if v else 'no'}" for bb, v in
-                                                                     t["above_issue_usual"].items()) or "–")
+                      "Above the quoted usual figure: " + (", ".join(f"{bb} {'yes' if v else 'no'}" for bb, v in
+                                                                     t["above_quoted_usual"].items()) or "–")
                       + ". Above the usual recipe measured here: " + (", ".join(
                           f"{bb} {'yes' if v else 'no'}" for bb, v in t["above_measured_usual"].items()) or "not run")
                       + "." + (" Both sides pick their best epoch on the validation split they are scored on, "
@@ -831,7 +829,7 @@ def markdown(s: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="The module docstring gives the "
-                                 "device-call sequence.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 "command sequence on a GPU machine.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--data", required=True, help="cxr3 folder (manifest.csv with train/val splits)")
     ap.add_argument("--out", required=True, help="working folder: results, logs, runs, cache")
     ap.add_argument("--usual", help="usual_accuracy.py, run from its path (not part of the project)")
@@ -842,7 +840,7 @@ def main() -> int:
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--full-ablation", action="store_true", help="also the ablation with all covid training data")
     ap.add_argument("--report", help="folder that receives a copy of the summary, results, logs and figures after "
-                                     "every unit (a GPU machine's $OUT)")
+                                     "every unit (a folder kept after a GPU machine is returned)")
     ap.add_argument("--commit", help="the commit to record when git cannot tell (a copy of the tree without .git)")
     a = ap.parse_args()
     for flag, path in (("--data", a.data), ("--usual", a.usual), ("--lungs-data", a.lungs_data)):

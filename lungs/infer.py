@@ -3,6 +3,7 @@ and as files (:func:`segment_files`: binary mask PNGs at each image's own size a
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,8 @@ class LungSegmenter:
 
     def __init__(self, checkpoint: str | Path, device: str | torch.device = "auto", out: str | Path = "runs"):
         self.path = checkpoint_file(checkpoint, out)
-        self.device = pick_device(device) if isinstance(device, str) else device
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))  # under torchrun, each rank on its own GPU
+        self.device = pick_device(device, local_rank) if isinstance(device, str) else device
         self.model, ckpt = load_segmenter(self.path, self.device)
         self.size = ckpt["input"]["size"]
         self.identity = file_sha256(self.path)

@@ -1,6 +1,6 @@
 """``lungseg-train``: a U-Net trained from scratch on image/mask pairs held on the device, with the same
-kornia augmentation applied to image and mask, Dice + BCE loss, exact resume, and Dice and IoU per
-source on the test split with patient-level bootstrap intervals."""
+one-warp augmentation (``augment.gpu.build_augment``) applied to image and mask, Dice + BCE loss, exact
+resume, and Dice and IoU per source on the test split with patient-level bootstrap intervals."""
 from __future__ import annotations
 
 import contextlib

@@ -211,7 +211,7 @@ def test_cli_stop_exits_130_and_lungseg_writes_masks_and_overlays(trained, lung_
     assert len(listed) == 36 and (tmp_path / "all" / "mask" / "pneumonia" / "pneumonia_00011.png").is_file()
 
 
-def test_lung_masks_in_memory_agree_with_the_training_truth(trained, lung_data, tmp_path):
+def test_the_segmenter_in_memory_agrees_with_the_training_truth(trained, lung_data, tmp_path):
     ds = load_pairs(lung_data, LungDataConfig(size=32, cache_dir=str(tmp_path / "cache")), quiet=True)
     idx = ds.indices("test")
     segmenter = LungSegmenter(trained.run_dir, "cpu")

@@ -75,7 +75,7 @@ def test_tiny_suite_gives_every_stage_keeps_finished_units_and_stops_before_a_un
     assert r.returncode == 3, r.stdout + r.stderr
     assert "remaining: gan/eval" in r.stdout and not (out / "results" / "gan" / "eval.json").exists()
     s = json.loads((out / "summary.json").read_text())
-    assert s["remaining"] == ["gan/eval"] and "budget" in s["stopped"] and "gan" not in s["stages"].get("gan", {})
+    assert s["remaining"] == ["gan/eval"] and "budget" in s["stopped"] and "eval" not in s["stages"].get("gan", {})
     assert sorted(p for p in (out / "runs").rglob("*") if p.is_dir()) == folders
 
     r = run_suite(tmp_path, data, "--scale", "cpu")
@@ -116,7 +116,7 @@ def test_recipe_summary_pairs_ours_with_the_usual_recipe_by_seed_and_judges_the_
     assert resnet["ours_minus_usual"]["low"] is None  # no interval below 3 seeds
     t = recipe["targets"]
     assert t["best_backbone"] == "resnet50" and t["accuracy_met"] and t["covid_sensitivity_met"]
-    assert t["above_issue_usual"] == {"resnet50": True, "vgg16": False}
+    assert t["above_quoted_usual"] == {"resnet50": True, "vgg16": False}
     assert t["above_measured_usual"] == {"resnet50": True, "vgg16": False}
     summary = {"scale": "gpu", "date": "d", "gpu": "H100", "cpu": "c", "cores": 16, "torch": "2.11", "python": "3.12",
                "commit": "abc", "data": "cxr3", "command": "python experiments/cxr3_suite.py", "stopped": None,
