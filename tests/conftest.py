@@ -57,6 +57,16 @@ def folder_data(tmp_path) -> Path:
     return root
 
 
+def tiny_classifier_config(tmp: Path, *more: str):
+    """A shallow classifier at 32² trained for 2 epochs of batch 8, cached under ``tmp``; ``more``
+    overrides as ``key=value``."""
+    from augment.config import load_config
+    from classifier.config import ClassifierConfig
+    return load_config(ClassifierConfig, None, [
+        "data.size=32", f"data.cache_dir={tmp / 'cache'}", "model.backbone=shallow", "model.width=8",
+        "model.input_size=32", "train.epochs=2", "train.batch_size=8", "train.tensorboard=false", *more])
+
+
 def save_gray(path: Path, value: int, size: tuple[int, int] = (24, 24), **kwargs) -> Path:
     """A constant gray image at ``path`` (format from the suffix)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,16 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from augment.config import load_config
 from augment.errors import UserError
 from augment.gpu import StreamedImages
 from augment.phantoms import write_phantoms
 from augment.runtime import load_checkpoint
-from classifier.config import ClassifierConfig, EvalConfig
+from classifier.config import EvalConfig
 from classifier.evaluate import evaluate
 from classifier.overlays import explain_files
 from classifier.train import Trainer, train
-from conftest import sigint_at_call
+from conftest import sigint_at_call, tiny_classifier_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,10 +30,8 @@ def data(tmp_path_factory):
 
 
 def tiny_cfg(tmp, *more):
-    return load_config(ClassifierConfig, None, [
-        "data.size=32", f"data.cache_dir={tmp / 'cache'}", "model.backbone=shallow", "model.width=8",
-        "model.input_size=32", "train.epochs=2", "train.batch_size=8", "train.tensorboard=false",
-        "train.ema=0.9", "train.mixup=0.2", "train.cutmix=0.2", *more])
+    """The shared tiny classifier with EMA, mixup and cutmix on, so every test runs those paths too."""
+    return tiny_classifier_config(tmp, "train.ema=0.9", "train.mixup=0.2", "train.cutmix=0.2", *more)
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,15 @@ import torch
 from matplotlib.collections import PolyCollection
 from PIL import Image
 
-from augment.config import load_config
 from augment.phantoms import write_phantoms
-from classifier.config import ClassifierConfig, EvalConfig
+from classifier.config import EvalConfig
 from classifier.evaluate import evaluation_figures
 from classifier.metrics import bootstrap_weights, classification_metrics, roc_band, roc_curve
 from classifier.model import create_model
 from classifier.overlays import write_overlays
 from classifier.plots import FPR_GRID, overlay_figure, save_figure
 from classifier.train import Trainer, train
-from conftest import sigint_at_call
+from conftest import sigint_at_call, tiny_classifier_config
 
 CLASSES = ("covid", "normal", "pneumonia")
 CM = [[8, 2, 0], [1, 9, 0], [0, 0, 0]]  # no pneumonia image
@@ -134,12 +133,6 @@ def data(tmp_path_factory):
     return write_phantoms(tmp_path_factory.mktemp("phantoms"), 12, size=32, seed=0)
 
 
-def tiny_cfg(tmp, *more):
-    return load_config(ClassifierConfig, None, [
-        "data.size=32", f"data.cache_dir={tmp / 'cache'}", "model.backbone=shallow", "model.width=8",
-        "model.input_size=32", "train.epochs=2", "train.batch_size=8", "train.tensorboard=false", *more])
-
-
 def history(run):
     with open(run / "history.csv", newline="") as f:
         return list(csv.DictReader(f))
@@ -149,7 +142,7 @@ def history(run):
 def straight(tmp_path_factory, data):
     """Two epochs without interruption, logged to TensorBoard."""
     tmp = tmp_path_factory.mktemp("straight")
-    return train(tiny_cfg(tmp, "train.tensorboard=true"), data, tmp, device="cpu", quiet=True)
+    return train(tiny_classifier_config(tmp, "train.tensorboard=true"), data, tmp, device="cpu", quiet=True)
 
 
 def test_history_best_metrics_and_tensorboard_of_a_two_epoch_run(straight):
@@ -171,7 +164,7 @@ def test_history_best_metrics_and_tensorboard_of_a_two_epoch_run(straight):
 
 
 def test_history_continues_after_a_resume_without_duplicate_epochs(tmp_path, data, monkeypatch, straight):
-    cfg = tiny_cfg(tmp_path)
+    cfg = tiny_classifier_config(tmp_path)
     step = sigint_at_call(monkeypatch, Trainer, "train_step", 4)  # 3 steps per epoch: mid second epoch
     run = train(cfg, data, tmp_path / "b", device="cpu", quiet=True)
     monkeypatch.setattr(Trainer, "train_step", step)
