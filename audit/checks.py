@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from classifier.metrics import bootstrap_weights, group_index, interval
+from augment.bootstrap import bootstrap_weights, group_index, interval
 
 
 # ---------------------------------------------------------------- where the map falls

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from augment.bootstrap import bootstrap_weights, interval
 from augment.data import XrayDataset, load_dataset
 from augment.lungmask import LungMasker
 from augment.runtime import pick_device, resolve_run_file, write_text_atomic
@@ -19,8 +20,7 @@ from .checkpoint import CHECKPOINTS, data_config, load_classifier, run_lung_mask
 from .config import EvalConfig
 from .inference import predict
 from .model import Classifier
-from .metrics import (bootstrap_weights, classification_metrics, interval, pr_curve, roc_band, roc_curve,
-                      transferred_threshold, weighted_auc)
+from .metrics import classification_metrics, pr_curve, roc_band, roc_curve, transferred_threshold, weighted_auc
 from .overlays import write_overlays
 from .plots import FPR_GRID, PrCurve, RocCurve, confusion_figure, pr_figure, roc_figure, save_figure
 from .report import key_table, markdown_report

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from augment.bootstrap import bootstrap_weights, group_index, interval
+
 
 def confusion_counts(y: np.ndarray, pred: np.ndarray, k: int, w: np.ndarray) -> np.ndarray:
     """``(B, K, K)`` weighted confusion matrices (rows: true class, columns: predicted) from ``w (B, N)``."""
@@ -126,32 +128,6 @@ def transferred_threshold(choose_positive: np.ndarray, choose_score: np.ndarray,
     test_sens, test_spec = rates_at_threshold(positive, score, thr, w)
     return {"threshold": thr, "chosen_sensitivity": sens, "chosen_specificity": float(chosen_spec[0]),
             "sensitivity": test_sens, "specificity": test_spec}
-
-
-def group_index(groups) -> tuple[np.ndarray, int]:
-    """Each image's group number ``(N,)`` (in order of first appearance) and the number of groups."""
-    number: dict = {}
-    index = np.array([number.setdefault(g, len(number)) for g in groups], dtype=np.int64)
-    return index, len(number)
-
-
-def bootstrap_weights(n: int, rounds: int, seed: int, groups=None) -> np.ndarray:
-    """``(rounds, n)`` resampling weights. Each round draws as many groups as there are, with
-    replacement, and each image weighs its group's draw count; ``groups`` None: every image is its own
-    group (images resampled one by one)."""
-    index, g = group_index(groups) if groups is not None else (np.arange(n), n)
-    if len(index) != n:
-        raise ValueError(f"{len(index)} group ids for {n} images")
-    counts = np.random.default_rng(seed).multinomial(g, np.full(g, 1 / g), size=rounds).astype(np.float64)
-    return counts[:, index]
-
-
-def interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of bootstrap ``samples (B,)``, NaN rounds (metric undefined) left out."""
-    if np.isnan(samples).all():
-        return float("nan"), float("nan")
-    lo, hi = np.nanpercentile(samples, [50 * (1 - level), 50 * (1 + level)])
-    return float(lo), float(hi)
 
 
 def nanmean(values: np.ndarray) -> np.ndarray:

@@ -1,12 +1,13 @@
-"""Overlap measures of lung masks and their 95 % intervals by a bootstrap over patients (the cluster
-bootstrap, Field & Welsh 2007: a patient's images are alike, so resampling images one by one would
-make the intervals too narrow)."""
+"""Overlap measures of lung masks and their 95 % intervals by a bootstrap over patients
+(:mod:`augment.bootstrap`, the toolkit's one cluster bootstrap)."""
 from __future__ import annotations
 
 from collections import defaultdict
 
 import numpy as np
 import torch
+
+from augment.bootstrap import bootstrap_weights, interval
 
 
 def dice_iou(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,15 +24,12 @@ def dice_iou(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, to
 def mean_interval(values: np.ndarray, groups: list[str], rounds: int, seed: int = 0,
                   level: float = 0.95) -> list[float] | None:
     """Percentile interval of the mean of per-image ``values (N,)`` over ``rounds`` resamples of the
-    groups (each drawn group brings all its images); None without rounds."""
+    groups (:func:`augment.bootstrap.bootstrap_weights`: each drawn group brings all its images); None
+    without rounds."""
     if not rounds:
         return None
-    index = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
-    g = index.max() + 1
-    counts = np.random.default_rng(seed).multinomial(g, np.full(g, 1 / g), size=rounds)[:, index]  # (rounds, N)
-    means = (counts * values).sum(1) / counts.sum(1)
-    lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
-    return [float(lo), float(hi)]
+    w = bootstrap_weights(len(values), rounds, seed, groups)  # (rounds, N)
+    return list(interval(w @ values / w.sum(1), level))
 
 
 def segmentation_report(dice: np.ndarray, iou: np.ndarray, groups: list[str], sources: list[str],

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from classifier.metrics import (bootstrap_weights, classification_metrics, confusion_counts, interval, pr_curve,
-                                rates, rates_at_threshold, roc_curve, sensitivity_at_specificity,
-                                transferred_threshold, weighted_auc)
+from augment.bootstrap import bootstrap_weights, interval
+from classifier.metrics import (classification_metrics, confusion_counts, pr_curve, rates, rates_at_threshold, roc_curve,
+                                sensitivity_at_specificity, transferred_threshold, weighted_auc)
 
 Y = np.array([0, 0, 1, 1, 2, 2])
 PRED = np.array([0, 1, 1, 1, 2, 0])

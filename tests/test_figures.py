@@ -12,7 +12,8 @@ from PIL import Image
 from augment.phantoms import write_phantoms
 from classifier.config import EvalConfig
 from classifier.evaluate import evaluation_figures
-from classifier.metrics import bootstrap_weights, classification_metrics, roc_band, roc_curve
+from augment.bootstrap import bootstrap_weights
+from classifier.metrics import classification_metrics, roc_band, roc_curve
 from classifier.model import create_model
 from classifier.overlays import write_overlays
 from classifier.plots import FPR_GRID, overlay_figure, save_figure
