@@ -209,7 +209,7 @@ def classifier_yardstick(classifier: Path, gan_checkpoint: Path | None, out: Pat
     return classifier_probe(model, meta["input_size"], list(meta["classes"]), gan_cfg.train.domain_b)
 
 
-def run_lung_masker(runs: list[Path | None], out: Path, device: str, names: tuple[str, ...] | None = None):
+def lung_masker_of_runs(runs: list[Path | None], out: Path, device: str, names: tuple[str, ...] | None = None):
     """The lung segmenter (``data.lungseg_run``) of the first classifier run among ``runs`` (folders or
     checkpoints; None: the latest) trained on lung-cropped or lung-masked images, or None when none was."""
     from augment.runtime import resolve_run_file
@@ -268,7 +268,7 @@ def classify_train(data, config, out, device, seed, set_, backbone, several, pre
     flags = [f"model.backbone={backbone}"] * bool(backbone) + [f"model.pretrained={pretrained}"] * bool(pretrained)
     flags += [f"train.compile={str(compile_).lower()}"] * (compile_ is not None)
     cfg = load_config(ClassifierConfig, config, [*set_, *flags])
-    lung_masker = run_lung_masker([resume], out, device, ("last.pt",)) if resume else masker_for(cfg.data, device)
+    lung_masker = lung_masker_of_runs([resume], out, device, ("last.pt",)) if resume else masker_for(cfg.data, device)
     if names:
         from classifier.compare import compare, train_backbones
         runs, stopped = train_backbones(cfg, names, data, out, synthetic, device, seed, lung_masker)
@@ -302,7 +302,7 @@ def evaluate(data, config, out, device, seed, set_, checkpoint, cam_n, split_fro
     data, config, _ = resolve_inputs("classify-train", data, config, out)
     cfg = load_config(ClassifierConfig, config, set_)
     run_evaluate(data, checkpoint, out, cfg.eval, device, cam_n, seed, split_from_data=split_from_data,
-                 overwrite=overwrite, lung_masker=run_lung_masker([checkpoint], out, device))
+                 overwrite=overwrite, lung_masker=lung_masker_of_runs([checkpoint], out, device))
 
 
 @cli.command("compare")
@@ -319,7 +319,7 @@ def compare_command(data, config, out, device, seed, set_, runs, dest, overwrite
     data, config, _ = resolve_inputs("classify-train", data, config, out)
     cfg = load_config(ClassifierConfig, config, set_)
     return compare(runs, data, out, dest, cfg.eval, device, seed, overwrite=overwrite,
-                   lung_masker=run_lung_masker(list(runs), out, device))["dest"]
+                   lung_masker=lung_masker_of_runs(list(runs), out, device))["dest"]
 
 
 @cli.command()
@@ -334,7 +334,7 @@ def cam(images, checkpoint, method, target_class, out, device):
     (a run trained on lung-cropped or lung-masked images sees, and shows, them cropped and masked alike)."""
     from classifier.overlays import explain_files
     written = explain_files(images, checkpoint, out, method, target_class, device,
-                            run_lung_masker([checkpoint], out, device))
+                            lung_masker_of_runs([checkpoint], out, device))
     for path in written:
         click.echo(path)
     return written
@@ -356,7 +356,7 @@ def predict_command(images, checkpoint, dest, cam, method, overwrite, batch_size
     class, class probabilities and the covid threshold chosen on validation; unreadable files listed."""
     from classifier.predict import predict_files
     result = predict_files(images, checkpoint, out, dest, cam, method, overwrite, device, batch_size,
-                           lung_masker=run_lung_masker([checkpoint], out, device))
+                           lung_masker=lung_masker_of_runs([checkpoint], out, device))
     click.echo(f"wrote {result['csv']}: {result['images']} images scored, {result['unreadable']} unreadable")
     return result["csv"]
 

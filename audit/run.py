@@ -130,8 +130,9 @@ def run_audit(checkpoint: str | Path | None = None, lungs: str | Path | None = N
     path = resolve_run_file(checkpoint, out, "classifier", CHECKPOINTS)
     segmenter = LungSegmenter(lungs, dev, out)
     data = Path(data) if data is not None else trained_data(path.parent)
-    trained_view = masker_for(run_data_config(path), dev)  # a lung-cropped or lung-masked run's own segmenter
-    model, ckpt, ds, chosen = load_evaluation(data, path, dev, quiet=quiet, lung_masker=trained_view)
+    trained_on = run_data_config(path)
+    model, ckpt, ds, chosen = load_evaluation(data, path, dev, quiet=quiet,
+                                              lung_masker=masker_for(trained_on, dev))  # a lung run's own segmenter
     dest = Path(dest) if dest is not None else path.parent / "audit" / chosen.folder
     if (dest / AUDIT_FILE).exists() and not overwrite:
         raise UserError(f"{dest}: already holds an audit ({AUDIT_FILE}); pass --overwrite to replace it or "
@@ -155,7 +156,7 @@ def run_audit(checkpoint: str | Path | None = None, lungs: str | Path | None = N
 
     result = {"checkpoint": str(path), "data": str(data), "split": chosen.split, "n": len(y),
               "n_groups": len(set(groups)), "classes": list(classes), "method": explainer.label,
-              "input": run_data_config(path).lung_settings or "whole images",
+              "input": trained_on.lung_settings or "whole images",
               "lungs": {"checkpoint": str(segmenter.path), "sha256": segmenter.identity},
               "ci_level": cfg.ci_level, "bootstrap_rounds": cfg.bootstrap, "empty_masks": empty,
               "maps_without_mass": int(np.isnan(share).sum()),

@@ -35,10 +35,7 @@ def data_config(ckpt: dict) -> DataConfig:
 def run_data_config(path: Path) -> DataConfig:
     """The data settings of checkpoint ``path``, read without loading its weights (memory-mapped), so a
     caller can build what the run's data needs (its lung segmenter) before loading the model."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not a zip checkpoint, or damaged: load_checkpoint says which in one line
-        ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, mmap=True)
     if not isinstance(ckpt, dict) or "config" not in ckpt:
         raise UserError(f"{path}: not a classifier checkpoint of this toolkit; give best.pt or last.pt of a classify-train run")
     return data_config(ckpt)
