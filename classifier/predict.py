@@ -108,7 +108,7 @@ def predict_files(inputs: Sequence[str | Path], checkpoint: str | Path | None = 
     per file ``path``, ``predicted``, ``prob_<class>`` for each class, ``threshold`` (the validation
     threshold applied to the positive class, or ``argmax``), ``cam`` (the overlay written with ``cam``)
     and ``error`` (why an unreadable file has no prediction). A ``dest`` holding predictions is refused
-    unless ``overwrite``.
+    unless ``overwrite``, which also removes the overlays written there before.
 
     Returns ``{"csv", "images", "unreadable", "threshold", "threshold_note", "lungs_not_found"}`` (the last: the
     images a lung-cropped run saw uncropped, their lungs too small in the segmenter's masks).
@@ -132,6 +132,8 @@ def predict_files(inputs: Sequence[str | Path], checkpoint: str | Path | None = 
     positive = classes.index(cfg.positive_class) if threshold is not None else None
     if threshold is None and not quiet:
         print(f"predict: no validation threshold ({note}); each image gets its most probable class", file=sys.stderr)
+    for old in sorted((dest / "cam").glob("[0-9][0-9][0-9][0-9][0-9]_*.png")):  # overlays of the run replaced
+        old.unlink()
 
     from tqdm import tqdm
     rows, unreadable, no_lungs = [], 0, []

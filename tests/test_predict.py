@@ -127,6 +127,12 @@ def test_cam_writes_one_overlay_per_readable_image(run, films, tmp_path):
     assert sorted(Path(r["cam"]) for r in rows if r["cam"]) == overlays
     assert all(r["cam"] == "" for r in rows if r["error"])
 
+    # replaced by a prediction of one film, the folder keeps only that film's overlay
+    predict_files(readable[-1:], run, dest=tmp_path / "p", cam=True, method="gradcam", overwrite=True,
+                  device="cpu", quiet=True)
+    _, rows = read_rows(tmp_path / "p" / "predictions.csv")
+    assert sorted((tmp_path / "p" / "cam").glob("*.png")) == [Path(rows[0]["cam"])]
+
 
 def test_default_folder_and_refusal_without_overwrite(run, films, tmp_path):
     root, readable, _ = films
