@@ -215,19 +215,30 @@ def write_csv(path: str | Path, rows: list[dict], columns: Sequence[str]) -> Non
 
 
 # ---------------------------------------------------------------- decoding and cache
-def decode_to_square(path: Path, size: int, resize: str = "crop") -> np.ndarray:
-    """``uint8 (size, size)``: shorter side to ``size`` and centre crop, or longer side and pad."""
-    img = read_xray(path, max_side=size)
-    h, w = img.shape
+def square_box(h: int, w: int, size: int, resize: str) -> tuple[int, int, int, int, int, int]:
+    """How an ``(h, w)`` picture becomes ``(size, size)``: resized to ``(nh, nw)`` (shorter side to ``size``
+    for ``crop``, longer side for ``pad``), cropped at ``(top, left)``, placed at ``(oy, ox)`` on black."""
     scale = size / (min(h, w) if resize == "crop" else max(h, w))
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.Resampling.BILINEAR))
     top, left = max(0, (nh - size) // 2), max(0, (nw - size) // 2)
-    img = img[top:top + size, left:left + size]  # crop: the shorter side already equals size
+    oy, ox = max(0, (size - nh) // 2), max(0, (size - nw) // 2)
+    return nh, nw, top, left, oy, ox
+
+
+def to_square(x: np.ndarray, size: int, resize: str) -> np.ndarray:
+    """``uint8 (H, W)`` → ``uint8 (size, size)``, bilinear, as :func:`square_box` says (threshold a 0/255
+    mask at 128 afterwards)."""
+    nh, nw, top, left, oy, ox = square_box(*x.shape, size, resize)
+    x = np.asarray(Image.fromarray(x).resize((nw, nh), Image.Resampling.BILINEAR))[top:top + size, left:left + size]
     out = np.zeros((size, size), np.uint8)
-    oy, ox = (size - img.shape[0]) // 2, (size - img.shape[1]) // 2  # pad: centre on black
-    out[oy:oy + img.shape[0], ox:ox + img.shape[1]] = img
+    out[oy:oy + x.shape[0], ox:ox + x.shape[1]] = x
     return out
+
+
+def decode_to_square(path: Path, size: int, resize: str = "crop") -> np.ndarray:
+    """``uint8 (size, size)`` of an image file: shorter side to ``size`` and centre crop, or longer side and
+    pad (:func:`to_square`)."""
+    return to_square(read_xray(path, max_side=size), size, resize)
 
 
 def batches_ahead(items: Sequence[T], work: Callable[[T], R], batch_size: int, workers: int,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from augment.data import SPLITS, file_sha256, grouped_split, warn
+from augment.data import SPLITS, file_sha256, grouped_split, square_box, to_square, warn
 from augment.errors import UserError
 from augment.imageio import IMAGE_SUFFIXES, UnreadableImage, read_xray
 
@@ -69,25 +69,6 @@ class LungData:
 
 
 # ---------------------------------------------------------------- geometry
-def square_box(h: int, w: int, size: int, resize: str) -> tuple[int, int, int, int, int, int]:
-    """How an ``(h, w)`` picture becomes ``(size, size)`` (as :func:`augment.data.decode_to_square`):
-    resized to ``(nh, nw)``, cropped at ``(top, left)``, placed at ``(oy, ox)`` on black."""
-    scale = size / (min(h, w) if resize == "crop" else max(h, w))
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    top, left = max(0, (nh - size) // 2), max(0, (nw - size) // 2)
-    oy, ox = max(0, (size - nh) // 2), max(0, (size - nw) // 2)
-    return nh, nw, top, left, oy, ox
-
-
-def to_square(x: np.ndarray, size: int, resize: str) -> np.ndarray:
-    """``uint8 (H, W)`` → ``uint8 (size, size)``, bilinear (threshold a 0/255 mask at 128 afterwards)."""
-    nh, nw, top, left, oy, ox = square_box(*x.shape, size, resize)
-    x = np.asarray(Image.fromarray(x).resize((nw, nh), Image.Resampling.BILINEAR))[top:top + size, left:left + size]
-    out = np.zeros((size, size), np.uint8)
-    out[oy:oy + x.shape[0], ox:ox + x.shape[1]] = x
-    return out
-
-
 def from_square(x: np.ndarray, shape: tuple[int, int], resize: str) -> np.ndarray:
     """``float (S, S)`` made by :func:`to_square` → ``float32 (H, W)`` over the original picture
     (bilinear); with ``crop``, what was cropped off is 0."""

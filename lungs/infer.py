@@ -13,12 +13,12 @@ from PIL import Image
 from skimage.morphology import dilation, disk
 from skimage.segmentation import find_boundaries
 
-from augment.data import DataConfig, file_sha256, warn, write_csv
+from augment.data import DataConfig, file_sha256, to_square, warn, write_csv
 from augment.errors import UserError
 from augment.imageio import IMAGE_SUFFIXES, UnreadableImage, read_xray
 from augment.runtime import latest_run, load_checkpoint, pick_device, resolve_run_file
 
-from .data import discover_pairs, from_square, to_square
+from .data import discover_pairs, from_square
 from .unet import UNet
 
 CHECKPOINT_NAME = "checkpoint.pt"

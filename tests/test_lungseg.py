@@ -17,9 +17,9 @@ from augment.gpu import AugmentConfig, build_augment
 from augment.phantoms import write_phantoms
 from cli import INTERRUPTED, cli
 from lungs import LungSegmenter
-from augment.data import file_sha256
+from augment.data import file_sha256, to_square
 from lungs.config import LungDataConfig, LungEvalConfig, LungsegConfig, LungTrainConfig, UNetConfig
-from lungs.data import from_square, load_pairs, to_square
+from lungs.data import from_square, load_pairs
 from lungs.metrics import dice_iou
 from lungs.train import joint_augment, train_lungseg
 from lungs.unet import UNet
