@@ -111,6 +111,14 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
                         "the file is damaged or of another format") from e
 
 
+def refuse_other_layout(path: Path, found: int, current: int, command: str) -> None:
+    """Refuse to resume from a checkpoint of layout ``found`` (what it holds and how its run draws its
+    augmentation) when ``command`` now writes layout ``current``: resuming could not be exact."""
+    if found != current:
+        raise UserError(f"{path}: written by an earlier {command} (checkpoint layout {found}, now {current}); "
+                        "it can still be evaluated and used, but not resumed exactly: start a new run")
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically, as :func:`write_bytes_atomic`."""
     write_bytes_atomic(path, text.encode("utf-8"))

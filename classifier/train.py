@@ -25,9 +25,9 @@ from augment.errors import UserError
 from augment.gpu import DeviceImages, StreamedImages, build_augment, epoch_batches, fits_on_device
 from augment.lungmask import LungMasker
 from augment.runtime import (Dist, GracefulStop, LossMeter, all_ranks, autocast, broadcast_buffers, close_distributed,
-                             init_distributed, load_checkpoint, new_run_dir, pick_device, resolve_run_file, rng_state,
-                             save_checkpoint, seed_everything, set_rng_state, stop_agreed, tensorboard_writer,
-                             write_run_info, write_text_atomic)
+                             init_distributed, load_checkpoint, new_run_dir, pick_device, refuse_other_layout,
+                             resolve_run_file, rng_state, save_checkpoint, seed_everything, set_rng_state,
+                             stop_agreed, tensorboard_writer, write_run_info, write_text_atomic)
 from augment.runsplit import SPLIT_FILE, split_rows, write_split
 
 from .checkpoint import run_lung_masker
@@ -40,6 +40,9 @@ from .model import Classifier, create_model
 from .plots import RocCurve, confusion_figure, roc_figure
 
 HISTORY_FILE = "history.csv"
+RESUME_LAYOUT = 1
+"""What ``last.pt`` holds and how the run draws its augmentation. 0 (no ``layout`` key): kornia's random
+crop and affine. 1: the one-warp augmentation of :mod:`augment.gpu`. Only the current layout resumes."""
 
 
 @dataclass
@@ -132,6 +135,7 @@ class Trainer:
             ckpt = load_checkpoint(path)
             if not isinstance(ckpt, dict) or "optimizer" not in ckpt:
                 raise UserError(f"{path}: not a classifier training checkpoint; give a classifier run folder")
+            refuse_other_layout(path, ckpt.get("layout", 0), RESUME_LAYOUT, "classify-train")
             cfg = load_config(ClassifierConfig, path.parent / "config.yaml")
             seed = ckpt["seed"]
             lung_masker = run_lung_masker(ckpt, path, lung_masker)
@@ -222,7 +226,7 @@ class Trainer:
                 "epoch_seconds": time.monotonic() - self.clock if self.batch else 0.0,
                 "data_fingerprint": self.fingerprint, "classes": list(self.classes),
                 "model_args": model_args(self.cfg, len(self.classes)), "input_size": self.size,
-                "config": config_to_dict(self.cfg), "lung_masker": self.lung_masker}
+                "config": config_to_dict(self.cfg), "lung_masker": self.lung_masker, "layout": RESUME_LAYOUT}
 
     def _restore(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])

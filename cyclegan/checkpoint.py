@@ -12,7 +12,7 @@ import yaml
 from augment.config import load_config
 from augment.data import file_sha256
 from augment.errors import UserError
-from augment.runtime import load_checkpoint, save_checkpoint, write_text_atomic
+from augment.runtime import load_checkpoint, refuse_other_layout, save_checkpoint, write_text_atomic
 
 from .config import GanConfig
 from .networks import ResnetGenerator, drop_cancelled_biases
@@ -70,10 +70,8 @@ def read_gan_checkpoint(path: Path, resume: bool = False, mmap: bool = False) ->
                         "by `python cli.py gan-train`")
     values = state["config"]
     layout = state.get("layout", 1 if "ranks" in state else 0)
-    if resume and layout != CHECKPOINT_LAYOUT:
-        raise UserError(f"{path}: written by an earlier gan-train (checkpoint layout {layout}, "
-                        f"now {CHECKPOINT_LAYOUT}); it can still synthesize and be evaluated, but not resume: "
-                        "start a new run")
+    if resume:
+        refuse_other_layout(path, layout, CHECKPOINT_LAYOUT, "gan-train")
     if "ranks" not in state:
         values = {k: v for k, v in values.items() if k != "augment"}
     return state, config_from_dict(values)

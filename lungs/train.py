@@ -18,7 +18,7 @@ from augment.data import warn, write_csv
 from augment.errors import UserError
 from augment.gpu import build_augment, epoch_batches
 from augment.runtime import (Dist, GracefulStop, LossMeter, autocast, load_checkpoint, new_run_dir, pick_device,
-                             rng_state, save_checkpoint, seed_everything, set_rng_state, stop_agreed,
+                             refuse_other_layout, rng_state, save_checkpoint, seed_everything, set_rng_state, stop_agreed,
                              tensorboard_writer, write_run_info, write_text_atomic)
 from augment.runsplit import SPLIT_FILE
 
@@ -30,6 +30,9 @@ from .unet import UNet
 
 LOSS_NAMES = ("loss", "dice_loss", "bce")
 SPLIT_COLUMNS = ("path", "mask", "split", "group_id", "source", "sha256")  # a lung manifest itself
+RESUME_LAYOUT = 1
+"""How a checkpoint's run draws its augmentation. 0 (no ``layout`` key): kornia's random crop and affine.
+1: the one-warp augmentation of :mod:`augment.gpu`. Only the current layout resumes."""
 
 
 @dataclass
@@ -78,6 +81,7 @@ def train_lungseg(cfg: LungsegConfig | None, data: str | Path | None, out: str |
         ckpt = load_checkpoint(ckpt_path)
         if not isinstance(ckpt, dict) or "optimizer" not in ckpt:
             raise UserError(f"{ckpt_path}: not a lungseg-train checkpoint; give a run folder of lungseg-train")
+        refuse_other_layout(ckpt_path, ckpt.get("layout", 0), RESUME_LAYOUT, "lungseg-train")
         cfg, seed, run_dir = load_config(LungsegConfig, ckpt_path.parent / "config.yaml"), ckpt["seed"], ckpt_path.parent
         data = data or json.loads((run_dir / "run.json").read_text())["data"]
     elif data is None:
@@ -120,7 +124,8 @@ def train_lungseg(cfg: LungsegConfig | None, data: str | Path | None, out: str |
                          "data_fingerprint": ds.fingerprint, "model_args": {"width": cfg.model.width,
                                                                             "depth": cfg.model.depth},
                          "input": {"size": cfg.data.size, "resize": cfg.data.resize}, "model": model.state_dict(),
-                         "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "rng": rng_state()},
+                         "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "rng": rng_state(),
+                         "layout": RESUME_LAYOUT},
                         ckpt_path)
 
     meter = LossMeter(LOSS_NAMES, dev)

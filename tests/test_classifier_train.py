@@ -3,6 +3,7 @@ images in training only, and DistributedDataParallel with two CPU processes."""
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,6 +58,15 @@ def test_resume_after_a_stop_signal_is_exact(tmp_path, data, monkeypatch, straig
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), (part, k)
     assert a["best_f1"] == b["best_f1"]
+
+
+def test_a_checkpoint_of_the_earlier_augmentation_does_not_resume(tmp_path, data, straight):
+    run = Path(shutil.copytree(straight, tmp_path / "old"))
+    state = load_checkpoint(run / "last.pt")
+    del state["layout"]  # written before the one-warp augmentation: its draws would differ
+    torch.save(state, run / "last.pt")
+    with pytest.raises(UserError, match=r"earlier classify-train \(checkpoint layout 0, now 1\).*start a new run"):
+        train(tiny_cfg(tmp_path), data, tmp_path, resume=run, device="cpu", quiet=True)
 
 
 def pretrained_weights(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -175,6 +176,12 @@ def test_interrupt_then_resume_equals_a_straight_run(lung_data, tmp_path, monkey
     assert first.interrupted and first.step == 3 and first.metrics is None
     assert f"--resume {first.run_dir}" in capsys.readouterr().out
     monkeypatch.undo()
+    old = shutil.copytree(first.run_dir, tmp_path / "old")
+    state = torch.load(old / "checkpoint.pt", weights_only=True)
+    del state["layout"]  # written before the one-warp augmentation: its draws would differ
+    torch.save(state, old / "checkpoint.pt")
+    with pytest.raises(UserError, match=r"earlier lungseg-train \(checkpoint layout 0, now 1\)"):
+        train_lungseg(None, None, tmp_path / "b", device="cpu", resume=old, quiet=True)
     resumed = train_lungseg(None, None, tmp_path / "b", device="cpu", resume=first.run_dir, quiet=True)  # run.json's data
     assert resumed.run_dir == first.run_dir and resumed.step == straight.step and not resumed.interrupted
     for name, weight in straight.model.state_dict().items():
