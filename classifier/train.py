@@ -73,25 +73,29 @@ def input_size(cfg: ClassifierConfig, model: Classifier) -> int:
     return cfg.model.input_size or model.input_size
 
 
-def training_set(ds: XrayDataset, synthetic: XrayDataset | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images ``(N, 1, S, S)`` and labels ``(N,)`` of the training split plus synthetic images."""
+def training_set(ds: XrayDataset, synthetic: XrayDataset | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """uint8 images ``(N, 1, S, S)``, labels ``(N,)`` and the rows ``(M,)`` of them to train on. Without
+    synthetic images: the data's memory-mapped cache itself and its training split's rows, so a streamed set
+    reads only the pages its batches need. With them: the training split and the synthetic images joined in
+    host memory, and rows None (all)."""
     idx = ds.indices("train")
-    images, labels = [ds.images[idx]], [ds.labels[idx]]
-    if synthetic is not None:
-        if synthetic.images.shape[-1] != ds.images.shape[-1]:
-            raise UserError(f"{synthetic.root}: synthetic images were cached at another size; use the same data.size")
-        images.append(synthetic.images)
-        labels.append(synthetic.labels)
-    return torch.cat(images), torch.cat(labels)
+    if synthetic is None:
+        return ds.images, ds.labels, idx
+    if synthetic.images.shape[-1] != ds.images.shape[-1]:
+        raise UserError(f"{synthetic.root}: synthetic images were cached at another size; use the same data.size")
+    return torch.cat([ds.images[idx], synthetic.images]), torch.cat([ds.labels[idx], synthetic.labels]), None
 
 
-def gray_statistics(images_u8: torch.Tensor, chunk: int = 256) -> tuple[float, float]:
-    """Mean and std of the gray values in [0, 1] of ``(N, 1, S, S)`` uint8 images, read in chunks."""
+def gray_statistics(images_u8: torch.Tensor, rows: torch.Tensor | None = None, chunk: int = 256) -> tuple[float, float]:
+    """Mean and std of the gray values in [0, 1] of ``(N, 1, S, S)`` uint8 images (only ``rows (M,)`` when
+    given), read in chunks."""
+    rows = torch.arange(len(images_u8)) if rows is None else rows
     total = sq = 0.0
-    for start in range(0, len(images_u8), chunk):
-        x = images_u8[start:start + chunk].double() / 255
+    for start in range(0, len(rows), chunk):
+        x = images_u8[rows[start:start + chunk]].double() / 255
         total, sq = total + x.sum().item(), sq + x.square().sum().item()
-    n = images_u8.numel()
+    n = len(rows) * images_u8[0].numel()
     mean = total / n
     return mean, max(sq / n - mean ** 2, 0.0) ** 0.5
 
@@ -160,17 +164,18 @@ class Trainer:
         if ckpt is not None and ckpt["data_fingerprint"] != fingerprint:
             raise UserError(f"{data}: these are not the images run {path.parent} was trained on; "
                             "resume with the same --data and --synthetic")
-        images, labels = training_set(ds, syn)
+        images, labels, rows = training_set(ds, syn)
         self.n_synthetic = len(syn) if syn else 0
-        resident = fits_on_device(images.numel(), self.device, cfg.train.device_cache_share)
-        self.train_data = (DeviceImages if resident else StreamedImages)(images, labels, self.device)
+        n_train = len(labels) if rows is None else len(rows)
+        resident = fits_on_device(n_train * images[0].numel(), self.device, cfg.train.device_cache_share)
+        self.train_data = (DeviceImages if resident else StreamedImages)(images, labels, self.device, rows)
         val = ds.indices("val")
         self.val_images, self.val_labels = ds.images[val], ds.labels[val].numpy()
         self.val_groups = [ds.groups[i] for i in val.tolist()]
 
         self.model = create_model(pretrained=cfg.model.pretrained if ckpt is None else "none",
                                   **model_args(cfg, len(self.classes)))
-        self.model.set_normalisation(*gray_statistics(images))
+        self.model.set_normalisation(*gray_statistics(images, rows))
         self.size = input_size(cfg, self.model)
         self.channels_last = cfg.train.channels_last and self.device.type == "cuda"  # slower on CPU
         self.model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
@@ -179,7 +184,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             [{"params": self.model.backbone.parameters()}, {"params": self.model.head.parameters()}],
             lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=self.device.type == "cuda")
-        counts = torch.bincount(labels, minlength=len(self.classes)).double().clamp(min=1)
+        counts = torch.bincount(self.train_data.labels.cpu(), minlength=len(self.classes)).double().clamp(min=1)
         self.class_weights = ((counts.sum() / (len(counts) * counts)).float().to(self.device)
                               if cfg.train.balance == "loss" else None)
         self.phases = phases(cfg)

@@ -78,10 +78,13 @@ def pretrained_weights(tmp_path):
 
 
 def test_batches_streamed_from_host_memory_train_the_same_model(tmp_path, data, straight):
-    """A cache share of 0 keeps the images on the host and streams each batch: same batches, same order,
-    same augmentation, so the same weights as the run that held them on the device."""
+    """A cache share of 0 keeps the images on the host and streams each batch from the memory-mapped cache
+    (no copy of the training split): same batches, same order, same augmentation, so the same weights as the
+    run that held them on the device."""
     trainer = Trainer(tiny_cfg(tmp_path, "train.device_cache_share=0"), data, tmp_path, device="cpu", quiet=True)
-    assert isinstance(trainer.train_data, StreamedImages)
+    streamed_set = trainer.train_data
+    assert isinstance(streamed_set, StreamedImages)
+    assert streamed_set.rows is not None and len(streamed_set) < len(streamed_set.images)  # rows of the whole cache
     streamed = trainer.run()
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(streamed / "last.pt")
     for part in ("model", "ema"):
