@@ -61,10 +61,10 @@ class EMA:
     def update(self, model: nn.Module, step: int) -> None:
         """Average in ``model`` after its optimiser step number ``step`` (0-based) of the phase."""
         decay = min(self.decay, (1 + step) / (10 + step))
-        ema_p, p = list(self.module.parameters()), list(model.parameters())
-        torch._foreach_lerp_(ema_p, p, 1 - decay)
-        for b_ema, b in zip(self.module.buffers(), model.buffers()):
-            b_ema.copy_(b)
+        torch._foreach_lerp_(list(self.module.parameters()), list(model.parameters()), 1 - decay)
+        buffers = list(self.module.buffers())
+        if buffers:  # batch-norm statistics, copied as they are
+            torch._foreach_copy_(buffers, list(model.buffers()))
 
     def state_dict(self) -> dict:
         return self.module.state_dict()

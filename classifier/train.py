@@ -299,8 +299,8 @@ class Trainer:
 
     def train_step(self, net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], phase: Phase,
                    step_in_phase: int) -> torch.Tensor:
-        """One optimiser step on ``batch`` (images ``(B, 1, S, S)`` in [0, 1], labels ``(B,)``, on the device);
-        returns the loss (no host sync)."""
+        """One optimiser step on ``batch`` (images ``(B, 1, S, S)`` in [0, 1], labels ``(B,)``, on the device),
+        ``net`` already in the phase's training mode; returns the loss (no host sync)."""
         t = self.cfg.train
         factor = self.schedule.factor(step_in_phase)
         for group, base in zip(self.optimizer.param_groups, self.base_lr):
@@ -311,8 +311,6 @@ class Trainer:
         x, target = mix(x, target, t.mixup, t.cutmix)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if phase.frozen:
-            self.model.backbone.eval()  # batch-norm statistics stay those of the pretrained backbone
         with autocast(self.device, t.bf16, t.cpu_bf16):
             logits = net(x)
         loss = F.cross_entropy(logits.float(), target, weight=self.class_weights, label_smoothing=t.label_smoothing)
@@ -418,6 +416,8 @@ class Trainer:
         infinite loss raises a :class:`UserError` before any checkpoint is written from the diverged model."""
         batches = self.train_data.batches(torch.stack(self._batches(self.epoch)))
         net.train()
+        if phase.frozen:
+            self.model.backbone.eval()  # batch-norm statistics stay those of the pretrained backbone
         meter = LossMeter(("loss",), self.device)
         bar = tqdm(total=len(batches), initial=self.batch, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
                    unit="step", disable=self.quiet, file=sys.stderr, leave=False)
