@@ -2,6 +2,7 @@
 
     python experiments/cxr3_suite.py --data DIR --out DIR [--usual PATH] [--lungs-data DIR]
         [--stages levers recipe gan ablation audit] [--budget-s S] [--scale gpu|cpu|tiny] [--device D]
+        [--report DIR] [--results-from SUMMARY_JSON]
 
 On a GPU machine whose commands have a time limit (each command below ends within about 10 minutes):
 
@@ -17,16 +18,21 @@ On a GPU machine whose commands have a time limit (each command below ends withi
 
        export PYTHONUNBUFFERED=1; python3 experiments/cxr3_suite.py --data .data/cxr3 \\
          --lungs-data .data/lungseg --usual .data/usual_accuracy.py --out .suite --report REPORT \\
-         --budget-s 540 --commit COMMIT
+         --budget-s 540 --commit COMMIT [--results-from .data/summary.json]
 
    Each call skips finished units, resumes a stopped training run from its checkpoint, and ends itself
    within 540 s plus a 30 s grace (a training run is stopped with SIGTERM, saves, and the next call
-   resumes it). `.suite/` (git-ignored: checkpoints and image caches) must survive between the calls.
-   After every unit, REPORT receives summary.md, summary.json, each unit's result and log, and the
-   translation grid: copy the figures into benchmarks/RESULTS.md from there (never the images). By the
-   guesses in `Scale.estimates` (not measured) recipe takes about 15 minutes, gan 10, ablation 20 and
-   audit 5; `--stages ablation audit` on a fresh `.suite/` retrains the yardstick (recipe's first run)
-   before gan-eval and the audit.
+   resumes it). `.suite/` (git-ignored: checkpoints and image caches) survives between calls only while
+   the machine is kept. After every unit, REPORT receives four or five flat files: summary.md,
+   summary.json (every finished unit's result), logs.tar.gz and the translation grid; copy the figures
+   into benchmarks/RESULTS.md from there (never the images).
+
+3. On a fresh machine (the last one was returned, or another day), carry the last summary.json back as
+   `.data/summary.json` and add `--results-from .data/summary.json`: its units count as done, except a
+   run that a unit still to come reads (the recipe's first run, the CycleGAN, the lung segmenter), which
+   trains again because its folder stayed on the other machine. Its durations inform the estimates.
+   By the guesses in `Scale.estimates` (not measured) recipe takes about 15 minutes, gan 10, ablation 20
+   and audit 5, so the whole suite takes several machine loans; `--stages` picks what one loan runs.
 
 Units and the budget: the stages run in the order levers (only when named), recipe, gan, ablation,
 audit; each is a list of units whose result is ``<out>/results/<unit>.json``; a unit whose result exists
@@ -57,6 +63,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -255,13 +262,36 @@ class Suite:
         return [x for v in values for x in (flag, v)]
 
     # ------------------------------------------------------------ running units under the budget
+    def take_results(self, summary: Path) -> None:
+        """Count the units an earlier call finished (``summary.json``'s ``units``, from a report of another
+        machine, say) as done here, unless a result of this folder's own is there."""
+        earlier = read_json(summary, {})
+        if "units" not in earlier:
+            raise UserError(f"{summary}: not a summary.json of this suite (no units); give the one --report wrote")
+        if earlier.get("scale") != self.a.scale:
+            raise UserError(f"{summary}: a suite at scale {earlier.get('scale')}, not {self.a.scale}; give --scale "
+                            f"{earlier.get('scale')} or another summary")
+        units = earlier["units"]
+        for name, result in units.items():
+            if self.result(name) is None:
+                write_json(self.out / "results" / f"{name}.json", result)
+                self.progress["durations"].setdefault(result["kind"], []).append(result["seconds"])  # estimates
+        self.save_progress()
+
+    def done(self, name: str, needed: set[str]) -> bool:
+        """Whether unit ``name`` has its result, and, when a planned unit reads its run folder (``needed``), that
+        folder still exists (a result taken from another machine names a run this one lacks: it runs again)."""
+        result = self.result(name)
+        return result is not None and not (name in needed and "run" in result and not (ROOT / result["run"]).exists())
+
     def run(self, units: list[Unit]) -> None:
+        needed = {n for u in units for n in u.needs}
         for i, unit in enumerate(units):
-            if self.result(unit.name) is not None:
+            if self.done(unit.name, needed):
                 print(f"{unit.name}: done earlier, kept", flush=True)
                 continue
             try:
-                missing = [n for n in unit.needs if self.result(n) is None]
+                missing = [n for n in unit.needs if not self.done(n, needed)]
                 reason = unit.unavailable or (f"needs {', '.join(missing)} first" if missing else None)
                 if reason:
                     self.skipped[unit.name] = reason
@@ -272,7 +302,7 @@ class Suite:
             except Stopped as e:
                 self.stopped = str(e)
                 self.remaining = list(dict.fromkeys(u.name for u in units[i:]
-                                                    if self.result(u.name) is None and not u.unavailable))
+                                                    if not self.done(u.name, needed) and not u.unavailable))
                 print(f"stopped: {e}\nremaining: {', '.join(self.remaining)}", flush=True)
                 return
             except Exception as e:  # noqa: BLE001 - one unit's failure must not cost the others their turn
@@ -567,14 +597,21 @@ class Suite:
         write_json(self.out / "summary.json", summary)
         write_text_atomic(self.out / "summary.md", markdown(summary))
         if self.a.report:
-            report = Path(self.a.report)
-            for name in ("summary.json", "summary.md", "results", "logs", "figures"):
-                source = self.out / name
-                if source.is_dir():
-                    shutil.copytree(source, report / name, dirs_exist_ok=True)
-                elif source.exists():
-                    report.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(source, report / name)
+            self.copy_report(Path(self.a.report))
+
+    def copy_report(self, report: Path) -> None:
+        """A few flat files in ``report``, as a GPU machine hands back: summary.json (every unit's result),
+        summary.md, logs.tar.gz (every unit's log) and the figures."""
+        report.mkdir(parents=True, exist_ok=True)
+        for name in ("summary.json", "summary.md"):
+            shutil.copy2(self.out / name, report / name)
+        logs = self.out / "logs"
+        if logs.is_dir():
+            with tarfile.open(report / ".logs.tar.gz.tmp", "w:gz") as tar:
+                tar.add(logs, arcname="logs")
+            os.replace(report / ".logs.tar.gz.tmp", report / "logs.tar.gz")
+        for figure in sorted((self.out / "figures").glob("*")):
+            shutil.copy2(figure, report / figure.name)
 
 
 # ---------------------------------------------------------------- reading the toolkit's outputs
@@ -842,8 +879,12 @@ def main() -> int:
     ap.add_argument("--report", help="folder that receives a copy of the summary, results, logs and figures after "
                                      "every unit (a folder kept after a GPU machine is returned)")
     ap.add_argument("--commit", help="the commit to record when git cannot tell (a copy of the tree without .git)")
+    ap.add_argument("--results-from", action="append", default=[], metavar="SUMMARY_JSON",
+                    help="an earlier call's summary.json (from --report, on another machine, say): its finished units "
+                         "count as done, except runs another unit needs that are not here (repeatable)")
     a = ap.parse_args()
-    for flag, path in (("--data", a.data), ("--usual", a.usual), ("--lungs-data", a.lungs_data)):
+    for flag, path in (("--data", a.data), ("--usual", a.usual), ("--lungs-data", a.lungs_data),
+                       *(("--results-from", p) for p in a.results_from)):
         if path and not Path(path).exists():
             print(f"error: {flag} {path}: no such file or folder", file=sys.stderr)
             return 2
@@ -862,6 +903,8 @@ def main() -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     try:
+        for summary in a.results_from:
+            suite.take_results(Path(summary))
         suite.run(suite.plan([s for s in STAGES if s in a.stages]))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -3,7 +3,9 @@ finished units, then a budget too small for the next unit."""
 import json
 import os
 import subprocess
+import shutil
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -44,7 +46,12 @@ def test_tiny_suite_gives_every_stage_keeps_finished_units_and_stops_before_a_un
     assert gan["eval"]["features"] == "classifier_penultimate_features" and 0 <= gan["eval"]["share_called_b"] <= 1
     assert gan["eval"]["fd"] >= 0 and gan["eval"]["n_translated"] > 0
     assert gan["tstr"]["n_synthetic"] > 0 and 0 <= gan["tstr"]["accuracy"] <= 1
-    grid = Image.open(tmp_path / "report" / "figures" / "gan-translations.png")
+    report = tmp_path / "report"  # flat and few files, as a GPU machine hands them back
+    assert sorted(p.name for p in report.iterdir()) == ["gan-translations.png", "logs.tar.gz", "summary.json",
+                                                          "summary.md"]
+    with tarfile.open(report / "logs.tar.gz") as tar:
+        assert "logs/gan/train.log" in tar.getnames()
+    grid = Image.open(report / "gan-translations.png")
     assert grid.mode == "L" and grid.height >= 32 and grid.width >= 2 * 32 + 1
     ablation = st["ablation"]["f0.25"]
     assert set(ablation["conditions"]) == {"real", "classic", "synthetic"} and ablation["minority_fraction"] == 0.25
@@ -80,6 +87,16 @@ def test_tiny_suite_gives_every_stage_keeps_finished_units_and_stops_before_a_un
 
     r = run_suite(tmp_path, data, "--scale", "cpu")
     assert r.returncode == 2 and "other settings" in r.stderr and not (out / "runs" / "recipe" / "ours-resnet18-seed0").exists()
+
+    # another machine: the report's results count, but the runs gan/eval reads stayed behind, so they train again
+    shutil.copy(tmp_path / "report" / "summary.json", tmp_path / "earlier.json")
+    shutil.rmtree(out)
+    r = run_suite(tmp_path, data, "--stages", "gan", "--results-from", str(tmp_path / "earlier.json"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    for unit in ("recipe/ours-shallow-seed0: running", "gan/train: running", "gan/eval: running",
+                 "gan/tstr: done earlier, kept"):
+        assert unit in r.stdout, r.stdout
+    assert json.loads((out / "results" / "gan" / "tstr.json").read_text()) == s["units"]["gan/tstr"]
 
 
 def test_usual_recipe_line_becomes_the_same_figures_as_ours():
