@@ -18,7 +18,7 @@ from augment.errors import UserError
 from augment.lungmask import apply_lung_mask
 from augment.runtime import pick_device, resolve_run_file, write_text_atomic
 from classifier.cam import BaseCAM, cam_method
-from classifier.checkpoint import CHECKPOINTS, run_data_config
+from classifier.checkpoint import CHECKPOINTS, precision, run_data_config
 from classifier.config import EvalConfig
 from classifier.evaluate import json_safe, load_evaluation
 from classifier.inference import predict, to_input
@@ -39,7 +39,7 @@ CHUNK = 256  # images whose three variants are held at once
 
 def classify_variants(model: Classifier, images_u8: torch.Tensor, masks: torch.Tensor, size: int,
                       device: torch.device, batch_size: int = 64,
-                      cpu_bf16: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+                      bf16: bool = True, cpu_bf16: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Class probabilities ``(N, K)`` of uint8 images ``(N, 1, S, S)`` as they are (``plain``), with the lungs
     hidden (``hidden``) and with everything but the lungs hidden (``kept``), by
     :func:`augment.lungmask.apply_lung_mask` with ``masks`` ``bool (N, 1, S, S)``; and the pooled last
@@ -55,7 +55,7 @@ def classify_variants(model: Classifier, images_u8: torch.Tensor, masks: torch.T
             x, m = images_u8[start:start + CHUNK], masks[start:start + CHUNK]
             pooled.clear()
             p = predict(model, torch.cat([x, apply_lung_mask(x, m, "hide-lungs"), apply_lung_mask(x, m, "keep-lungs")]),
-                        size, device, batch_size, cpu_bf16=cpu_bf16)
+                        size, device, batch_size, bf16, cpu_bf16)
             for v, part in zip(VARIANTS, p.split(len(x))):
                 probs[v].append(part)
             features.append(torch.cat(pooled)[:len(x)])
@@ -145,8 +145,7 @@ def run_audit(checkpoint: str | Path | None = None, lungs: str | Path | None = N
     groups = [ds.groups[i] for i in idx.tolist()]
     sources = [ds.sources[i] or UNKNOWN_SOURCE for i in idx.tolist()]
     masks = segmenter(images)
-    probs, features = classify_variants(model, images, masks, size, dev, cfg.batch_size,
-                                        ckpt["config"]["train"].get("cpu_bf16", False))
+    probs, features = classify_variants(model, images, masks, size, dev, cfg.batch_size, **precision(ckpt))
     predicted = {v: p.argmax(1).numpy() for v, p in probs.items()}
     share, peak, area = cam_on_lungs(explainer, images, masks, size, dev, cfg.batch_size)
     empty = int((area == 0).sum())

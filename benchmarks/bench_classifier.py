@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from augment.config import load_config  # noqa: E402
 from augment.runtime import git_commit  # noqa: E402
-from common import load_usual  # noqa: E402
+from common import load_usual, peak_mib, reset_peak, sync  # noqa: E402
 from classifier.config import ClassifierConfig  # noqa: E402
 from classifier.inference import predict  # noqa: E402
 from classifier.metrics import classification_metrics  # noqa: E402
@@ -34,13 +34,9 @@ from classifier.train import Trainer  # noqa: E402
 BACKBONES = ("resnet50", "vgg16", "efficientnet_b0")
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def our_train_rate(trainer: Trainer, steps: int, warmup: int = 5) -> float:
-    """Images/s of ``Trainer.train_step`` (augmentation included) after ``warmup`` steps."""
+    """Images/s of ``Trainer.train_step`` (augmentation included) after ``warmup`` steps (peak memory counted
+    from the first timed step: :func:`common.peak_mib`)."""
     phase = trainer.phases[-1]
     net = trainer._enter_phase(phase)
     net.train()
@@ -49,6 +45,7 @@ def our_train_rate(trainer: Trainer, steps: int, warmup: int = 5) -> float:
     for i in range(warmup):
         trainer.train_step(net, batches[i % len(batches)], phase, i)
     sync(trainer.device)
+    reset_peak(trainer.device)
     start = time.perf_counter()
     for i in range(steps):
         trainer.train_step(net, batches[i % len(batches)], phase, warmup + i)
@@ -78,9 +75,11 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[256, 64])
     ap.add_argument("--backbones", nargs="+", default=list(BACKBONES))
     ap.add_argument("--workers", type=int, default=16)
+    ap.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
+                    help="cudnn.benchmark for both sides (the usual recipe sets it; ours: train.cudnn_benchmark)")
     ap.add_argument("--set", dest="overrides", nargs="*", default=[], help="extra key=value config overrides")
     a = ap.parse_args()
-    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = a.cudnn_benchmark  # the usual side; the Trainer sets it from its config
     usual = load_usual(a.usual) if a.usual else None
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "commit": git_commit(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "torch": torch.__version__}
@@ -88,11 +87,14 @@ def main() -> None:
         for name in a.backbones:
             for bs in a.batches:
                 cfg = load_config(ClassifierConfig, None, [f"model.backbone={name}", f"train.batch_size={bs}",
+                                                            f"train.cudnn_benchmark={str(a.cudnn_benchmark).lower()}",
                                                             "train.tensorboard=false", *a.overrides])
-                row = {**meta, "backbone": name, "batch": bs}
+                row = {**meta, "backbone": name, "batch": bs, "cudnn_benchmark": a.cudnn_benchmark,
+                       "bf16": cfg.train.bf16, "channels_last": cfg.train.channels_last, "compile": cfg.train.compile}
                 try:
                     trainer = Trainer(cfg, a.data, out, device=a.device, quiet=True)
                     row["ours_train_img_s"] = round(our_train_rate(trainer, a.steps), 1)
+                    row["ours_peak_mib"] = peak_mib(trainer.device)
                     if bs == a.batches[-1]:
                         row["ours_eval500_img_s"] = round(our_eval_rate(trainer), 1)
                     del trainer

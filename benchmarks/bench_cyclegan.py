@@ -48,7 +48,7 @@ from augment.config import load_config  # noqa: E402
 from augment.data import load_dataset  # noqa: E402
 from augment.gpu import DeviceImages  # noqa: E402
 from augment.runtime import LossMeter, git_commit, pick_device, seed_everything  # noqa: E402
-from common import cpu_name, load_usual  # noqa: E402
+from common import cpu_name, load_usual, peak_mib, reset_peak, sync  # noqa: E402
 from cyclegan.checkpoint import CHECKPOINT_NAME, load_generator_ab  # noqa: E402
 from cyclegan.compile_cache import compile_cache_path, load_compiled, save_compiled  # noqa: E402
 from cyclegan.config import GanConfig  # noqa: E402
@@ -59,23 +59,6 @@ from cyclegan.synthesize import synthesize  # noqa: E402
 from cyclegan.train import train_gan  # noqa: E402
 
 TINY_MODEL = ["model.ngf=8", "model.ndf=8", "model.n_blocks=1", "model.n_layers_d=2"]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_mib(device: torch.device) -> int | None:
-    """Peak memory reserved by PyTorch's allocator since :func:`reset_peak`: unlike the allocated peak, it
-    counts a CUDA graph's private pool, whose intermediate tensors are never allocated during a replay."""
-    return round(torch.cuda.max_memory_reserved(device) / 2**20) if device.type == "cuda" else None
 
 
 def gan_config(a, cache_dir: str, batch_size: int, layout: str, upsample: str, graph: bool, *extra: str) -> GanConfig:
@@ -102,6 +85,7 @@ def train_rate(cfg: GanConfig, images: tuple[DeviceImages, DeviceImages], device
     b = cfg.train.batch_size
     cache = compile_cache_path(cache_root, cfg, device) if compile else None
     if cache is not None:
+        torch._dynamo.reset()  # each row compiles afresh, as gan-train does, rather than past the recompile limit
         load_compiled(cache)
     seed_everything(0)
     model = CycleGAN(cfg, device, total_steps=10 * (warmup + steps), compile=compile)

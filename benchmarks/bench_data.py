@@ -42,18 +42,13 @@ from augment.data import DataConfig, load_dataset  # noqa: E402
 from augment.gpu import (AugmentConfig, DeviceImages, Resize, StreamedImages, build_augment,  # noqa: E402
                          epoch_batches, resize_and_crop)
 from augment.runtime import git_commit  # noqa: E402
-from common import cpu_name  # noqa: E402
+from common import cpu_name, sync  # noqa: E402
 
 
 def hardware() -> dict:
     return {"cpu": cpu_name(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "load_avg_1min": round(os.getloadavg()[0], 2),  # others' work on a shared machine skews CPU figures
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed(fn):

@@ -26,6 +26,13 @@ def load_classifier(path: Path, device: torch.device) -> tuple[Classifier, dict]
     return model.to(device).eval(), ckpt
 
 
+def precision(ckpt: dict) -> dict:
+    """``bf16`` and ``cpu_bf16`` of the run, as :func:`classifier.inference.predict` takes them: a model is
+    evaluated at the precision its validation predictions (and thresholds) were computed at."""
+    train = ckpt["config"]["train"]
+    return {"bf16": train.get("bf16", True), "cpu_bf16": train.get("cpu_bf16", False)}
+
+
 def data_config(ckpt: dict) -> DataConfig:
     """The data settings (image size, classes, splits) the checkpoint was trained with."""
     saved = ckpt["config"]["data"]

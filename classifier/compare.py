@@ -27,7 +27,7 @@ from augment.errors import UserError
 from augment.lungmask import LungMasker
 from augment.runtime import new_run_dir, pick_device, resolve_run_file, write_text_atomic
 
-from .checkpoint import CHECKPOINTS
+from .checkpoint import CHECKPOINTS, precision
 from .config import ClassifierConfig, EvalConfig
 from .evaluate import json_safe, load_evaluation
 from .inference import predict
@@ -146,7 +146,7 @@ def compare(runs: Sequence[str | Path], data: str | Path, out: str | Path = "run
     for path in paths:
         model, ckpt, ds, chosen = load_evaluation(data, path, dev, quiet=quiet, lung_masker=lung_masker)
         idx = chosen.indices
-        prob = predict(model, ds.images[idx], ckpt["input_size"], dev, cfg.batch_size).numpy()
+        prob = predict(model, ds.images[idx], ckpt["input_size"], dev, cfg.batch_size, **precision(ckpt)).numpy()
         loaded.append((ckpt, ds, idx.tolist(), prob))
     classes = tuple(loaded[0][0]["classes"])
     for path, (ckpt, *_) in zip(paths, loaded):

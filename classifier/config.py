@@ -49,6 +49,8 @@ class TrainConfig:
     cpu_bf16: bool = False            # also on a CPU with native bf16 (AVX512-BF16, AMX): about 2x faster there
     channels_last: bool = True       # on CUDA
     compile: bool = False
+    cudnn_benchmark: bool = False     # let cuDNN time its kernels at the first steps (CUDA only; a resumed run
+                                      # may then differ from a straight one in the last bits)
     device_cache_share: float = 0.5   # GPU memory share the image cache may take; beyond, batches stream from the host
     log_every: int = 20               # steps between logged losses
     tensorboard: bool = True

@@ -16,7 +16,7 @@ from augment.lungmask import LungMasker
 from augment.runtime import pick_device, resolve_run_file, write_text_atomic
 from augment.runsplit import EVALUATED_FILE, EvalSet, claim_report, evaluation_set, split_rows, write_split
 
-from .checkpoint import CHECKPOINTS, data_config, load_classifier, run_lung_masker
+from .checkpoint import CHECKPOINTS, data_config, load_classifier, precision, run_lung_masker
 from .config import EvalConfig
 from .inference import predict
 from .model import Classifier
@@ -162,8 +162,7 @@ def evaluate(data: str | Path, checkpoint: str | Path | None = None, out: str | 
     evaluated = split_rows(ds, idx, split)
     claim_report(out_dir, evaluated, overwrite)
     y = ds.labels[idx].numpy()
-    cpu_bf16 = ckpt["config"]["train"].get("cpu_bf16", False)  # as the run's validation predicted
-    prob = predict(model, ds.images[idx], size, dev, cfg.batch_size, cpu_bf16=cpu_bf16).numpy()
+    prob = predict(model, ds.images[idx], size, dev, cfg.batch_size, **precision(ckpt)).numpy()
 
     groups = [ds.groups[i] for i in idx.tolist()]
     metrics = classification_metrics(y, prob, classes, cfg.bootstrap, cfg.ci_level, seed, groups)

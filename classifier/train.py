@@ -177,6 +177,8 @@ class Trainer:
                                   **model_args(cfg, len(self.classes)))
         self.model.set_normalisation(*gray_statistics(images, rows))
         self.size = input_size(cfg, self.model)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
         self.channels_last = cfg.train.channels_last and self.device.type == "cuda"  # slower on CPU
         self.model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         self.ema = EMA(self.model, cfg.train.ema) if cfg.train.ema else None

@@ -140,6 +140,7 @@ class CycleGAN:
         self.lr.copy_(self.scheduled_lr())
         for group in self.opt_g.param_groups + self.opt_d.param_groups:
             group["lr"] = self.lr  # loading put the saved copy there
+            group["capturable"] = self.device.type == "cuda"  # as built here, whatever device saved it
 
     def pool_state(self) -> dict:
         """This process's image pools (under torchrun each rank has its own), on the CPU."""

@@ -18,6 +18,7 @@ from augment.data import DataConfig, load_dataset
 from augment.errors import UserError
 from augment.lungmask import MIN_LUNG_FRACTION, crop_and_mask
 from augment.phantoms import _anatomy, phantom_with_lungs, write_phantoms
+from classifier.checkpoint import precision
 from classifier.config import ClassifierConfig
 from classifier.evaluate import load_evaluation
 from classifier.inference import predict
@@ -191,7 +192,7 @@ def test_classify_train_evaluate_predict_and_cam_on_lung_cropped_images(segmente
     common = ["--data", str(data), "--out", str(out), "--device", "cpu"]
     sets = ["data.size=32", f"data.cache_dir={tmp / 'cache'}", "data.lung_crop=true", f"data.lungseg_run={segmenter}",
             "model.backbone=shallow", "model.pretrained=none", "model.width=8", "model.input_size=32",
-            "train.epochs=2", "train.batch_size=8", "train.tensorboard=false", "eval.bootstrap=20"]
+            "train.epochs=2", "train.batch_size=8", "train.tensorboard=false", "train.cpu_bf16=true", "eval.bootstrap=20"]
     runner = CliRunner()
     r = runner.invoke(cli, ["classify-train", *common, *[a for s in sets for a in ("--set", s)]])
     assert r.exit_code == 0, r.output
@@ -206,7 +207,7 @@ def test_classify_train_evaluate_predict_and_cam_on_lung_cropped_images(segmente
     masker = masker_for(load_config(ClassifierConfig, run / "config.yaml").data, "cpu")
     model, ckpt, ds, chosen = load_evaluation(data, run / "best.pt", CPU, lung_masker=masker)
     assert len(chosen.indices) == metrics["n"] and len(ds.no_lungs) < len(ds) / 4  # the segmenter finds most lungs
-    expected = predict(model, ds.images[chosen.indices], ckpt["input_size"], CPU).numpy()
+    expected = predict(model, ds.images[chosen.indices], ckpt["input_size"], CPU, **precision(ckpt)).numpy()  # the run's
     files = [data / ds.paths[i] for i in chosen.indices.tolist()]
     r = runner.invoke(cli, ["predict", "--checkpoint", str(run), "--out", str(out), "--device", "cpu",
                             "--dest", str(tmp / "pred"), *map(str, files)])
