@@ -105,6 +105,19 @@ def test_cuda_graph_is_ignored_on_the_cpu(tmp_path, data):
     assert int(model.step) == 1
 
 
+def test_optimisers_restored_from_another_device_keep_this_devices_flags(tmp_path):
+    """A checkpoint saved on a GPU (capturable optimisers) resumes on the CPU as the CPU builds them, and the
+    other way round: a CPU checkpoint resumed on a GPU can still be captured in a CUDA graph."""
+    cfg = tiny_config(tmp_path)
+    saved = CycleGAN(cfg, torch.device("cpu"), total_steps=2).state_dict()
+    for opt in ("opt_g", "opt_d"):
+        saved[opt]["param_groups"][0]["capturable"] = True  # as written on a GPU
+    model = CycleGAN(cfg, torch.device("cpu"), total_steps=2)
+    model.load_state_dict(saved)
+    assert not any(g["capturable"] for g in model.opt_g.param_groups + model.opt_d.param_groups)
+    assert all(g["lr"] is model.lr for g in model.opt_g.param_groups + model.opt_d.param_groups)
+
+
 def test_compiled_code_is_written_once_per_set_up_and_loaded_by_later_runs(tmp_path, data, monkeypatch):
     """torch.compile's artifacts go to <out>/cache/compile-<torch version>-<hash>.bin after the first steps;
     a later run of the same set-up loads them before it compiles and leaves the file alone; another
