@@ -33,7 +33,7 @@ class TrainStep:
         self.model = model
         self.jitter = resize_and_crop(cfg.data.size, cfg.augment.load_size(cfg.data.size)).to(model.device)
         self.cuda_graph = cfg.train.cuda_graph and model.device.type == "cuda"
-        self.input_a: torch.Tensor | None = None  # the static input buffers, made at the first call
+        self.input_a: torch.Tensor | None = None  # a graph's static input buffers, made at its first call
         self.input_b: torch.Tensor | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.losses: torch.Tensor | None = None
@@ -43,6 +43,8 @@ class TrainStep:
         """``real_a``, ``real_b``: float ``(B, 1, S, S)`` in [0, 1] on the device, a batch of each domain
         (e.g. from :meth:`augment.gpu.DeviceImages.batches`). Returns the detached losses ``(8,)`` in the order of :data:`cyclegan.model.LOSS_NAMES`; under a
         graph these are its output buffer, which the next call overwrites."""
+        if not self.cuda_graph:
+            return self._step(real_a, real_b)
         if self.input_a is None:
             self.input_a, self.input_b = torch.empty_like(real_a), torch.empty_like(real_b)
         self.input_a.copy_(real_a)
@@ -50,22 +52,20 @@ class TrainStep:
         if self.graph is not None:
             self.graph.replay()
             return self.losses
-        if not self.cuda_graph:
-            return self._step()
         if self.eager_calls < self.WARMUP:
             self.eager_calls += 1
             side = torch.cuda.Stream(self.model.device)
             side.wait_stream(torch.cuda.current_stream(self.model.device))
             with torch.cuda.stream(side):
-                losses = self._step()
+                losses = self._step(self.input_a, self.input_b)
             torch.cuda.current_stream(self.model.device).wait_stream(side)
             return losses
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.losses = self._step()
+            self.losses = self._step(self.input_a, self.input_b)
         self.graph.replay()
         return self.losses
 
-    def _step(self) -> torch.Tensor:
-        self.model.set_input(to_model_range(self.jitter(self.input_a)), to_model_range(self.jitter(self.input_b)))
+    def _step(self, real_a: torch.Tensor, real_b: torch.Tensor) -> torch.Tensor:
+        self.model.set_input(to_model_range(self.jitter(real_a)), to_model_range(self.jitter(real_b)))
         return self.model.optimize_parameters()
