@@ -40,15 +40,15 @@ def our_train_rate(trainer: Trainer, steps: int, warmup: int = 5) -> float:
     phase = trainer.phases[-1]
     net = trainer._enter_phase(phase)
     net.train()
-    batches = trainer.train_data.batches(torch.stack(trainer._batches(0)))
+    batches = trainer.train_data.batches(trainer._batches(0))
     bs = trainer.cfg.train.batch_size
     for i in range(warmup):
-        trainer.train_step(net, batches[i % len(batches)], phase, i)
+        trainer.train_step(net, batches[i % len(batches)], i)
     sync(trainer.device)
     reset_peak(trainer.device)
     start = time.perf_counter()
     for i in range(steps):
-        trainer.train_step(net, batches[i % len(batches)], phase, warmup + i)
+        trainer.train_step(net, batches[i % len(batches)], warmup + i)
     sync(trainer.device)
     return steps * bs / (time.perf_counter() - start)
 

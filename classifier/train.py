@@ -288,8 +288,9 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         return torch.compile(net) if t.compile else net
 
-    def _batches(self, epoch: int) -> list[torch.Tensor]:
-        """This rank's batches of ``epoch``: the same seeded order on every rank, dealt round-robin."""
+    def _batches(self, epoch: int) -> torch.Tensor:
+        """This rank's batches of ``epoch``, positions ``(steps, B)``: the same seeded order on every rank, dealt
+        round-robin."""
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         bs = self.cfg.train.batch_size
         if self.cfg.train.balance == "sampler":
@@ -297,10 +298,9 @@ class Trainer:
         else:
             batches = epoch_batches(len(self.train_data), bs, g)
         per_rank = max(len(batches) // self.dist.world_size, 1)
-        return batches[self.dist.rank::self.dist.world_size][:per_rank]
+        return torch.stack(batches[self.dist.rank::self.dist.world_size][:per_rank])
 
-    def train_step(self, net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], phase: Phase,
-                   step_in_phase: int) -> torch.Tensor:
+    def train_step(self, net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], step_in_phase: int) -> torch.Tensor:
         """One optimiser step on ``batch`` (images ``(B, 1, S, S)`` in [0, 1], labels ``(B,)``, on the device),
         ``net`` already in the phase's training mode; returns the loss (no host sync)."""
         t = self.cfg.train
@@ -416,7 +416,7 @@ class Trainer:
     def _train_epoch(self, net: nn.Module, phase: Phase, stop: GracefulStop) -> bool:
         """Steps of the current epoch from ``self.batch`` on; True when a stop was requested. A NaN or
         infinite loss raises a :class:`UserError` before any checkpoint is written from the diverged model."""
-        batches = self.train_data.batches(torch.stack(self._batches(self.epoch)))
+        batches = self.train_data.batches(self._batches(self.epoch))
         net.train()
         if phase.frozen:
             self.model.backbone.eval()  # batch-norm statistics stay those of the pretrained backbone
@@ -427,7 +427,7 @@ class Trainer:
         self.clock = time.monotonic() - (self.epoch_seconds if self.batch else 0.0)
         while self.batch < len(batches) and not stopped:
             step_in_phase = (self.epoch - phase.start) * len(batches) + self.batch
-            loss = self.train_step(net, batches[self.batch], phase, step_in_phase)
+            loss = self.train_step(net, batches[self.batch], step_in_phase)
             self.batch, self.step = self.batch + 1, self.step + 1
             self.epoch_loss += loss
             meter.add(loss[None], self.step)

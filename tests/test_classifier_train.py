@@ -4,7 +4,6 @@ import csv
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -262,16 +261,7 @@ def test_gpu_training_uses_bf16_channels_last_and_resumes_exactly(tmp_path, data
     assert trainer.model.backbone[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert trainer.optimizer.defaults["fused"]
     straight = trainer.run()
-    step = Trainer.train_step
-    calls = {"n": 0}
-
-    def interrupted(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return step(self, *args)
-
-    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    step = sigint_at_call(monkeypatch, Trainer, "train_step", 2)
     stopped = train(cfg, data, tmp_path / "b", device="cuda", quiet=True)
     monkeypatch.setattr(Trainer, "train_step", step)
     resumed = train(cfg, data, resume=stopped, device="cuda", quiet=True)
