@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from augment.bootstrap import bootstrap_weights, group_index, interval
+from augment.bootstrap import bootstrap_mean_interval, group_index
 
 
 # ---------------------------------------------------------------- where the map falls
@@ -63,11 +63,8 @@ def mean_with_interval(values, groups, rounds: int, seed: int, level: float = 0.
     v, groups = v[keep], [g for g, k in zip(groups, keep) if k]
     if not len(v):
         return {"value": None, "ci": None, "n": 0, "n_groups": 0}
-    out = {"value": float(v.mean()), "ci": None, "n": len(v), "n_groups": group_index(groups)[1]}
-    if rounds:
-        w = bootstrap_weights(len(v), rounds, seed, groups)
-        out["ci"] = list(interval(w @ v / w.sum(1), level))
-    return out
+    return {"value": float(v.mean()), "ci": bootstrap_mean_interval(v, groups, rounds, seed, level), "n": len(v),
+            "n_groups": group_index(groups)[1]}
 
 
 def cam_summary(share: np.ndarray, peak: np.ndarray, area: np.ndarray, groups, rounds: int, seed: int,

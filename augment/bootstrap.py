@@ -23,6 +23,16 @@ def bootstrap_weights(n: int, rounds: int, seed: int, groups=None) -> np.ndarray
     return counts[:, index]
 
 
+def bootstrap_mean_interval(values: np.ndarray, groups, rounds: int, seed: int = 0,
+                            level: float = 0.95) -> list[float] | None:
+    """Percentile interval of the mean of per-image ``values (N,)`` over ``rounds`` resamples of the
+    ``groups`` (:func:`bootstrap_weights`: each drawn group brings all its images); None without rounds."""
+    if not rounds:
+        return None
+    w = bootstrap_weights(len(values), rounds, seed, groups)  # (rounds, N)
+    return list(interval(w @ values / w.sum(1), level))
+
+
 def interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """Percentile interval of bootstrap ``samples (B,)``, NaN rounds (metric undefined) left out."""
     if np.isnan(samples).all():

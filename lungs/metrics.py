@@ -7,7 +7,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from augment.bootstrap import bootstrap_weights, interval
+from augment.bootstrap import bootstrap_mean_interval
 
 
 def dice_iou(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -21,17 +21,6 @@ def dice_iou(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, to
     return dice, iou
 
 
-def mean_interval(values: np.ndarray, groups: list[str], rounds: int, seed: int = 0,
-                  level: float = 0.95) -> list[float] | None:
-    """Percentile interval of the mean of per-image ``values (N,)`` over ``rounds`` resamples of the
-    groups (:func:`augment.bootstrap.bootstrap_weights`: each drawn group brings all its images); None
-    without rounds."""
-    if not rounds:
-        return None
-    w = bootstrap_weights(len(values), rounds, seed, groups)  # (rounds, N)
-    return list(interval(w @ values / w.sum(1), level))
-
-
 def segmentation_report(dice: np.ndarray, iou: np.ndarray, groups: list[str], sources: list[str],
                         rounds: int = 1000, seed: int = 0) -> dict:
     """Mean Dice and IoU with intervals, for all images and per source:
@@ -43,8 +32,8 @@ def segmentation_report(dice: np.ndarray, iou: np.ndarray, groups: list[str], so
     for name, idx in [("all", list(range(len(dice))))] + sorted(members.items()) * (len(members) > 1):
         g = [groups[i] for i in idx]
         report[name] = {"n": len(idx), "n_groups": len(set(g)),
-                        "dice": float(dice[idx].mean()), "dice_ci": mean_interval(dice[idx], g, rounds, seed),
-                        "iou": float(iou[idx].mean()), "iou_ci": mean_interval(iou[idx], g, rounds, seed)}
+                        "dice": float(dice[idx].mean()), "dice_ci": bootstrap_mean_interval(dice[idx], g, rounds, seed),
+                        "iou": float(iou[idx].mean()), "iou_ci": bootstrap_mean_interval(iou[idx], g, rounds, seed)}
     return report
 
 
