@@ -7,7 +7,8 @@ from typing import Literal, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from .gpu import Resize
 
 MaskMode = Literal["none", "keep-lungs", "hide-lungs"]
 HIDDEN_VALUE = 0  # what replaces hidden pixels: black, as Maguolo and Nanni (2021), carrying nothing of them
@@ -69,20 +70,14 @@ def crop_and_mask(images: torch.Tensor, masks: torch.Tensor, size: int, crop: bo
         ``uint8 (N, 1, size, size)`` images and ``bool (N,)``, true where the lungs were too small to crop to.
     """
     faint = masks.flatten(1).float().mean(1) < MIN_LUNG_FRACTION
-    out_images, out_masks = [], []
+    resize, out_images, out_masks = Resize(size), [], []
     for image, mask, whole in zip(images, masks, faint.tolist()):
         box = lung_box(mask[0].numpy(), margin) if crop and not whole else None
         top, left, h, w = box or (0, 0, *image.shape[-2:])
-        out_images.append(_resized(image[:, top:top + h, left:left + w], size).round().clamp(0, 255).to(torch.uint8))
-        out_masks.append(_resized(mask[:, top:top + h, left:left + w], size) >= 0.5)
+        small_image, small_mask = (resize(x[None, :, top:top + h, left:left + w].float())[0] for x in (image, mask))
+        out_images.append(small_image.round().clamp(0, 255).to(torch.uint8))
+        out_masks.append(small_mask >= 0.5)
     if not out_images:
         return images.new_zeros((0, 1, size, size)), faint
     return apply_lung_mask(torch.stack(out_images), torch.stack(out_masks), mode), faint
 
-
-def _resized(x: torch.Tensor, size: int) -> torch.Tensor:
-    """``float (1, size, size)`` of ``(1, h, w)``: bilinear with antialiasing, as the classifier resizes."""
-    x = x.float()
-    if x.shape[-2:] == (size, size):
-        return x
-    return F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
