@@ -142,15 +142,12 @@ class Augment(nn.Module):
                           or cfg.translate or cfg.hflip)  # else the warp is a plain resize
         self.adjusts = bool(cfg.brightness or cfg.contrast or tuple(cfg.gamma) != identity)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, data_keys=None):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
         """Float ``(B, C, S, S)`` in [0, 1] → ``(B, C, size, size)`` in [0, 1], random per image.
 
         With ``mask (B, 1, S, S)`` it returns ``[x, mask]``, the mask under the same warp (bilinear:
-        threshold it) and untouched by the intensity changes. ``data_keys``, kornia's name for that call,
-        may be given as ``["input", "mask"]``.
+        threshold it) and untouched by the intensity changes.
         """
-        if data_keys is not None and list(data_keys) != ["input", "mask"]:
-            raise ValueError(f"data_keys must be ['input', 'mask'], got {data_keys}")
         return self.apply(x, draw_augment(self.cfg, len(x), x.device), mask)
 
     def apply(self, x: torch.Tensor, draw: AugmentDraw, mask: torch.Tensor | None = None):

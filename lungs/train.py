@@ -57,7 +57,7 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def joint_augment(augment, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Float images ``(B, 1, S, S)`` in [0, 1] and masks ``(B, 1, S, S)`` in {0, 1} under one sampled geometric
     transform (intensity changes touch the images only); masks are thresholded back to {0, 1}."""
-    images, masks = augment(images, masks, data_keys=["input", "mask"])
+    images, masks = augment(images, masks)
     return images, (masks >= 0.5).float()
 
 

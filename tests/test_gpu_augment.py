@@ -196,14 +196,12 @@ def test_mask_follows_the_image_and_keeps_its_gray_values():
     mask = torch.ones(4, 1, 32, 32)
     aug = build_augment(cfg, 24)
     torch.manual_seed(0)
-    image, warped = aug(x, mask, data_keys=["input", "mask"])
+    image, warped = aug(x, mask)
     torch.manual_seed(0)
     assert torch.equal(image, aug(x))                                  # the mask changes nothing of the image
     torch.manual_seed(0)
     ones = aug(torch.ones_like(x), mask)[1]
     assert torch.equal(warped, ones) and warped.max() <= 1 and warped.min() < 0.5  # geometry only, corners black
-    with pytest.raises(ValueError, match="data_keys"):
-        aug(x, mask, data_keys=["input", "input"])
 
 
 def test_augmentation_never_waits_for_the_host(monkeypatch):
