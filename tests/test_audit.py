@@ -19,6 +19,7 @@ from audit.run import classify_variants
 from augment.phantoms import write_phantoms
 from classifier.model import Classifier
 from cli import cli
+from conftest import tiny_classifier_config
 
 CLASSES = ("covid", "normal", "pneumonia")
 
@@ -178,8 +179,6 @@ def test_the_cam_verdict_compares_the_mass_with_the_lung_area(excess, says):
 def runs(tmp_path_factory):
     """Phantoms with lung masks from two hospitals (alternate patients), a tiny classifier and a tiny lung
     segmenter trained on them."""
-    from augment.config import load_config
-    from classifier.config import ClassifierConfig
     from classifier.train import train
     from lungs import train_lungseg
     from lungs.config import LungDataConfig, LungEvalConfig, LungsegConfig, LungTrainConfig, UNetConfig
@@ -196,10 +195,7 @@ def runs(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cfg = load_config(ClassifierConfig, None, [
-            "data.size=32", f"data.cache_dir={tmp / 'cache'}", "data.split_fractions=[0.5,0.2,0.3]",
-            "model.backbone=shallow", "model.width=8", "model.input_size=32", "train.epochs=2", "train.batch_size=8",
-            "train.tensorboard=false", "eval.bootstrap=50"])
+        cfg = tiny_classifier_config(tmp, "data.split_fractions=[0.5,0.2,0.3]", "eval.bootstrap=50")
         classifier = train(cfg, data, tmp / "runs", device="cpu", quiet=True)
         lung_cfg = LungsegConfig(data=LungDataConfig(size=32, cache_dir=str(tmp / "cache")),
                                  model=UNetConfig(width=8, depth=3), eval=LungEvalConfig(bootstrap=20),

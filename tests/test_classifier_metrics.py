@@ -7,6 +7,7 @@ import torch
 from augment.bootstrap import bootstrap_weights, interval
 from classifier.metrics import (classification_metrics, confusion_counts, pr_curve, rates, rates_at_threshold, roc_curve,
                                 sensitivity_at_specificity, transferred_threshold, weighted_auc)
+from conftest import tiny_classifier_config
 
 Y = np.array([0, 0, 1, 1, 2, 2])
 PRED = np.array([0, 1, 1, 1, 2, 0])
@@ -173,16 +174,13 @@ def test_metrics_agree_with_scikit_learn_on_random_cases_with_ties():
 
 
 def test_best_checkpoint_keeps_validation_predictions_and_evaluate_chooses_the_threshold_there(tmp_path):
-    from augment.config import load_config
     from augment.data import load_dataset
     from augment.phantoms import write_phantoms
-    from classifier.config import ClassifierConfig, EvalConfig
+    from classifier.config import EvalConfig
     from classifier.evaluate import evaluate
     from classifier.train import train
     data = write_phantoms(tmp_path / "data", 20, size=32, seed=0)
-    cfg = load_config(ClassifierConfig, None, [
-        "data.size=32", f"data.cache_dir={tmp_path / 'cache'}", "model.backbone=shallow", "model.width=8",
-        "model.input_size=32", "train.epochs=1", "train.batch_size=8", "train.tensorboard=false"])
+    cfg = tiny_classifier_config(tmp_path, "train.epochs=1")
     run = train(cfg, data, tmp_path, device="cpu", quiet=True)
     best = torch.load(run / "best.pt", weights_only=True)
     ds = load_dataset(data, cfg.data, quiet=True)

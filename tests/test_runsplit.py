@@ -16,9 +16,10 @@ from augment.errors import UserError
 from augment.phantoms import write_phantoms
 from augment.runsplit import read_split
 from augment.runtime import load_checkpoint
-from classifier.config import ClassifierConfig, EvalConfig
+from classifier.config import EvalConfig
 from classifier.evaluate import evaluate
 from classifier.train import Trainer, train
+from conftest import tiny_classifier_config
 from cyclegan import GanConfig, synthesize, train_gan
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -26,10 +27,7 @@ QUICK = EvalConfig(bootstrap=0)
 
 
 def tiny_cfg(tmp):
-    return load_config(ClassifierConfig, None, [
-        "data.size=32", f"data.cache_dir={tmp / 'cache'}", "model.backbone=shallow", "model.width=8",
-        "model.input_size=32", "train.epochs=1", "train.batch_size=8", "train.tensorboard=false",
-        "data.split_fractions=[0.5,0.25,0.25]"])
+    return tiny_classifier_config(tmp, "train.epochs=1", "data.split_fractions=[0.5,0.25,0.25]")
 
 
 @pytest.fixture(scope="module")
