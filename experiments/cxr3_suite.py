@@ -83,6 +83,7 @@ from augment.ablation import mean_interval, write_tstr_manifest  # noqa: E402
 from augment.balance import Policy, balance  # noqa: E402
 from augment.data import DataConfig, decode_to_square  # noqa: E402
 from augment.errors import UserError  # noqa: E402
+from augment.runsplit import SPLIT_FILE, read_split  # noqa: E402
 from augment.runtime import git_commit, latest_run, write_bytes_atomic, write_text_atomic  # noqa: E402
 from benchmarks.common import cpu_name  # noqa: E402
 
@@ -450,8 +451,7 @@ class Suite:
         and the grid of the first 16 translations beside their sources."""
         gan, real = self.result("gan/train"), self.result(self.yardstick)
         run, folder = ROOT / gan["run"], self.folder(unit)
-        with open(run / "split.csv", newline="", encoding="utf-8") as f:
-            n = sum(r["label"] == MINORITY and r["split"] == "train" for r in csv.DictReader(f))
+        n = sum(r["label"] == MINORITY and r["split"] == "train" for r in read_split(run / SPLIT_FILE))
         synthetic = folder / "synthetic"
         if not (synthetic / "manifest.csv").exists():
             self.call(unit, self.cli("synthesize", "--data", self.data, "--checkpoint", run, "--n", n, "--dest",
