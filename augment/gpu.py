@@ -295,6 +295,15 @@ class StreamedImages:
         return PrefetchedBatches(self, order.cpu()) if self.copy_stream is not None else EpochBatches(self, order.cpu())
 
 
+def image_sets(images: torch.Tensor, labels: torch.Tensor, device: torch.device | str, share: float,
+               *rows: torch.Tensor | None) -> list[DeviceImages | StreamedImages]:
+    """One image set per ``rows`` (``int64 (M,)`` positions in ``images``; None: all of them): all held on
+    ``device`` when together they fit ``share`` of its memory (:func:`fits_on_device`), else all streamed."""
+    n = sum(len(images) if r is None else len(r) for r in rows)
+    kind = DeviceImages if fits_on_device(n * images[0].numel(), device, share) else StreamedImages
+    return [kind(images, labels, device, r) for r in rows]
+
+
 class EpochBatches:
     """``batches[pos]``: float images ``(B, 1, S, S)`` in [0, 1] and labels ``(B,)`` on the device, of the
     positions ``order[pos]`` of an image set."""

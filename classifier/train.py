@@ -22,7 +22,7 @@ from augment.balance import keep_training_patients
 from augment.config import config_to_dict, load_config
 from augment.data import XrayDataset, load_dataset, write_csv
 from augment.errors import UserError
-from augment.gpu import DeviceImages, StreamedImages, build_augment, epoch_batches, fits_on_device
+from augment.gpu import build_augment, epoch_batches, image_sets
 from augment.lungmask import LungMasker
 from augment.runtime import (Dist, GracefulStop, LossMeter, all_ranks, autocast, broadcast_buffers, close_distributed,
                              init_distributed, load_checkpoint, new_run_dir, pick_device, refuse_other_layout,
@@ -166,9 +166,7 @@ class Trainer:
                             "resume with the same --data and --synthetic")
         images, labels, rows = training_set(ds, syn)
         self.n_synthetic = len(syn) if syn else 0
-        n_train = len(labels) if rows is None else len(rows)
-        resident = fits_on_device(n_train * images[0].numel(), self.device, cfg.train.device_cache_share)
-        self.train_data = (DeviceImages if resident else StreamedImages)(images, labels, self.device, rows)
+        (self.train_data,) = image_sets(images, labels, self.device, cfg.train.device_cache_share, rows)
         val = ds.indices("val")
         self.val_images, self.val_labels = ds.images[val], ds.labels[val].numpy()
         self.val_groups = [ds.groups[i] for i in val.tolist()]

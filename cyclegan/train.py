@@ -22,7 +22,7 @@ from tqdm import tqdm
 from augment.config import config_to_dict
 from augment.data import load_dataset
 from augment.errors import UserError
-from augment.gpu import DeviceImages, StreamedImages, fits_on_device
+from augment.gpu import DeviceImages, StreamedImages, image_sets
 from augment.runtime import (Dist, GracefulStop, LossMeter, all_ranks, close_distributed, init_distributed,
                              new_run_dir, pick_device, resolve_run_file, rng_state, seed_everything, set_rng_state,
                              stop_agreed, tensorboard_writer, write_run_info)
@@ -95,9 +95,7 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile) -> GanTrainResult:
     for name, idx in zip((t.domain_a, t.domain_b), rows):
         if len(idx) == 0:
             raise UserError(f"{data}: no training-split image of class '{name}'; add images or change split_fractions")
-    resident = fits_on_device(sum(map(len, rows)) * dataset.images[0].numel(), dev, t.device_cache_share)
-    images_a, images_b = ((DeviceImages if resident else StreamedImages)(dataset.images, dataset.labels, dev, idx)
-                          for idx in rows)
+    images_a, images_b = image_sets(dataset.images, dataset.labels, dev, t.device_cache_share, *rows)
     steps_per_epoch = max(1, max(len(images_a), len(images_b)) // (t.batch_size * dist.world_size))
     total = t.steps or t.epochs * steps_per_epoch
 

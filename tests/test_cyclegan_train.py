@@ -9,6 +9,7 @@ import torch
 import torch.multiprocessing as mp
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import augment.gpu
 import cyclegan.model
 import cyclegan.train
 from augment.config import load_config
@@ -154,7 +155,7 @@ def test_batches_streamed_from_host_memory_train_the_same_model(tmp_path, data, 
     cfg = tiny_config(tmp_path, "train.steps=6", "train.batch_size=2", "train.eval_every=3", "train.eval_images=4")
     resident = train_gan(cfg, data, tmp_path / "a", device="cpu", seed=5)
     cfg.train.device_cache_share = 0.0
-    monkeypatch.setattr(cyclegan.train, "DeviceImages", None)  # no resident set may be built
+    monkeypatch.setattr(augment.gpu, "DeviceImages", None)  # image_sets may build no resident set
     streamed = train_gan(cfg, data, tmp_path / "b", device="cpu", seed=5)
     assert torch.equal(all_weights(resident.model), all_weights(streamed.model))
     assert torch.equal(resident.model.pool_b.images, streamed.model.pool_b.images)
@@ -164,12 +165,12 @@ def test_only_training_split_images_are_used(tmp_path, data, monkeypatch):
     cfg = tiny_config(tmp_path, "train.steps=2", "train.eval_every=2", "train.eval_images=4")
     used = []
 
-    class Spy(cyclegan.train.DeviceImages):
+    class Spy(augment.gpu.DeviceImages):
         def __init__(self, images, labels, device, rows):
             used.extend(hashlib.sha1(im.numpy().tobytes()).hexdigest() for im in images[rows])
             super().__init__(images, labels, device, rows)
 
-    monkeypatch.setattr(cyclegan.train, "DeviceImages", Spy)
+    monkeypatch.setattr(augment.gpu, "DeviceImages", Spy)  # what image_sets builds the training sets with
     train_gan(cfg, data, tmp_path / "runs", device="cpu")
     ds = load_dataset(data, cfg.data, quiet=True)
     digest = [hashlib.sha1(im.numpy().tobytes()).hexdigest() for im in ds.images]
