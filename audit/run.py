@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from augment.data import warn, write_csv
 from augment.errors import UserError
 from augment.lungmask import apply_lung_mask
-from augment.runtime import pick_device, resolve_run_file, write_text_atomic
+from augment.runtime import json_safe, pick_device, resolve_run_file, write_text_atomic
 from classifier.cam import BaseCAM, cam_method
 from classifier.checkpoint import CHECKPOINTS, precision, run_data_config
 from classifier.config import EvalConfig
-from classifier.evaluate import json_safe, load_evaluation
+from classifier.evaluate import load_evaluation
 from classifier.inference import predict, to_input
 from classifier.model import Classifier
 from classifier.plots import save_figure

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import pickle
 import platform
@@ -117,6 +118,16 @@ def refuse_other_layout(path: Path, found: int, current: int, command: str) -> N
     if found != current:
         raise UserError(f"{path}: written by an earlier {command} (checkpoint layout {found}, now {current}); "
                         "it can still be evaluated and used, but not resumed exactly: start a new run")
+
+
+def json_safe(value):
+    """``value`` with NaN (a rate with no cases, e.g. the sensitivity of an absent class) and infinities
+    (thresholds) as null, so the JSON written of it is strict."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

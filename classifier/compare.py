@@ -25,11 +25,11 @@ import numpy as np
 
 from augment.errors import UserError
 from augment.lungmask import LungMasker
-from augment.runtime import new_run_dir, pick_device, resolve_run_file, write_text_atomic
+from augment.runtime import json_safe, new_run_dir, pick_device, resolve_run_file, write_text_atomic
 
 from .checkpoint import CHECKPOINTS, precision
 from .config import ClassifierConfig, EvalConfig
-from .evaluate import json_safe, load_evaluation
+from .evaluate import load_evaluation
 from .inference import predict
 from .metrics import classification_metrics, roc_curve
 from .plots import RocCurve, roc_figure, save_figure

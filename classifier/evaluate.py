@@ -4,7 +4,6 @@ or ``<run>/eval/<data name>-<split>`` (another test set)."""
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 from augment.bootstrap import bootstrap_weights, interval
 from augment.data import XrayDataset, load_dataset
 from augment.lungmask import LungMasker
-from augment.runtime import pick_device, resolve_run_file, write_text_atomic
+from augment.runtime import json_safe, pick_device, resolve_run_file, write_text_atomic
 from augment.runsplit import EVALUATED_FILE, EvalSet, claim_report, evaluation_set, split_rows, write_split
 
 from .checkpoint import CHECKPOINTS, data_config, load_classifier, precision, run_lung_masker
@@ -112,16 +111,6 @@ def evaluation_figures(y: np.ndarray, prob: np.ndarray, classes: tuple[str, ...]
                               f"{100 * cfg.ci_level:.0f} % pointwise bootstrap band (patients)"),
             "pr": pr_figure(prs, f"Precision-recall, each class vs the rest\n{context}"),
             "confusion": confusion_figure(metrics["confusion"], classes, f"Confusion matrix\n{context}")}
-
-
-def json_safe(value):
-    """``value`` with NaN (a rate with no cases, e.g. the sensitivity of an absent class) and infinite
-    thresholds as null, so ``metrics.json`` is strict JSON."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_safe(v) for v in value]
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def load_evaluation(data: str | Path, path: Path, device, split_from_data: bool = False,

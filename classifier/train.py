@@ -25,14 +25,13 @@ from augment.errors import UserError
 from augment.gpu import build_augment, epoch_batches, image_sets
 from augment.lungmask import LungMasker
 from augment.runtime import (Dist, GracefulStop, LossMeter, all_ranks, autocast, broadcast_buffers, close_distributed,
-                             init_distributed, load_checkpoint, new_run_dir, pick_device, refuse_other_layout,
-                             resolve_run_file, rng_state, save_checkpoint, seed_everything, set_rng_state,
-                             stop_agreed, tensorboard_writer, write_run_info, write_text_atomic)
+                             init_distributed, json_safe, load_checkpoint, new_run_dir, pick_device,
+                             refuse_other_layout, resolve_run_file, rng_state, save_checkpoint, seed_everything,
+                             set_rng_state, stop_agreed, tensorboard_writer, write_run_info, write_text_atomic)
 from augment.runsplit import SPLIT_FILE, split_rows, write_split
 
 from .checkpoint import run_lung_masker
 from .config import ClassifierConfig
-from .evaluate import json_safe
 from .inference import predict
 from .levers import EMA, LRSchedule, mix
 from .metrics import classification_metrics, roc_curve

@@ -84,7 +84,7 @@ from augment.balance import Policy, balance  # noqa: E402
 from augment.data import DataConfig, decode_to_square  # noqa: E402
 from augment.errors import UserError  # noqa: E402
 from augment.runsplit import SPLIT_FILE, read_split  # noqa: E402
-from augment.runtime import git_commit, latest_run, write_bytes_atomic, write_text_atomic  # noqa: E402
+from augment.runtime import git_commit, json_safe, latest_run, write_bytes_atomic, write_text_atomic  # noqa: E402
 from benchmarks.common import cpu_name  # noqa: E402
 
 STAGES = ("levers", "recipe", "gan", "ablation", "audit")
@@ -189,23 +189,13 @@ def read_json(path: Path, default=None):
     return json.loads(path.read_text()) if path.exists() else default
 
 
-def strict(value):
-    """``value`` with NaN and infinities as null, so the JSON written is strict (as classifier.evaluate.json_safe,
-    which this script does not import: the classifier package takes seconds to import)."""
-    if isinstance(value, dict):
-        return {k: strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict(v) for v in value]
-    return None if isinstance(value, float) and not np.isfinite(value) else value
-
-
 def shown(path: Path) -> str:
     """``path`` relative to the repository when inside it (commands run there), else absolute."""
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def write_json(path: Path, value) -> None:
-    write_text_atomic(path, json.dumps(strict(value), indent=2) + "\n")
+    write_text_atomic(path, json.dumps(json_safe(value), indent=2) + "\n")
 
 
 def gpu_name() -> str | None:
