@@ -57,6 +57,35 @@ def folder_data(tmp_path) -> Path:
     return root
 
 
+def tiny_lungseg_config(cache: Path, epochs: int = 12, **train):
+    """A U-Net of width 8 and 3 levels at 32², batches of 8, cached under ``cache``; ``train`` overrides
+    :class:`lungs.config.LungTrainConfig` fields."""
+    from lungs.config import LungDataConfig, LungEvalConfig, LungsegConfig, LungTrainConfig, UNetConfig
+    return LungsegConfig(data=LungDataConfig(size=32, cache_dir=str(cache)), model=UNetConfig(width=8, depth=3),
+                         train=LungTrainConfig(epochs=epochs, batch_size=8, lr=5e-3, log_every=2, tensorboard=False,
+                                               **train),
+                         eval=LungEvalConfig(bootstrap=50))
+
+
+@pytest.fixture(scope="session")
+def lung_data(tmp_path_factory):
+    """12 phantoms per class at 32² with their lung masks (``phantoms --masks``); read, never written."""
+    return write_phantoms(tmp_path_factory.mktemp("lungs") / "data", 12, 32, seed=2, masks=True)
+
+
+@pytest.fixture(scope="session")
+def lung_run(lung_data, tmp_path_factory):
+    """One finished lung-segmenter training run on ``lung_data``, shared by the tests that need a segmenter."""
+    from lungs.train import train_lungseg
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("runs")
+    try:
+        yield train_lungseg(tiny_lungseg_config(out / "cache"), lung_data, out, device="cpu", quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def tiny_classifier_config(tmp: Path, *more: str):
     """A shallow classifier at 32² trained for 2 epochs of batch 8, cached under ``tmp``; ``more``
     overrides as ``key=value``."""

@@ -26,9 +26,7 @@ from classifier.predict import predict_files
 from cli import ablation_stages, cli
 from cyclegan import GanConfig
 from lungs import LungSegmenter, masker_for
-from lungs.train import train_lungseg
 from test_ablation import FakeStages
-from test_lungseg import tiny_config
 
 CLASSES = ("covid", "normal", "pneumonia")
 CPU = torch.device("cpu")
@@ -173,17 +171,10 @@ def test_the_ablation_makes_its_split_on_whole_images_and_gives_its_classifiers_
 
 # ---------------------------------------------------------------- with a trained segmenter, end to end
 @pytest.fixture(scope="module")
-def segmenter_and_data(tmp_path_factory):
-    """12 phantoms per class at 32² with masks, and a tiny lung segmenter trained on them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    tmp = tmp_path_factory.mktemp("lungcrop")
-    data = write_phantoms(tmp / "data", 12, 32, seed=2, masks=True)
-    try:
-        run = train_lungseg(tiny_config(tmp / "cache"), data, tmp / "runs", device="cpu", quiet=True).run_dir
-    finally:
-        torch.set_num_threads(threads)
-    return run, data, tmp
+def segmenter_and_data(lung_run, lung_data, tmp_path_factory):
+    """The tiny lung segmenter of conftest (12 phantoms per class at 32² with masks), its data, and a folder
+    for this module's runs."""
+    return lung_run.run_dir, lung_data, tmp_path_factory.mktemp("lungcrop")
 
 
 def test_classify_train_evaluate_predict_and_cam_on_lung_cropped_images(segmenter_and_data, one_thread):

@@ -19,37 +19,12 @@ from augment.phantoms import write_phantoms
 from cli import INTERRUPTED, cli
 from lungs import LungSegmenter
 from augment.data import file_sha256, to_square
-from lungs.config import LungDataConfig, LungEvalConfig, LungsegConfig, LungTrainConfig, UNetConfig
+from lungs.config import LungDataConfig
 from lungs.data import from_square, load_pairs
 from lungs.metrics import dice_iou
 from lungs.train import joint_augment, train_lungseg
 from lungs.unet import UNet
-from conftest import StopAfter
-
-
-def tiny_config(cache, epochs=12, **train) -> LungsegConfig:
-    return LungsegConfig(data=LungDataConfig(size=32, cache_dir=str(cache)), model=UNetConfig(width=8, depth=3),
-                         train=LungTrainConfig(epochs=epochs, batch_size=8, lr=5e-3, log_every=2, tensorboard=False,
-                                               **train),
-                         eval=LungEvalConfig(bootstrap=50))
-
-
-@pytest.fixture(scope="module")
-def lung_data(tmp_path_factory):
-    """12 phantoms per class at 32² with their lung masks (``phantoms --masks``)."""
-    return write_phantoms(tmp_path_factory.mktemp("lungs") / "data", 12, 32, seed=2, masks=True)
-
-
-@pytest.fixture(scope="module")
-def trained(lung_data, tmp_path_factory):
-    """One finished training run on the phantom masks."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("runs")
-    try:
-        yield train_lungseg(tiny_config(out / "cache"), lung_data, out, device="cpu", quiet=True)
-    finally:
-        torch.set_num_threads(threads)
+from conftest import StopAfter, tiny_lungseg_config
 
 
 def save(path, array):
@@ -154,9 +129,9 @@ def test_phantoms_with_masks_keep_the_images_and_give_a_lung_manifest(tmp_path, 
         {p.group for p, s in zip(ds.pairs, ds.splits) if s == "train"})
 
 
-def test_training_on_phantom_masks_beats_the_trivial_masks(trained, lung_data, tmp_path):
-    metrics = json.loads((trained.run_dir / "metrics.json").read_text())
-    assert metrics == trained.metrics and metrics["split"] == "test"
+def test_training_on_phantom_masks_beats_the_trivial_masks(lung_run, lung_data, tmp_path):
+    metrics = json.loads((lung_run.run_dir / "metrics.json").read_text())
+    assert metrics == lung_run.metrics and metrics["split"] == "test"
     ds = load_pairs(lung_data, LungDataConfig(size=32, cache_dir=str(tmp_path / "cache")), quiet=True)
     truth = ds.masks[ds.indices("test")]
     all_ones = dice_iou(torch.ones_like(truth), truth)[0].mean().item()
@@ -165,11 +140,11 @@ def test_training_on_phantom_masks_beats_the_trivial_masks(trained, lung_data, t
     lo, hi = result["dice_ci"]
     assert lo <= result["dice"] <= hi and result["n_groups"] < result["n"]
     for name in ("checkpoint.pt", "split.csv", "config.yaml", "run.json"):
-        assert (trained.run_dir / name).is_file()
+        assert (lung_run.run_dir / name).is_file()
 
 
 def test_interrupt_then_resume_equals_a_straight_run(lung_data, tmp_path, monkeypatch, one_thread, capsys):
-    cfg = tiny_config(tmp_path / "cache", epochs=3)
+    cfg = tiny_lungseg_config(tmp_path / "cache", epochs=3)
     straight = train_lungseg(cfg, lung_data, tmp_path / "a", device="cpu", seed=3, quiet=True)
     monkeypatch.setattr(lungs.train, "GracefulStop", lambda: StopAfter(3))
     first = train_lungseg(cfg, lung_data, tmp_path / "b", device="cpu", seed=3, quiet=True)
@@ -189,7 +164,7 @@ def test_interrupt_then_resume_equals_a_straight_run(lung_data, tmp_path, monkey
     assert resumed.metrics == straight.metrics
 
 
-def test_cli_stop_exits_130_and_lungseg_writes_masks_and_overlays(trained, lung_data, tmp_path, monkeypatch):
+def test_cli_stop_exits_130_and_lungseg_writes_masks_and_overlays(lung_run, lung_data, tmp_path, monkeypatch):
     monkeypatch.setattr(lungs.train, "GracefulStop", lambda: StopAfter(3))
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"data: {{size: 32, cache_dir: {tmp_path / 'cache'}}}\nmodel: {{width: 4, depth: 2}}\n")
@@ -199,7 +174,7 @@ def test_cli_stop_exits_130_and_lungseg_writes_masks_and_overlays(trained, lung_
 
     wide = save(tmp_path / "in" / "wide.png", np.asarray(Image.open(lung_data / "covid" / "covid_00000.png")
                                                         .resize((48, 32))))
-    args = ["lungseg", "--checkpoint", str(trained.run_dir), str(wide), str(lung_data / "normal" / "normal_00003.png"),
+    args = ["lungseg", "--checkpoint", str(lung_run.run_dir), str(wide), str(lung_data / "normal" / "normal_00003.png"),
             "--dest", str(tmp_path / "out"), "--device", "cpu"]
     done = CliRunner().invoke(cli, args)
     assert done.exit_code == 0, done.output
@@ -211,18 +186,18 @@ def test_cli_stop_exits_130_and_lungseg_writes_masks_and_overlays(trained, lung_
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 2 and "--overwrite" in again.output
     assert CliRunner().invoke(cli, args + ["--overwrite"]).exit_code == 0
-    whole = CliRunner().invoke(cli, ["lungseg", "--checkpoint", str(trained.run_dir), "--data", str(lung_data),
+    whole = CliRunner().invoke(cli, ["lungseg", "--checkpoint", str(lung_run.run_dir), "--data", str(lung_data),
                                      "--dest", str(tmp_path / "all"), "--device", "cpu"])
     assert whole.exit_code == 0, whole.output
     listed = list(csv.DictReader(open(tmp_path / "all" / "masks.csv")))
     assert len(listed) == 36 and (tmp_path / "all" / "mask" / "pneumonia" / "pneumonia_00011.png").is_file()
 
 
-def test_the_segmenter_in_memory_agrees_with_the_training_truth(trained, lung_data, tmp_path):
+def test_the_segmenter_in_memory_agrees_with_the_training_truth(lung_run, lung_data, tmp_path):
     ds = load_pairs(lung_data, LungDataConfig(size=32, cache_dir=str(tmp_path / "cache")), quiet=True)
     idx = ds.indices("test")
-    segmenter = LungSegmenter(trained.run_dir, "cpu")
-    assert segmenter.identity == file_sha256(trained.run_dir / "checkpoint.pt")
+    segmenter = LungSegmenter(lung_run.run_dir, "cpu")
+    assert segmenter.identity == file_sha256(lung_run.run_dir / "checkpoint.pt")
     masks = segmenter(ds.images[idx])
     assert masks.dtype == torch.bool and masks.shape == (len(idx), 1, 32, 32)
     assert dice_iou(masks, ds.masks[idx])[0].mean() > 0.7
@@ -240,6 +215,6 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(lung_data, tmp_p
 
     monkeypatch.setattr(lungs.train, "dice_bce_loss", poisoned)
     with pytest.raises(UserError, match=r"NaN or infinite at step 5; .*\(step 3\), is kept"):
-        train_lungseg(tiny_config(tmp_path / "cache", epochs=3), lung_data, tmp_path, device="cpu", quiet=True)
+        train_lungseg(tiny_lungseg_config(tmp_path / "cache", epochs=3), lung_data, tmp_path, device="cpu", quiet=True)
     [run] = (tmp_path / "lungseg").iterdir()
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 3
