@@ -15,6 +15,7 @@ from augment.errors import UserError
 from augment.runtime import load_checkpoint, refuse_other_layout, save_checkpoint, write_text_atomic
 
 from .config import GanConfig
+from .inference import memory_format
 from .networks import ResnetGenerator, drop_cancelled_biases
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -85,5 +86,4 @@ def load_generator_ab(path: Path, device: torch.device) -> tuple[ResnetGenerator
     prefix = "ab."
     weights = {k[len(prefix):]: v for k, v in state["model"]["generators"].items() if k.startswith(prefix)}
     generator.load_state_dict(drop_cancelled_biases(weights, generator))
-    fmt = torch.channels_last if device.type == "cuda" and cfg.train.channels_last else torch.contiguous_format
-    return generator.to(device, memory_format=fmt).eval(), cfg, state
+    return generator.to(device, memory_format=memory_format(cfg.train.channels_last, device)).eval(), cfg, state

@@ -12,6 +12,12 @@ def to_model_range(x: torch.Tensor) -> torch.Tensor:
     return x * 2 - 1
 
 
+def memory_format(channels_last: bool, device: torch.device) -> torch.memory_format:
+    """The layout of the networks and their inputs: channels_last when asked for and on CUDA (on the CPU
+    it is slower), else contiguous NCHW."""
+    return torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
+
+
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
     """``[-1, 1]`` → float32 ``[0, 1]``."""
     return ((x.float() + 1) / 2).clamp_(0, 1)
@@ -22,10 +28,9 @@ def translate(generator: nn.Module, images: torch.Tensor, bf16: bool = True,
               channels_last: bool = True) -> torch.Tensor:
     """``(B, 1, H, W)`` in [0, 1] on the generator's device → translated ``(B, 1, H, W)`` in [0, 1]; bf16
     autocast and the channels_last layout apply on CUDA only."""
-    device = images.device
-    fmt = torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
-    with autocast(device, bf16):
-        return to_unit_range(generator(to_model_range(images).contiguous(memory_format=fmt)))
+    x = to_model_range(images).contiguous(memory_format=memory_format(channels_last, images.device))
+    with autocast(images.device, bf16):
+        return to_unit_range(generator(x))
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ from torch import nn
 from augment.runtime import autocast
 
 from .config import GanConfig
+from .inference import memory_format
 from .losses import l1_loss, lsgan_loss
 from .networks import Discriminators, Generators
 from .pool import ImagePool
@@ -44,8 +45,7 @@ class CycleGAN:
         t = cfg.train
         self.cfg, self.device = cfg, device
         self.use_autocast = t.bf16
-        fmt = torch.channels_last if t.channels_last and device.type == "cuda" else torch.contiguous_format
-        self.memory_format = fmt
+        fmt = self.memory_format = memory_format(t.channels_last, device)
         self.generators = Generators(cfg.model).to(device, memory_format=fmt)
         self.discriminators = Discriminators(cfg.model).to(device, memory_format=fmt)
         gens, discs = self.generators, self.discriminators
