@@ -218,6 +218,7 @@ class Suite:
         self.lungs = Path(a.lungs_data).resolve() if a.lungs_data else None
         self.usual_script = Path(a.usual).resolve() if a.usual else None
         self.cache = self.out / "cache"
+        self.cache_set = f"data.cache_dir={shown(self.cache)}"  # every run's image cache, shared
         self.deadline = time.monotonic() + a.budget_s if a.budget_s else None
         self.progress = read_json(self.out / "progress.json", {})
         for key in ("spent", "timers", "commands", "durations"):
@@ -246,7 +247,7 @@ class Suite:
         return read_json(self.out / "results" / f"{name}.json")
 
     def classifier_sets(self, *extra: str) -> list[str]:
-        return [*self.scale.classifier_sets, f"data.cache_dir={self.arg(self.cache)}", *extra]
+        return [*self.scale.classifier_sets, self.cache_set, *extra]
 
     @staticmethod
     def flags(flag: str, values) -> list[str]:
@@ -386,17 +387,24 @@ class Suite:
             raise Failed(f"`{shlex.join(cmd[1:4])} ...` exited with status {code}; see {log}")
 
     # ------------------------------------------------------------ the work of each kind of unit
+    def train_or_resume(self, unit: Unit, command: str, kind: str, marker: str, start: list, resume=()) -> Path:
+        """The ``command`` run (``kind``, its checkpoint ``marker``) in the unit's folder: started there with the
+        ``start`` arguments, or, when an earlier call left one, resumed (with the ``resume`` arguments)."""
+        folder = self.folder(unit)
+        run = latest_run(folder, kind, marker=marker)
+        if run is not None:
+            self.call(unit, self.cli(command, "--resume", run, *resume), "train")
+            return run
+        self.call(unit, self.cli(command, *start, "--out", folder), "train")
+        return latest_run(folder, kind, marker=marker)
+
     def train_and_evaluate(self, unit: Unit, data: Path, backbone: str, seed: int, extra=()) -> dict:
         """classify-train in the unit's folder (resuming the run there), then evaluate: its figures."""
         folder, config = self.folder(unit), ROOT / self.scale.classifier_config
         sets = self.flags("--set", self.classifier_sets(*extra))
-        run = latest_run(folder, "classifier", marker="last.pt")
-        if run is None:
-            self.call(unit, self.cli("classify-train", "--data", data, "--config", config, "--backbone", backbone,
-                                     "--seed", seed, "--out", folder, *sets), "train")
-            run = latest_run(folder, "classifier", marker="last.pt")
-        else:
-            self.call(unit, self.cli("classify-train", "--resume", run, "--data", data), "train")
+        run = self.train_or_resume(unit, "classify-train", "classifier", "last.pt",
+                                   ["--data", data, "--config", config, "--backbone", backbone, "--seed", seed, *sets],
+                                   ["--data", data])
         self.call(unit, self.cli("evaluate", "--data", data, "--config", config, "--checkpoint", run, "--out", folder,
                                  *sets), "evaluate")
         return classifier_figures(run) | {"backbone": backbone, "seed": seed, "overrides": list(extra),
@@ -412,15 +420,10 @@ class Suite:
             "backbone": backbone, "seed": seed, "wall_s": self.progress["timers"][unit.name]["train"]}
 
     def gan_train(self, unit: Unit) -> dict:
-        folder = self.folder(unit)
-        run = latest_run(folder, "gan", marker="checkpoint.pt")
-        if run is None:
-            config = ["--config", ROOT / self.scale.gan_config] if self.scale.gan_config else []
-            self.call(unit, self.cli("gan-train", "--data", self.data, *config, "--out", folder, *self.flags(
-                "--set", [*self.scale.gan_sets, f"data.cache_dir={self.arg(self.cache)}"])), "train")
-            run = latest_run(folder, "gan", marker="checkpoint.pt")
-        else:
-            self.call(unit, self.cli("gan-train", "--resume", run, "--data", self.data), "train")
+        config = ["--config", ROOT / self.scale.gan_config] if self.scale.gan_config else []
+        run = self.train_or_resume(unit, "gan-train", "gan", "checkpoint.pt",
+                                   ["--data", self.data, *config,
+                                    *self.flags("--set", [*self.scale.gan_sets, self.cache_set])], ["--data", self.data])
         info, seconds = read_json(run / "run.json"), self.progress["timers"][unit.name]["train"]
         size = yaml.safe_load((run / "config.yaml").read_text())["data"]["size"]
         return {"run": self.arg(run), "steps": info["total_steps"], "size": size, "train_images": info["train_images"],
@@ -461,12 +464,11 @@ class Suite:
         folder = self.folder(unit)
         dest = folder / "experiment"
         gan_config = ["--gan-config", ROOT / self.scale.gan_config] if self.scale.gan_config else []
-        cache = f"data.cache_dir={self.arg(self.cache)}"
         self.call(unit, self.cli(
             "ablation", "--data", self.data, "--out", folder, "--dest", dest, "--backbone", self.scale.backbones[0],
             "--seeds", self.scale.ablation_seeds, "--config", ROOT / self.scale.classifier_config,
             *self.flags("--set", self.classifier_sets()), *gan_config,
-            *self.flags("--gan-set", [*self.scale.gan_sets, cache]),
+            *self.flags("--gan-set", [*self.scale.gan_sets, self.cache_set]),
             *(["--minority-fraction", fraction] if fraction else [])), "ablation")
         s = read_json(dest / "summary.json")
         keep = ("conditions", "synthetic_minus_classic", "verdict", "tstr", "gan_quality", "gan_per_seed", "minority",
@@ -474,16 +476,9 @@ class Suite:
         return {k: s[k] for k in keep} | {"backbone": self.scale.backbones[0], "table": (dest / "table.md").read_text()}
 
     def lungseg(self, unit: Unit) -> dict:
-        folder = self.folder(unit)
-        run = latest_run(folder, "lungseg", marker="checkpoint.pt")
-        if run is None:
-            self.call(unit, self.cli("lungseg-train", "--data", self.lungs, "--config", ROOT / self.scale.lungseg_config,
-                                     "--out", folder, *self.flags("--set", [*self.scale.lungseg_sets,
-                                                                            f"data.cache_dir={self.arg(self.cache)}"])),
-                      "train")
-            run = latest_run(folder, "lungseg", marker="checkpoint.pt")
-        else:
-            self.call(unit, self.cli("lungseg-train", "--resume", run), "train")
+        run = self.train_or_resume(unit, "lungseg-train", "lungseg", "checkpoint.pt",
+                                   ["--data", self.lungs, "--config", ROOT / self.scale.lungseg_config,
+                                    *self.flags("--set", [*self.scale.lungseg_sets, self.cache_set])])
         m = read_json(run / "metrics.json")
         every = m["per_source"]["all"]
         return {"run": self.arg(run), "split": m["split"], "size": m["size"], "dice": every["dice"],
