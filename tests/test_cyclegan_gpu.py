@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 
 import cyclegan.train
-from augment.config import load_config
 from augment.data import load_dataset
 from augment.gpu import DeviceImages
 from augment.phantoms import write_phantoms
@@ -27,16 +26,16 @@ from cyclegan.checkpoint import load_generator_ab
 from cyclegan.inference import translate
 from cyclegan.model import CycleGAN
 from cyclegan.step import TrainStep
+from test_cyclegan_train import all_weights
+from test_cyclegan_train import tiny_config as cpu_tiny_config
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 def tiny_config(tmp_path, *overrides) -> GanConfig:
-    """32² images, ngf/ndf 8, one residual block, a 2-layer PatchGAN, a pool of 3 (bf16 and
-    channels_last on, as by default)."""
-    return load_config(GanConfig, None, [
-        "data.size=32", f"data.cache_dir={tmp_path / 'cache'}", "model.ngf=8", "model.ndf=8", "model.n_blocks=1",
-        "model.n_layers_d=2", "train.pool_size=3", "train.log_every=5", "train.tensorboard=false", *overrides])
+    """test_cyclegan_train's tiny GAN with a pool of 3 and no TensorBoard (bf16 and channels_last on, as by
+    default)."""
+    return cpu_tiny_config(tmp_path, "train.pool_size=3", "train.tensorboard=false", *overrides)
 
 
 @pytest.fixture
@@ -64,8 +63,7 @@ def replays(monkeypatch) -> list:
 
 
 def assert_same_state(got: CycleGAN, want: CycleGAN) -> None:
-    weights = lambda m: torch.cat([p.detach().flatten() for p in m.parameters()])  # noqa: E731
-    torch.testing.assert_close(weights(got), weights(want), rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(all_weights(got), all_weights(want), rtol=1e-3, atol=1e-5)
     for opt in ("opt_g", "opt_d"):
         for p_got, p_want in zip(getattr(got, opt).state.values(), getattr(want, opt).state.values()):
             assert torch.equal(p_got["step"], p_want["step"])
