@@ -99,6 +99,20 @@ def test_tiny_suite_gives_every_stage_keeps_finished_units_and_stops_before_a_un
     assert json.loads((out / "results" / "gan" / "tstr.json").read_text()) == s["units"]["gan/tstr"]
 
 
+def test_results_from_a_file_that_is_no_summary_of_this_scale_is_a_one_line_error(tmp_path):
+    data = write_phantoms(tmp_path / "data", 2, 32, seed=0)
+    for summary, message in [({"scale": "tiny"}, "not a summary.json of this suite"),
+                             ({"scale": "cpu", "units": {}}, "a suite at scale cpu, not tiny"),
+                             (None, "no such file or folder")]:
+        path = tmp_path / "earlier.json"
+        path.unlink(missing_ok=True)
+        if summary is not None:
+            path.write_text(json.dumps(summary))
+        r = run_suite(tmp_path, data, "--results-from", str(path))
+        assert r.returncode == 2 and r.stderr.startswith("error: ") and message in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out" / "results").exists()
+
+
 def test_usual_recipe_line_becomes_the_same_figures_as_ours():
     sys.path.insert(0, str(ROOT / "experiments"))
     from cxr3_suite import usual_figures
