@@ -25,7 +25,7 @@ def to_unit_range(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def translate(generator: nn.Module, images: torch.Tensor, bf16: bool = True,
-              channels_last: bool = True) -> torch.Tensor:
+              channels_last: bool = False) -> torch.Tensor:
     """``(B, 1, H, W)`` in [0, 1] on the generator's device → translated ``(B, 1, H, W)`` in [0, 1]; bf16
     autocast and the channels_last layout apply on CUDA only."""
     x = to_model_range(images).contiguous(memory_format=memory_format(channels_last, images.device))
