@@ -58,8 +58,8 @@ def our_eval_rate(trainer: Trainer, n: int = 500) -> float:
     reps = -(-n // len(trainer.val_images))
     images = trainer.val_images.repeat(reps, 1, 1, 1)[:n]
     labels = torch.from_numpy(trainer.val_labels).repeat(reps)[:n].numpy()
-    predict(trainer.model, images[:64], trainer.size, trainer.device)  # warm-up
-    sync(trainer.device)
+    predict(trainer.model, images, trainer.size, trainer.device, batch_size=128)  # warm-up: the same batch shapes,
+    sync(trainer.device)                                                       # so cuDNN's autotuning is not timed
     start = time.perf_counter()
     prob = predict(trainer.model, images, trainer.size, trainer.device, batch_size=128)
     classification_metrics(labels, prob.numpy(), trainer.classes, rounds=1000)
