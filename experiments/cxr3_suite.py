@@ -31,8 +31,9 @@ On a GPU machine whose commands have a time limit (each command below ends withi
    `.data/summary.json` and add `--results-from .data/summary.json`: its units count as done, except a
    run that a unit still to come reads (the recipe's first run, the CycleGAN, the lung segmenter), which
    trains again because its folder stayed on the other machine. Its durations inform the estimates.
-   By the guesses in `Scale.estimates` (not measured) recipe takes about 15 minutes, gan 10, ablation 20
-   and audit 5, so the whole suite takes several machine loans; `--stages` picks what one loan runs.
+   By `Scale.estimates` (recipe and gan measured on an H100, the rest guessed) recipe takes about 25
+   minutes, gan 9, ablation 20 and audit 5, so the whole suite takes several machine loans; `--stages`
+   picks what one loan runs.
 
 Units and the budget: the stages run in the order levers (only when named), recipe, gan, ablation,
 audit; each is a list of units whose result is ``<out>/results/<unit>.json``; a unit whose result exists
@@ -122,7 +123,7 @@ class Scale:
     lungseg_config: str
     lungseg_sets: tuple[str, ...]
     # seconds a unit of each kind ("ours:vgg16", else "ours", else "default") is expected to take until
-    # one has run here: guesses, not measurements
+    # one has run here
     estimates: dict[str, float] = field(default_factory=dict)
 
 
@@ -136,9 +137,10 @@ SCALES = {
                 ("sampler", ("train.balance=sampler",))),
         gan_config=None, gan_sets=("data.size=256", "train.steps=5000", "train.checkpoint_every=500"),
         ablation_seeds=3, lungseg_config="configs/lungseg-train.yaml", lungseg_sets=(),
-        estimates={"ours": 90, "ours:vgg16": 130, "usual": 75, "usual:vgg16": 110, "lever": 90, "gan-train": 450,
-                   "gan-eval": 40, "tstr": 110, "ablation": 1200, "lungseg": 90, "audit": 60, "lung-crop": 120,
-                   "default": 90}),
+        # measured on an H100 on 2026-11-24 (ours, usual, gan-train, gan-eval, tstr); the rest are guesses
+        estimates={"ours": 125, "ours:vgg16": 130, "usual": 120, "usual:vgg16": 90, "lever": 125, "gan-train": 400,
+                   "gan-eval": 20, "tstr": 115, "ablation": 1200, "lungseg": 90, "audit": 60, "lung-crop": 120,
+                   "default": 120}),
     "cpu": Scale(
         classifier_config="configs/classify-train-cpu.yaml", classifier_sets=(), backbones=("resnet18",),
         seeds=(0, 1, 2), usual_args=("--size", "112", "--epochs", "12", "--workers", "2"),
