@@ -58,7 +58,9 @@ class TrainStep:
             side.wait_stream(torch.cuda.current_stream(self.model.device))
             with torch.cuda.stream(side):
                 losses = self._step(self.input_a, self.input_b)
-            torch.cuda.current_stream(self.model.device).wait_stream(side)
+            main = torch.cuda.current_stream(self.model.device)
+            main.wait_stream(side)
+            losses.record_stream(main)  # made on the side stream, read on this one: keep its memory until then
             return losses
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
