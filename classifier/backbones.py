@@ -141,6 +141,13 @@ def cut_features(name: str, model: nn.Module) -> nn.Module:
                     f"(vision transformers are not supported); choose one of {', '.join(REGISTRY)}")
 
 
+def has_normalisation(module: nn.Module) -> bool:
+    """Whether ``module`` holds a batch, instance, group or layer normalisation layer (VGG and SqueezeNet
+    hold none)."""
+    kinds = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+    return any(isinstance(m, kinds) for m in module.modules())
+
+
 def first_conv(module: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
     """``(parent, attribute, conv)`` of the first ``Conv2d`` of ``module``."""
     for name, m in module.named_modules():

@@ -36,6 +36,8 @@ class TrainConfig:
     weight_decay: float = 0.05
     schedule: Literal["cosine", "plateau"] = "cosine"
     warmup_epochs: float = 1.0
+    warmup_epochs_unnormalised: float = 12.0  # the least warmup from scratch of a backbone without normalisation
+                                              # layers (VGG): a short one leaves its ReLUs dead (configs/classify-train.yaml)
     min_lr_factor: float = 0.01       # cosine floor, share of the phase's lr
     plateau_patience: int = 3         # plateau: epochs without a better val macro-F1 before lr x plateau_factor
     plateau_factor: float = 0.1
@@ -63,8 +65,10 @@ class TrainConfig:
         if not 0 <= self.device_cache_share <= 1:
             raise ValueError("train.device_cache_share is a share of the GPU's memory in [0, 1], "
                              f"got {self.device_cache_share}")
-        if min(self.lr, self.finetune_lr_factor, self.mixup, self.cutmix, self.warmup_epochs) < 0:
-            raise ValueError("train.lr, finetune_lr_factor, mixup, cutmix and warmup_epochs must be >= 0")
+        if min(self.lr, self.finetune_lr_factor, self.mixup, self.cutmix, self.warmup_epochs,
+               self.warmup_epochs_unnormalised) < 0:
+            raise ValueError("train.lr, finetune_lr_factor, mixup, cutmix, warmup_epochs and "
+                             "warmup_epochs_unnormalised must be >= 0")
 
 
 @dataclass

@@ -30,6 +30,7 @@ from augment.runtime import (Dist, GracefulStop, LossMeter, all_ranks, autocast,
                              set_rng_state, stop_agreed, tensorboard_writer, write_run_info, write_text_atomic)
 from augment.runsplit import SPLIT_FILE, split_rows, write_split
 
+from .backbones import has_normalisation
 from .checkpoint import run_lung_masker
 from .config import ClassifierConfig
 from .inference import predict
@@ -70,6 +71,15 @@ def model_args(cfg: ClassifierConfig, num_classes: int) -> dict:
 
 def input_size(cfg: ClassifierConfig, model: Classifier) -> int:
     return cfg.model.input_size or model.input_size
+
+
+def warmup_epochs(cfg: ClassifierConfig, model: Classifier) -> float:
+    """``train.warmup_epochs``, or at least ``train.warmup_epochs_unnormalised`` for a backbone without
+    normalisation layers (VGG) trained from scratch."""
+    t = cfg.train
+    if cfg.model.pretrained in ("none", "") and not has_normalisation(model.backbone):
+        return max(t.warmup_epochs, t.warmup_epochs_unnormalised)
+    return t.warmup_epochs
 
 
 def training_set(ds: XrayDataset, synthetic: XrayDataset | None
@@ -274,8 +284,9 @@ class Trainer:
         self.base_lr = [0.0 if phase.frozen else phase.lr, phase.lr]
         steps = len(self._batches(phase.start))
         t = self.cfg.train
-        self.schedule = LRSchedule(t.schedule, int(t.warmup_epochs * steps), (phase.end - phase.start) * steps,
-                                   t.min_lr_factor, t.plateau_patience, t.plateau_factor)
+        warmup = int(warmup_epochs(self.cfg, self.model) * steps)
+        self.schedule = LRSchedule(t.schedule, warmup, (phase.end - phase.start) * steps, t.min_lr_factor,
+                                   t.plateau_patience, t.plateau_factor)
         if self.schedule_state is not None and (self.epoch, self.batch) != (phase.start, 0):
             self.schedule.load_state_dict(self.schedule_state)  # resumed inside this phase
         self.schedule_state = None
@@ -376,6 +387,7 @@ class Trainer:
             print(f"classify-train: {self.cfg.model.backbone} ({self.cfg.model.head} head, pretrained "
                   f"{self.cfg.model.pretrained}) on {len(self.train_data)} training images "
                   f"({self.n_synthetic} of them from --synthetic), {len(self.val_labels)} validation, {self.size}² input, "
+                  f"warmup {warmup_epochs(self.cfg, self.model):g} epochs, "
                   f"device {self.device}, run folder {self.run_dir}", file=sys.stderr)
         try:
             with GracefulStop() as stop:

@@ -299,3 +299,17 @@ def test_ema_decay_warms_up_then_holds():
     assert ema.module.weight.item() == pytest.approx(0.9)
     ema.update(model, step=10_000)  # decay 0.999 once warmed up
     assert ema.module.weight.item() == pytest.approx(0.9 + 0.1 * 0.001)
+
+
+@pytest.mark.parametrize("name, pretrained, warmup", [("vgg16", "none", 12), ("squeezenet1_1", "none", 12),
+                                                      ("vgg16", "imagenet", 2), ("resnet18", "none", 2),
+                                                      ("efficientnet_b0", "none", 2)])
+def test_backbones_without_normalisation_warm_up_longer_from_scratch(name, pretrained, warmup):
+    # a 2-epoch warmup to lr 1e-3 left vgg16's ReLUs dead on real films (configs/classify-train.yaml)
+    from augment.config import load_config
+    from classifier.config import ClassifierConfig
+    from classifier.model import create_model
+    from classifier.train import warmup_epochs
+    cfg = load_config(ClassifierConfig, None, [f"model.backbone={name}", f"model.pretrained={pretrained}",
+                                               "train.warmup_epochs=2", "train.warmup_epochs_unnormalised=12"])
+    assert warmup_epochs(cfg, create_model(name, 3)) == warmup
