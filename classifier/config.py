@@ -46,7 +46,8 @@ class TrainConfig:
     ema: float = 0.0                  # decay of an exponential moving average of weights (0: off)
     mixup: float = 0.0                # Beta(alpha, alpha) of mixup (0: off)
     cutmix: float = 0.0               # Beta(alpha, alpha) of cutmix (0: off); with both, one per batch at random
-    patience: int = 8                 # early stopping: epochs without a better val macro-F1
+    patience: int = 8                 # early stopping: epochs without a better val macro-F1, counted after
+                                      # the warmup
     bf16: bool = True                 # autocast on CUDA
     cpu_bf16: bool = False            # also on a CPU with native bf16 (AVX512-BF16, AMX): about 2x faster there
     channels_last: bool = True       # on CUDA

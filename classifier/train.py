@@ -287,6 +287,7 @@ class Trainer:
         warmup = int(warmup_epochs(self.cfg, self.model) * steps)
         self.schedule = LRSchedule(t.schedule, warmup, (phase.end - phase.start) * steps, t.min_lr_factor,
                                    t.plateau_patience, t.plateau_factor)
+        self.patience_from = phase.start + -(-warmup // max(steps, 1))  # first epoch that ends after the warmup
         if self.schedule_state is not None and (self.epoch, self.batch) != (phase.start, 0):
             self.schedule.load_state_dict(self.schedule_state)  # resumed inside this phase
         self.schedule_state = None
@@ -461,7 +462,7 @@ class Trainer:
         if f1 > self.best_f1:
             self.best_f1, self.best_epoch, self.bad_epochs = f1, self.epoch, 0
             self.save_best(m)
-        else:
+        elif self.epoch >= self.patience_from:  # no early stop while the learning rate still rises
             self.bad_epochs += 1
         if self.dist.is_main and not self.quiet:
             print(f"epoch {self.epoch + 1}: val accuracy {m['accuracy']:.3f}, macro-F1 {f1:.3f}"

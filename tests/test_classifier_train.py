@@ -119,17 +119,31 @@ class Killed(Exception):
     """Stands in for a SIGKILL between two epochs."""
 
 
-def test_early_stopping_in_the_head_phase_still_fine_tunes_also_after_a_resume(tmp_path, data, monkeypatch):
-    source, loaded = pretrained_weights(tmp_path)
-    cfg = tiny_cfg(tmp_path, f"model.pretrained={source}", "train.head_epochs=3", "train.epochs=5",
-                   "train.patience=1", "train.ema=0")
+def flat_after_first_epoch(monkeypatch):
+    """Validation macro-F1 0.5 at every epoch: only the first is ever the best."""
     validate = Trainer.validate
 
-    def flat(self):  # macro-F1 never improves after the first epoch: patience 1 stops a phase after 2 epochs
+    def flat(self):
         m = validate(self)
         return m | {"macro": m["macro"] | {"f1": 0.5}}
 
     monkeypatch.setattr(Trainer, "validate", flat)
+
+
+def test_early_stopping_waits_for_the_end_of_the_warmup(tmp_path, data, monkeypatch):
+    # a slow starter (VGG16 from scratch warms up for 12 epochs) must not be stopped while its lr still rises
+    flat_after_first_epoch(monkeypatch)
+    cfg = tiny_cfg(tmp_path, "train.epochs=6", "train.warmup_epochs=3", "train.patience=1")
+    last = load_checkpoint(train(cfg, data, tmp_path / "a", device="cpu", quiet=True) / "last.pt")
+    # epochs 2-3 end inside the warmup and are not counted; epoch 4 is the first without a better F1 after it
+    assert (last["epoch"], last["bad_epochs"]) == (4, 1)
+
+
+def test_early_stopping_in_the_head_phase_still_fine_tunes_also_after_a_resume(tmp_path, data, monkeypatch):
+    source, loaded = pretrained_weights(tmp_path)
+    cfg = tiny_cfg(tmp_path, f"model.pretrained={source}", "train.head_epochs=3", "train.epochs=5",
+                   "train.patience=1", "train.ema=0", "train.warmup_epochs=0")
+    flat_after_first_epoch(monkeypatch)  # with no warmup, patience 1 stops a phase after 2 epochs
     straight = load_checkpoint(train(cfg, data, tmp_path / "a", device="cpu", quiet=True) / "last.pt")
     # head: epochs 1-2 (stopped early, epoch 3 skipped); fine-tune: epoch 4 (patience counted afresh, stopped)
     assert (straight["epoch"], straight["bad_epochs"]) == (4, 1)
