@@ -19,6 +19,11 @@ class ModelConfig:
     input_size: Optional[int] = None  # default: the backbone's own (224; inception 299)
     width: int = 32                   # first-block channels of the shallow CNN
 
+    @property
+    def from_scratch(self) -> bool:
+        """True when the weights start random (no ImageNet or other pretrained weights)."""
+        return self.pretrained in ("none", "")
+
     def check(self):
         if not self.backbone.startswith(TIMM_PREFIX) and self.backbone not in list_backbones(all_torchvision=True):
             raise ValueError(f"model.backbone: unknown backbone {self.backbone!r}; choose one of "

@@ -56,7 +56,7 @@ class Phase:
 
 def phases(cfg: ClassifierConfig) -> list[Phase]:
     t = cfg.train
-    if cfg.model.pretrained in ("none", "") or t.head_epochs <= 0:
+    if cfg.model.from_scratch or t.head_epochs <= 0:
         return [Phase(0, t.epochs, False, t.lr)]
     head = min(t.head_epochs, t.epochs)
     return [Phase(0, head, True, t.lr), Phase(head, t.epochs, False, t.lr * t.finetune_lr_factor)]
@@ -77,7 +77,7 @@ def warmup_epochs(cfg: ClassifierConfig, model: Classifier) -> float:
     """``train.warmup_epochs``, or at least ``train.warmup_epochs_unnormalised`` for a backbone without
     normalisation layers (VGG) trained from scratch."""
     t = cfg.train
-    if cfg.model.pretrained in ("none", "") and not has_normalisation(model.backbone):
+    if cfg.model.from_scratch and not has_normalisation(model.backbone):
         return max(t.warmup_epochs, t.warmup_epochs_unnormalised)
     return t.warmup_epochs
 
