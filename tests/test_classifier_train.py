@@ -11,14 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from augment.config import load_config
 from augment.errors import UserError
 from augment.gpu import StreamedImages
 from augment.phantoms import write_phantoms
 from augment.runtime import load_checkpoint
-from classifier.config import EvalConfig
+from classifier.config import ClassifierConfig, EvalConfig
 from classifier.evaluate import evaluate
 from classifier.overlays import explain_files
-from classifier.train import Trainer, train
+from classifier.model import create_model
+from classifier.train import Trainer, train, warmup_epochs
 from conftest import sigint_at_call, tiny_classifier_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -320,10 +322,6 @@ def test_ema_decay_warms_up_then_holds():
                                                       ("efficientnet_b0", "none", 2)])
 def test_backbones_without_normalisation_warm_up_longer_from_scratch(name, pretrained, warmup):
     # a 2-epoch warmup to lr 1e-3 left vgg16's ReLUs dead on real films (configs/classify-train.yaml)
-    from augment.config import load_config
-    from classifier.config import ClassifierConfig
-    from classifier.model import create_model
-    from classifier.train import warmup_epochs
     cfg = load_config(ClassifierConfig, None, [f"model.backbone={name}", f"model.pretrained={pretrained}",
                                                "train.warmup_epochs=2", "train.warmup_epochs_unnormalised=12"])
     assert warmup_epochs(cfg, create_model(name, 3)) == warmup
