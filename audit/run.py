@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from augment.data import warn, write_csv
 from augment.errors import UserError
 from augment.lungmask import apply_lung_mask
-from augment.runtime import json_safe, pick_device, resolve_run_file, write_text_atomic
+from augment.runtime import json_safe, pick_device, recorded_data, resolve_run_file, write_text_atomic
 from classifier.cam import BaseCAM, cam_method
 from classifier.checkpoint import CHECKPOINTS, precision, run_data_config
 from classifier.config import EvalConfig
@@ -98,16 +98,13 @@ def cam_on_lungs(explainer: BaseCAM, images_u8: torch.Tensor, masks: torch.Tenso
 
 def trained_data(run_dir: Path) -> Path:
     """The data a classifier run was trained on, as its ``run.json`` records it."""
-    try:
-        recorded = json.loads((run_dir / "run.json").read_text()).get("data")
-    except (OSError, ValueError):
-        recorded = None
-    if not recorded:
+    recorded = recorded_data(run_dir)
+    if recorded is None:
         raise UserError(f"{run_dir}: its run.json does not say which data the run was trained on; pass --data")
-    if not Path(recorded).exists():
+    if not recorded.exists():
         raise UserError(f"{recorded}: the data run {run_dir.name} was trained on is not there any more; pass --data "
                         "with that data (or a copy of it)")
-    return Path(recorded)
+    return recorded
 
 
 def run_audit(checkpoint: str | Path | None = None, lungs: str | Path | None = None, data: str | Path | None = None,

@@ -8,7 +8,6 @@ for images of ``--data`` and ``synthetic`` for images of classify-train's ``--sy
 from __future__ import annotations
 
 import csv
-import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 
 from .data import XrayDataset, discover, warn, write_csv
 from .errors import UserError
+from .runtime import recorded_data
 
 SPLIT_FILE = "split.csv"
 EVALUATED_FILE = "images.csv"  # the images an evaluation report is about, in the same columns
@@ -135,9 +135,8 @@ def _held_split(splits: list[str]) -> str:
 def _is_own_data(ds: XrayDataset, data, run_dir: Path, rows: list[dict]) -> bool:
     """Whether ``data`` is what the run was trained on: the path recorded in ``run.json``, or (by
     content) data holding at least half of the run's validation images."""
-    info = run_dir / "run.json"
-    recorded = json.loads(info.read_text()).get("data") if info.is_file() else None
-    if recorded and Path(recorded) == Path(data).resolve():
+    recorded = recorded_data(run_dir)
+    if recorded is not None and recorded == Path(data).resolve():
         return True
     val = {r["sha256"] for r in rows if r["split"] == "val"}
     return 0 < len(val) <= 2 * len(val & set(ds.hashes))

@@ -361,6 +361,15 @@ def write_run_info(run_dir: str | Path, cfg: Any, seed: int, data_fingerprint: s
     write_text_atomic(run_dir / "run.json", json.dumps(info, indent=2, default=str) + "\n")
 
 
+def recorded_data(run_dir: str | Path) -> Path | None:
+    """The data a run was trained on, as its ``run.json`` records it; None when it is missing or unreadable."""
+    try:
+        data = json.loads((Path(run_dir) / "run.json").read_text()).get("data")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(data) if isinstance(data, str) and data else None
+
+
 def package_versions() -> dict:
     versions = {"python": platform.python_version(), "torch": torch.__version__}
     for name in ("torchvision", "numpy", "skimage"):

@@ -18,8 +18,8 @@ from augment.data import warn, write_csv
 from augment.errors import UserError
 from augment.gpu import build_augment, epoch_batches
 from augment.runtime import (Dist, GracefulStop, LossMeter, autocast, load_checkpoint, new_run_dir, pick_device,
-                             refuse_other_layout, rng_state, save_checkpoint, seed_everything, set_rng_state, stop_agreed,
-                             tensorboard_writer, write_run_info, write_text_atomic)
+                             recorded_data, refuse_other_layout, rng_state, save_checkpoint, seed_everything,
+                             set_rng_state, stop_agreed, tensorboard_writer, write_run_info, write_text_atomic)
 from augment.runsplit import SPLIT_FILE
 
 from .config import LungsegConfig
@@ -83,7 +83,9 @@ def train_lungseg(cfg: LungsegConfig | None, data: str | Path | None, out: str |
             raise UserError(f"{ckpt_path}: not a lungseg-train checkpoint; give a run folder of lungseg-train")
         refuse_other_layout(ckpt_path, ckpt.get("layout", 0), RESUME_LAYOUT, "lungseg-train")
         cfg, seed, run_dir = load_config(LungsegConfig, ckpt_path.parent / "config.yaml"), ckpt["seed"], ckpt_path.parent
-        data = data or json.loads((run_dir / "run.json").read_text())["data"]
+        data = data or recorded_data(run_dir)
+        if data is None:
+            raise UserError(f"{run_dir}: its run.json does not say which data the run was trained on; pass --data")
     elif data is None:
         raise UserError("give --data: image/mask pairs to train on")
     else:

@@ -157,6 +157,10 @@ def test_interrupt_then_resume_equals_a_straight_run(lung_data, tmp_path, monkey
     torch.save(state, old / "checkpoint.pt")
     with pytest.raises(UserError, match=r"earlier lungseg-train \(checkpoint layout 0, now 1\)"):
         train_lungseg(None, None, tmp_path / "b", device="cpu", resume=old, quiet=True)
+    unrecorded = shutil.copytree(first.run_dir, tmp_path / "unrecorded")
+    (unrecorded / "run.json").unlink()
+    with pytest.raises(UserError, match="does not say which data the run was trained on; pass --data"):
+        train_lungseg(None, None, tmp_path / "b", device="cpu", resume=unrecorded, quiet=True)
     resumed = train_lungseg(None, None, tmp_path / "b", device="cpu", resume=first.run_dir, quiet=True)  # run.json's data
     assert resumed.run_dir == first.run_dir and resumed.step == straight.step and not resumed.interrupted
     for name, weight in straight.model.state_dict().items():
