@@ -134,7 +134,7 @@ SCALES = {
         usual_args=("--epochs", "40", "--size", "224", "--workers", "16"),
         levers=(("epochs60", ("train.epochs=60",)), ("res256", ("data.size=288", "model.input_size=256")),
                 ("no-ema", ("train.ema=0",)), ("mixup", ("train.mixup=0.2",)), ("cutmix", ("train.cutmix=1.0",)),
-                ("sampler", ("train.balance=sampler",))),
+                ("sampler", ("train.balance=sampler",)), ("crop50", ("augment.crop_scale=[0.5,1.0]",))),
         gan_config=None, gan_sets=("data.size=256", "train.steps=5000", "train.checkpoint_every=500"),
         ablation_seeds=3, lungseg_config="configs/lungseg-train.yaml", lungseg_sets=(),
         # measured on an H100 on 2026-11-24 (ours, usual, gan-train, gan-eval, tstr); the rest are guesses
@@ -144,8 +144,9 @@ SCALES = {
     "cpu": Scale(
         classifier_config="configs/classify-train-cpu.yaml", classifier_sets=(), backbones=("resnet18",),
         seeds=(0, 1, 2), usual_args=("--size", "112", "--epochs", "12", "--workers", "2"),
-        levers=(("epochs20", ("train.epochs=20",)), ("sampler", ("train.balance=sampler",)),
-                ("no-ema", ("train.ema=0",)), ("mixup", ("train.mixup=0.2",))),
+        # epochs and class-balanced batches were screened at this scale before (RESULTS.md, "CPU preset")
+        levers=(("mixup", ("train.mixup=0.2",)), ("cutmix", ("train.cutmix=1.0",)), ("no-ema", ("train.ema=0",)),
+                ("crop50", ("augment.crop_scale=[0.5,1.0]",))),
         gan_config=None, gan_sets=("data.size=128", "model.ngf=32", "model.ndf=32", "model.n_blocks=6",
                                    "train.steps=2000", "train.checkpoint_every=200"),
         ablation_seeds=3, lungseg_config="configs/lungseg-train.yaml",
