@@ -6,8 +6,10 @@ Ours: real ``classify-train`` steps (GPU-resident uint8 images, one-warp augment
 channels_last, fused AdamW) at batch 256 and 64 for resnet50, vgg16 and efficientnet_b0, and the
 evaluation of 500 images (prediction + metrics with 1000 bootstrap resamples). The usual recipe
 (ImageFolder + DataLoader workers, and its GPU-tensor ceiling) is imported from the path given by
-``--usual`` and run on the same machine; the script prints images/s and the ratios ours / usual as
-JSON lines with date, hardware and commit. No figures are recorded in this file: run it.
+``--usual`` and run on the same machine; the script prints images/s, the ratios ours / usual and the
+convolution and matrix work our rate stands for (TFLOP/s: 3 times the FLOPs of one image's forward pass, counted
+by ``torch.utils.flop_counter``, times the rate) as JSON lines with date, hardware and commit. No figures are
+recorded in this file: run it.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import torch  # noqa: E402
 
 from augment.config import load_config  # noqa: E402
 from augment.runtime import git_commit  # noqa: E402
-from common import load_usual, peak_mib, reset_peak, sync  # noqa: E402
+from common import count_flops, load_usual, peak_mib, reset_peak, sync, tflop_s  # noqa: E402
 from classifier.config import ClassifierConfig  # noqa: E402
 from classifier.inference import predict  # noqa: E402
 from classifier.metrics import classification_metrics  # noqa: E402
@@ -51,6 +53,15 @@ def our_train_rate(trainer: Trainer, steps: int, warmup: int = 5) -> float:
         trainer.train_step(net, batches[i % len(batches)], warmup + i)
     sync(trainer.device)
     return steps * bs / (time.perf_counter() - start)
+
+
+def flops_per_image(trainer: Trainer) -> int:
+    """FLOPs of training on one image: 3 times its forward pass through the trainer's model (the backward pass
+    costs about twice the forward). Counted on the forward alone because the counter takes the backward pass of
+    a depthwise convolution for a dense one (EfficientNet-B0: 32 GFLOP instead of about 2.3)."""
+    x = torch.rand(1, 1, trainer.size, trainer.size, device=trainer.device)
+    with torch.no_grad():
+        return 3 * count_flops(lambda: trainer.model(x))
 
 
 def our_eval_rate(trainer: Trainer, n: int = 500) -> float:
@@ -93,7 +104,9 @@ def main() -> None:
                        "bf16": cfg.train.bf16, "channels_last": cfg.train.channels_last, "compile": cfg.train.compile}
                 try:
                     trainer = Trainer(cfg, a.data, out, device=a.device, quiet=True)
+                    flops = flops_per_image(trainer)
                     row["ours_train_img_s"] = round(our_train_rate(trainer, a.steps), 1)
+                    row["gflop_per_img"], row["ours_tflop_s"] = round(flops / 1e9, 2), tflop_s(row["ours_train_img_s"], flops)
                     row["ours_peak_mib"] = peak_mib(trainer.device)
                     if bs == a.batches[-1]:
                         row["ours_eval500_img_s"] = round(our_eval_rate(trainer), 1)

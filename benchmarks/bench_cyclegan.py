@@ -13,7 +13,11 @@ Ours (the project's own code paths, one channel, paper architecture unless ``--s
   ``synthesize`` loads it (``load_generator_ab``: weights only, its layout) and ``translate``, as it calls it;
 - ``synthesize(n)`` end to end after start-up (checkpoint, cache reuse, generation, PNG writing) from a
   checkpoint of a 1-step ``train_gan`` run with that layout and upsampling;
-- peak GPU memory (reserved) of each.
+- peak GPU memory (reserved) of each;
+- the convolution work each rate stands for, in TFLOP/s: the paper network's FLOPs per image (one eager training step
+  or generator pass at batch 1, counted by ``torch.utils.flop_counter``; the sub-pixel form, which multiplies more
+  zeros for the same numbers, is credited with the same) times the rate. It says what a target asks of the device
+  and how far from its peak a row runs.
 Baseline (``--usual``, imported from its path, never copied): ``usual_recipe.cyclegan_rate`` at each batch size
 (100 steps at batch 1 and 30 at batch 8 as its ``main`` calls it) and its ``generator()`` timed as its ``main``
 does (fp32, no_grad). Both sides run under the same global flags, set once before anything runs and stated in
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import math
@@ -48,7 +53,7 @@ from augment.config import load_config  # noqa: E402
 from augment.data import load_dataset  # noqa: E402
 from augment.gpu import DeviceImages  # noqa: E402
 from augment.runtime import LossMeter, git_commit, pick_device, seed_everything  # noqa: E402
-from common import cpu_name, load_usual, peak_mib, reset_peak, sync  # noqa: E402
+from common import count_flops, cpu_name, load_usual, peak_mib, reset_peak, sync, tflop_s  # noqa: E402
 from cyclegan.checkpoint import CHECKPOINT_NAME, load_generator_ab  # noqa: E402
 from cyclegan.compile_cache import compile_cache_path, load_compiled, save_compiled  # noqa: E402
 from cyclegan.config import GanConfig  # noqa: E402
@@ -116,6 +121,19 @@ def train_rate(cfg: GanConfig, images: tuple[DeviceImages, DeviceImages], device
         raise RuntimeError(f"losses are not finite: {losses}")
     return {"it_s": round(rate, 3), "img_s": round(rate * b, 2), "warmup_s": round(warm_s, 2),
             "graph_replayed": train_step.graph is not None, "peak_mib": peak_mib(device)}
+
+
+def paper_flops_per_image(cfg: GanConfig, images: tuple[DeviceImages, DeviceImages],
+                          device: torch.device) -> tuple[int, int]:
+    """FLOPs of one eager training step (both updates: the generators' cycles and identities, the discriminators)
+    and of one generator pass, at batch 1, of ``cfg``'s networks with transposed-convolution upsampling."""
+    one = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, subpixel_upsample=False),
+                              train=dataclasses.replace(cfg.train, batch_size=1, cuda_graph=False))
+    model = CycleGAN(one, device, total_steps=10)
+    first = torch.zeros(1, 1, dtype=torch.int64)
+    real_a, real_b = (domain.batches(first)[0][0] for domain in images)
+    generator = count_flops(lambda: translate(model.generators.ab, real_a, one.train.bf16, one.train.channels_last))
+    return count_flops(lambda: TrainStep(model)(real_a, real_b)), generator
 
 
 def infer_rate(checkpoint: Path, device: torch.device, batch: int, iters: int, profile_to: Path | None = None) -> dict:
@@ -238,6 +256,8 @@ def main() -> None:
                        for idx in (dataset.indices("train", first.train.domain_a),
                                    dataset.indices("train", first.train.domain_b)))
 
+        step_flops, pass_flops = paper_flops_per_image(first, images, dev)
+        meta.update(gflop_per_train_img=round(step_flops / 1e9, 3), gflop_per_generator_pass=round(pass_flops / 1e9, 3))
         for b in batches:
             for layout in layouts:
                 for upsample in a.upsample:
@@ -247,7 +267,8 @@ def main() -> None:
                         row = {"measure": "train", "batch": b, "layout": layout, "upsample": upsample, "mode": mode,
                                "steps": steps_for(b, a.tiny), "warmup_steps": w}
                         try:  # one failed row (a capture error, out of memory) must not lose the others
-                            add({**row, **train_rate(cfg, images, dev, row["steps"], w, a.compile, a.compile_cache)})
+                            r = train_rate(cfg, images, dev, row["steps"], w, a.compile, a.compile_cache)
+                            add({**row, **r, "tflop_s": tflop_s(r["img_s"], step_flops)})
                         except RuntimeError as e:  # torch.OutOfMemoryError is one
                             reset_peak(dev)
                             add({**row, "error": (str(e).splitlines() or [type(e).__name__])[0][:300]})
@@ -264,7 +285,7 @@ def main() -> None:
                 run_dir = train_gan(cfg, a.data, runs, device=a.device, seed=0).run_dir
                 r = infer_rate(run_dir / CHECKPOINT_NAME, dev, infer_batch, infer_iters)
                 add({"measure": "infer", "batch": infer_batch, "layout": layout, "upsample": upsample,
-                     "iters": infer_iters, **r})
+                     "iters": infer_iters, **r, "tflop_s": tflop_s(r["img_s"], pass_flops)})
                 if a.profile and (layout, upsample) == (layouts[0], a.upsample[0]):
                     infer_rate(run_dir / CHECKPOINT_NAME, dev, infer_batch, a.profile_steps,
                                profile_to=out / f"profile-infer-bs{infer_batch}")
@@ -300,15 +321,18 @@ def report(meta: dict, rows: list[dict]) -> None:
     print(f"\n{meta['date']}  commit {meta['commit'] and meta['commit'][:7]}  torch {meta['torch']}  {where}  "
           f"{meta['size']}²  compile={meta['compile']} bf16={meta['bf16']} cudnn.benchmark={meta['cudnn_benchmark']} "
           f"tf32={meta['tf32']}")
+    print(f"paper network: {meta['gflop_per_train_img']} GFLOP per image of a training step, "
+          f"{meta['gflop_per_generator_pass']} per generator pass (convolutions, 2 per multiply-add)")
     print(f"{'measure':<12} {'batch':>5} {'layout':<13} {'upsample':<10} {'mode':<6} {'ours':>16} {'ratio':>6} "
           f"{'peak MiB':>8}  note (peak: reserved GPU memory)")
     for r in rows:
         if "error" in r:
             ours, note = "failed", r["error"]
         elif r["measure"] == "train":
-            ours, note = f"{r['img_s']} img/s", f"{r['it_s']} it/s; {r['steps']} steps after {r['warmup_s']} s warm-up"
+            ours, note = f"{r['img_s']} img/s", (f"{r['it_s']} it/s, {r['tflop_s']} TFLOP/s; {r['steps']} steps after "
+                                                  f"{r['warmup_s']} s warm-up")
         elif r["measure"] == "infer":
-            ours, note = f"{r['img_s']} img/s", f"{r['iters']} batches"
+            ours, note = f"{r['img_s']} img/s", f"{r['tflop_s']} TFLOP/s; {r['iters']} batches"
         elif r["measure"] == "synthesize":
             ours, note = f"{r['s']} s", f"--n {r['n']}, after start-up"
         else:

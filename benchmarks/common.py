@@ -1,5 +1,5 @@
 """What the benchmark scripts share: the CPU's name for the results table, the baseline recipe imported
-from its path (never copied), and GPU timing and memory helpers."""
+from its path (never copied), GPU timing and memory helpers, and the FLOPs of a step."""
 from __future__ import annotations
 
 import importlib.util
@@ -7,6 +7,7 @@ import platform
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def cpu_name() -> str:
@@ -43,3 +44,18 @@ def peak_mib(device: torch.device) -> int | None:
     """Peak memory reserved by PyTorch's allocator since :func:`reset_peak`: unlike the allocated peak, it
     counts a CUDA graph's private pool, whose intermediate tensors are never allocated during a replay."""
     return round(torch.cuda.max_memory_reserved(device) / 2**20) if device.type == "cuda" else None
+
+
+def count_flops(fn) -> int:
+    """FLOPs of one call of ``fn`` as ``torch.utils.flop_counter`` counts them: convolutions and matrix
+    products (2 per multiply-add, backward included), not the elementwise work beside them. Run it eagerly:
+    a CUDA graph's replay or compiled code hides its operators from the counter. It counts the backward pass
+    of a grouped (depthwise) convolution as a dense one: count such networks' forward passes only."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def tflop_s(img_s: float, flops_per_image: float) -> float:
+    """The convolution and matrix work done per second at ``img_s``, in TFLOP/s."""
+    return round(img_s * flops_per_image / 1e12, 1)
