@@ -1,8 +1,8 @@
 """The real-data evidence suite on cxr3: one command, resumable stages, a time budget per call.
 
     python experiments/cxr3_suite.py --data DIR --out DIR [--usual PATH] [--lungs-data DIR]
-        [--stages levers recipe gan ablation audit] [--budget-s S] [--scale gpu|cpu|tiny] [--device D]
-        [--report DIR] [--results-from SUMMARY_JSON]
+        [--stages levers recipe gan ablation audit] [--levers NAME ...] [--budget-s S] [--scale gpu|cpu|tiny]
+        [--device D] [--report DIR] [--results-from SUMMARY_JSON]
 
 On a GPU machine whose commands have a time limit (each command below ends within about 10 minutes):
 
@@ -146,7 +146,8 @@ SCALES = {
         seeds=(0, 1, 2), usual_args=("--size", "112", "--epochs", "12", "--workers", "2"),
         # epochs and class-balanced batches were screened at this scale before (RESULTS.md, "CPU preset")
         levers=(("mixup", ("train.mixup=0.2",)), ("cutmix", ("train.cutmix=1.0",)), ("no-ema", ("train.ema=0",)),
-                ("crop50", ("augment.crop_scale=[0.5,1.0]",))),
+                ("crop50", ("augment.crop_scale=[0.5,1.0]",)), ("crop90", ("augment.crop_scale=[0.9,1.0]",)),
+                ("no-smoothing", ("train.label_smoothing=0",))),
         gan_config=None, gan_sets=("data.size=128", "model.ngf=32", "model.ndf=32", "model.n_blocks=6",
                                    "train.steps=2000", "train.checkpoint_every=200"),
         ablation_seeds=3, lungseg_config="configs/lungseg-train.yaml",
@@ -531,9 +532,9 @@ class Suite:
                         lambda u: self.train_and_evaluate(u, self.data, bb, seed))
 
         if "levers" in stages:  # each change against the recipe's own run of the first backbone
-            levers = list(s.levers)
-            if not no_lungs:  # lung-cropped training needs a lung segmenter first
-                units.append(Unit("lungseg", "lungseg", True, self.lungseg))
+            levers = [lever for lever in s.levers if self.a.levers is None or lever[0] in self.a.levers]
+            if not no_lungs and (self.a.levers is None or "lung-crop" in self.a.levers):
+                units.append(Unit("lungseg", "lungseg", True, self.lungseg))  # lung-cropped training needs it
                 levers.append(("lung-crop", None))
             for seed in s.seeds:
                 units.append(ours(s.backbones[0], seed))
@@ -860,6 +861,8 @@ def main() -> int:
     ap.add_argument("--usual", help="usual_accuracy.py, run from its path (not part of the project)")
     ap.add_argument("--lungs-data", help="lung image/mask pairs for lungseg-train (stage audit; levers' lung crop)")
     ap.add_argument("--stages", nargs="+", choices=STAGES, default=["recipe", "gan", "ablation", "audit"])
+    ap.add_argument("--levers", nargs="+", metavar="NAME",
+                    help="screen only these levers (stage levers; default: all of the scale's, lung-crop with --lungs-data)")
     ap.add_argument("--budget-s", type=float, help="stop before the work would run past this many seconds")
     ap.add_argument("--scale", choices=sorted(SCALES), default="gpu")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -876,6 +879,12 @@ def main() -> int:
         if path and not Path(path).exists():
             print(f"error: {flag} {path}: no such file or folder", file=sys.stderr)
             return 2
+    known = [name for name, _ in SCALES[a.scale].levers] + ["lung-crop"]
+    unknown = sorted(set(a.levers or ()) - set(known))
+    if unknown:
+        print(f"error: --levers {' '.join(unknown)}: no such lever at scale {a.scale}; choose from {', '.join(known)}",
+              file=sys.stderr)
+        return 2
     suite = Suite(a)
     settings = {"scale": a.scale, "data": str(suite.data)}
     earlier = read_json(suite.out / "suite.json")

@@ -1,5 +1,6 @@
 """experiments/cxr3_suite.py at --scale tiny on phantoms: every stage's figures, then a rerun that keeps
 finished units, then a budget too small for the next unit."""
+import argparse
 import json
 import os
 import subprocess
@@ -111,6 +112,21 @@ def test_results_from_a_file_that_is_no_summary_of_this_scale_is_a_one_line_erro
         r = run_suite(tmp_path, data, "--results-from", str(path))
         assert r.returncode == 2 and r.stderr.startswith("error: ") and message in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out" / "results").exists()
+
+
+def test_levers_screens_only_the_named_levers_and_refuses_unknown_ones(tmp_path):
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from cxr3_suite import Suite
+    data = write_phantoms(tmp_path / "data", 2, 32, seed=0)
+    args = dict(scale="tiny", data=str(data), out=str(tmp_path / "out"), lungs_data=str(data), usual=None,
+                budget_s=None, commit=None, full_ablation=False)
+    every = [u.name for u in Suite(argparse.Namespace(**args, levers=None)).plan(["levers"])]
+    assert every == ["lungseg", "recipe/ours-shallow-seed0", "levers/mixup-seed0", "levers/lung-crop-seed0"]
+    named = [u.name for u in Suite(argparse.Namespace(**args, levers=["mixup"])).plan(["levers"])]
+    assert named == ["recipe/ours-shallow-seed0", "levers/mixup-seed0"]
+    r = run_suite(tmp_path, data, "--levers", "mixup", "cutmix")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "--levers cutmix: no such lever at scale tiny; choose from mixup, lung-crop" in r.stderr
 
 
 def test_usual_recipe_line_becomes_the_same_figures_as_ours():
