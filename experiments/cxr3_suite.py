@@ -132,9 +132,10 @@ SCALES = {
         classifier_config="configs/classify-train.yaml", classifier_sets=(),
         backbones=("resnet50", "efficientnet_b0", "vgg16"), seeds=(0, 1),
         usual_args=("--epochs", "40", "--size", "224", "--workers", "16"),
-        levers=(("epochs60", ("train.epochs=60",)), ("res256", ("data.size=288", "model.input_size=256")),
-                ("no-ema", ("train.ema=0",)), ("mixup", ("train.mixup=0.2",)), ("cutmix", ("train.cutmix=1.0",)),
-                ("sampler", ("train.balance=sampler",)), ("crop50", ("augment.crop_scale=[0.5,1.0]",))),
+        # the CPU screen (RESULTS.md, "Levers on the CPU preset") found no random crop best and cutmix, stronger
+        # crops, no EMA and balanced batches no better: those are not repeated here
+        levers=(("crop100", ("augment.crop_scale=[1.0,1.0]",)), ("epochs60", ("train.epochs=60",)),
+                ("res256", ("data.size=288", "model.input_size=256")), ("mixup", ("train.mixup=0.2",))),
         gan_config=None, gan_sets=("data.size=256", "train.steps=5000", "train.checkpoint_every=500"),
         ablation_seeds=3, lungseg_config="configs/lungseg-train.yaml", lungseg_sets=(),
         # measured on an H100 on 2026-11-24 (ours, usual, gan-train, gan-eval, tstr); the rest are guesses
@@ -147,7 +148,7 @@ SCALES = {
         # epochs and class-balanced batches were screened at this scale before (RESULTS.md, "CPU preset")
         levers=(("mixup", ("train.mixup=0.2",)), ("cutmix", ("train.cutmix=1.0",)), ("no-ema", ("train.ema=0",)),
                 ("crop50", ("augment.crop_scale=[0.5,1.0]",)), ("crop90", ("augment.crop_scale=[0.9,1.0]",)),
-                ("no-smoothing", ("train.label_smoothing=0",))),
+                ("crop100", ("augment.crop_scale=[1.0,1.0]",)), ("no-smoothing", ("train.label_smoothing=0",))),
         gan_config=None, gan_sets=("data.size=128", "model.ngf=32", "model.ndf=32", "model.n_blocks=6",
                                    "train.steps=2000", "train.checkpoint_every=200"),
         ablation_seeds=3, lungseg_config="configs/lungseg-train.yaml",
