@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import datetime
 import json
 import math
@@ -123,16 +122,13 @@ def train_rate(cfg: GanConfig, images: tuple[DeviceImages, DeviceImages], device
             "graph_replayed": train_step.graph is not None, "peak_mib": peak_mib(device)}
 
 
-def paper_flops_per_image(cfg: GanConfig, images: tuple[DeviceImages, DeviceImages],
-                          device: torch.device) -> tuple[int, int]:
-    """FLOPs of one eager training step (both updates: the generators' cycles and identities, the discriminators)
-    and of one generator pass, at batch 1, of ``cfg``'s networks with transposed-convolution upsampling."""
-    one = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, subpixel_upsample=False),
-                              train=dataclasses.replace(cfg.train, batch_size=1, cuda_graph=False))
-    model = CycleGAN(one, device, total_steps=10)
+def flops_per_image(cfg: GanConfig, images: tuple[DeviceImages, DeviceImages], device: torch.device) -> tuple[int, int]:
+    """FLOPs of one training step (both updates: the generators' cycles and identities, the discriminators) and
+    of one generator pass, per image, of ``cfg``'s networks; ``cfg`` at batch 1 without a CUDA graph."""
+    model = CycleGAN(cfg, device, total_steps=10)
     first = torch.zeros(1, 1, dtype=torch.int64)
     real_a, real_b = (domain.batches(first)[0][0] for domain in images)
-    generator = count_flops(lambda: translate(model.generators.ab, real_a, one.train.bf16, one.train.channels_last))
+    generator = count_flops(lambda: translate(model.generators.ab, real_a, cfg.train.bf16, cfg.train.channels_last))
     return count_flops(lambda: TrainStep(model)(real_a, real_b)), generator
 
 
@@ -256,7 +252,8 @@ def main() -> None:
                        for idx in (dataset.indices("train", first.train.domain_a),
                                    dataset.indices("train", first.train.domain_b)))
 
-        step_flops, pass_flops = paper_flops_per_image(first, images, dev)
+        paper = gan_config(a, cache, 1, layouts[0], "transposed", False)  # every row is credited with its FLOPs
+        step_flops, pass_flops = flops_per_image(paper, images, dev)
         meta.update(gflop_per_train_img=round(step_flops / 1e9, 3), gflop_per_generator_pass=round(pass_flops / 1e9, 3))
         for b in batches:
             for layout in layouts:
