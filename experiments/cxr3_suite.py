@@ -149,7 +149,9 @@ SCALES = {
         # preset"; epochs and class-balanced batches: "CPU preset")
         levers=(("mixup", ("train.mixup=0.2",)), ("cutmix", ("train.cutmix=1.0",)), ("no-ema", ("train.ema=0",)),
                 ("crop50", ("augment.crop_scale=[0.5,1.0]",)), ("crop80", ("augment.crop_scale=[0.8,1.0]",)),
-                ("crop90", ("augment.crop_scale=[0.9,1.0]",)), ("no-smoothing", ("train.label_smoothing=0",))),
+                ("crop90", ("augment.crop_scale=[0.9,1.0]",)), ("no-smoothing", ("train.label_smoothing=0",)),
+                # the two levers of the GPU screen after crop100, at this scale: more epochs, more pixels
+                ("epochs25", ("train.epochs=25",)), ("res160", ("data.size=176", "model.input_size=160"))),
         gan_config=None, gan_sets=("data.size=128", "model.ngf=32", "model.ndf=32", "model.n_blocks=6",
                                    "train.steps=2000", "train.checkpoint_every=200"),
         ablation_seeds=3, lungseg_config="configs/lungseg-train.yaml",
