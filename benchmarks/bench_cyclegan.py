@@ -70,7 +70,7 @@ def gan_config(a, cache_dir: str, batch_size: int, layout: str, upsample: str, g
     return load_config(GanConfig, None, [
         f"data.size={a.size}", f"data.cache_dir={cache_dir}", f"train.batch_size={batch_size}",
         f"train.bf16={flag(a.bf16)}", f"train.channels_last={flag(layout == 'channels_last')}",
-        f"model.subpixel_upsample={flag(upsample == 'subpixel')}", f"train.cuda_graph={flag(graph)}",
+        f"model.upsample={upsample}", f"train.cuda_graph={flag(graph)}",
         f"train.cudnn_benchmark={flag(a.cudnn_benchmark)}", "train.tensorboard=false",
         *(TINY_MODEL if a.tiny else []), *a.overrides, *extra])
 
@@ -194,8 +194,8 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", help="training batch sizes (default 1 8 32; 1 2 with --tiny)")
     ap.add_argument("--layouts", nargs="+", choices=["nchw", "channels_last"], default=["nchw", "channels_last"],
                     help="memory layouts (train.channels_last; CUDA only, NCHW alone on the CPU)")
-    ap.add_argument("--upsample", nargs="+", choices=["transposed", "subpixel"], default=["transposed", "subpixel"],
-                    help="the generator's upsampling (model.subpixel_upsample)")
+    ap.add_argument("--upsample", nargs="+", choices=["transposed", "subpixel", "resize"],
+                    default=["transposed", "subpixel"], help="the generator's upsampling (model.upsample)")
     ap.add_argument("--modes", nargs="+", choices=["eager", "graph"], default=["eager", "graph"],
                     help="train.cuda_graph off / on (graph on CUDA only)")
     ap.add_argument("--warmup", type=int, help="untimed steps before each training row (default 6; 1 with --tiny; "

@@ -75,6 +75,10 @@ def read_gan_checkpoint(path: Path, resume: bool = False, mmap: bool = False) ->
         refuse_other_layout(path, layout, CHECKPOINT_LAYOUT, "gan-train")
     if "ranks" not in state:
         values = {k: v for k, v in values.items() if k != "augment"}
+    model = dict(values.get("model", {}))
+    if "subpixel_upsample" in model:  # before model.upsample, a flag chose between the transposed forms
+        model["upsample"] = "subpixel" if model.pop("subpixel_upsample") else "transposed"
+        values = {**values, "model": model}
     return state, config_from_dict(values)
 
 
@@ -82,7 +86,7 @@ def load_generator_ab(path: Path, device: torch.device) -> tuple[ResnetGenerator
     """The A→B generator of a checkpoint, in eval mode on ``device`` (channels_last on CUDA when the run
     trained so), with the config and checkpoint dict. Only the generator's tensors are read from disk."""
     state, cfg = read_gan_checkpoint(path, mmap=True)
-    generator = ResnetGenerator(cfg.model.ngf, cfg.model.n_blocks, subpixel=cfg.model.subpixel_upsample)
+    generator = ResnetGenerator(cfg.model.ngf, cfg.model.n_blocks, upsample=cfg.model.upsample)
     prefix = "ab."
     weights = {k[len(prefix):]: v for k, v in state["model"]["generators"].items() if k.startswith(prefix)}
     generator.load_state_dict(drop_cancelled_biases(weights, generator))

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
 from augment.data import DataConfig
 from augment.gpu import AugmentConfig
@@ -18,7 +18,10 @@ class ModelConfig:
     n_blocks: int = 9      # residual blocks of the generator
     n_layers_d: int = 3    # strided layers of the PatchGAN; 3 gives 70x70 receptive fields
     init_std: float = 0.02  # weights drawn from N(0, init_std)
-    subpixel_upsample: bool = False  # the generator's transposed convs as conv + pixel_shuffle (same numbers)
+    # the generator's two upsamplings: "transposed" (the paper's), "subpixel" (the same transposed convolutions
+    # computed as conv + pixel_shuffle: same parameters, same numbers) or "resize" (nearest-neighbour resize,
+    # then a 3x3 convolution: Odena et al. 2016, "Deconvolution and Checkerboard Artifacts"; other parameters)
+    upsample: Literal["transposed", "subpixel", "resize"] = "transposed"
 
     def check(self):
         if min(self.ngf, self.ndf, self.n_layers_d) < 1 or self.n_blocks < 0:

@@ -64,15 +64,29 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
+def upsampling(c_in: int, c_out: int, form: str) -> list[nn.Module]:
+    """Twice the height and width, ``(B, c_in, H, W)`` → ``(B, c_out, 2H, 2W)``, without bias (a norm follows):
+    the paper's 3x3 stride-2 transposed convolution, the same in the sub-pixel form, or a nearest-neighbour
+    resize then a 3x3 convolution, which weights every output pixel alike and so cannot draw the checkerboard
+    of uneven overlaps (Odena et al. 2016)."""
+    if form == "transposed":
+        return [nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1, bias=False)]
+    if form == "subpixel":
+        return [SubpixelConvTranspose2d(c_in, c_out, bias=False)]
+    if form == "resize":
+        return [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1), _conv(c_in, c_out, 3)]
+    raise ValueError(f"unknown upsampling {form!r}: transposed, subpixel or resize")
+
+
 class ResnetGenerator(nn.Module):
     """c7s1-ngf, two stride-2 downsamplings, ``n_blocks`` residual blocks at 4·ngf channels, two
-    transposed-conv upsamplings (in the sub-pixel form with ``subpixel``: same parameters, same
-    numbers), c7s1-1 and tanh.
+    upsamplings (``upsample``: "transposed" as in the paper, "subpixel" for the same in the sub-pixel form,
+    "resize" for resize-convolution), c7s1-1 and tanh.
 
     Input and output ``(B, 1, H, W)`` in [-1, 1]; H and W multiples of 4.
     """
 
-    def __init__(self, ngf: int = 64, n_blocks: int = 9, channels: int = 1, subpixel: bool = False):
+    def __init__(self, ngf: int = 64, n_blocks: int = 9, channels: int = 1, upsample: str = "transposed"):
         super().__init__()
         layers = [nn.ReflectionPad2d(3), _conv(channels, ngf, 7), _norm(ngf), nn.ReLU(inplace=True)]
         for mult in (1, 2):
@@ -80,9 +94,8 @@ class ResnetGenerator(nn.Module):
                        nn.ReLU(inplace=True)]
         layers += [ResidualBlock(ngf * 4) for _ in range(n_blocks)]
         for mult in (4, 2):
-            up = (SubpixelConvTranspose2d(ngf * mult, ngf * mult // 2, bias=False) if subpixel else
-                  nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1, bias=False))
-            layers += [up, _norm(ngf * mult // 2), nn.ReLU(inplace=True)]
+            layers += [*upsampling(ngf * mult, ngf * mult // 2, upsample), _norm(ngf * mult // 2),
+                       nn.ReLU(inplace=True)]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, channels, 7), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
@@ -140,8 +153,8 @@ class Generators(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.ab = init_normal(ResnetGenerator(cfg.ngf, cfg.n_blocks, subpixel=cfg.subpixel_upsample), cfg.init_std)
-        self.ba = init_normal(ResnetGenerator(cfg.ngf, cfg.n_blocks, subpixel=cfg.subpixel_upsample), cfg.init_std)
+        self.ab = init_normal(ResnetGenerator(cfg.ngf, cfg.n_blocks, upsample=cfg.upsample), cfg.init_std)
+        self.ba = init_normal(ResnetGenerator(cfg.ngf, cfg.n_blocks, upsample=cfg.upsample), cfg.init_std)
 
     def forward(self, real_a: torch.Tensor, real_b: torch.Tensor, identity: bool = True) -> dict[str, torch.Tensor]:
         """``real_a``, ``real_b``: ``(B, 1, H, W)``. Returns ``fake_b, fake_a, rec_a, rec_b`` and, with

@@ -1,5 +1,5 @@
 """CycleGAN building blocks: the paper's architecture (shapes, parameter counts, init, the biases that
-cancel, the sub-pixel upsampling), losses, the device image pool and the lr schedule."""
+cancel, the sub-pixel and resize upsamplings), losses, the device image pool and the lr schedule."""
 import copy
 
 import pytest
@@ -12,7 +12,7 @@ from cyclegan.config import GanConfig, ModelConfig
 from cyclegan.losses import lsgan_loss
 from cyclegan.model import CycleGAN, decayed_lr
 from cyclegan.networks import (Generators, PatchDiscriminator, ResnetGenerator, SubpixelConvTranspose2d,
-                               drop_cancelled_biases)
+                               drop_cancelled_biases, upsampling)
 from cyclegan.pool import ImagePool
 
 
@@ -36,7 +36,9 @@ def test_paper_generator_has_the_hand_counted_parameters():
                 + conv(64, 1, 7))
     assert expected == 11_365_633 - 5_248
     assert n_params(ResnetGenerator(ngf=64, n_blocks=9)) == expected
-    assert n_params(ResnetGenerator(ngf=64, n_blocks=9, subpixel=True)) == expected
+    assert n_params(ResnetGenerator(ngf=64, n_blocks=9, upsample="subpixel")) == expected
+    # a 3x3 convolution after the resize has as many weights as the transposed one, in another shape
+    assert n_params(ResnetGenerator(ngf=64, n_blocks=9, upsample="resize")) == expected
 
 
 def test_paper_discriminator_has_the_hand_counted_parameters():
@@ -92,16 +94,40 @@ def test_subpixel_upsampling_equals_the_transposed_convolution_in_value_and_grad
 def test_subpixel_generator_computes_the_same_as_the_transposed_one():
     torch.manual_seed(0)
     transposed = ResnetGenerator(ngf=4, n_blocks=1).double()
-    subpixel = ResnetGenerator(ngf=4, n_blocks=1, subpixel=True).double()
+    subpixel = ResnetGenerator(ngf=4, n_blocks=1, upsample="subpixel").double()
     subpixel.load_state_dict(transposed.state_dict())
     assert sum(isinstance(m, SubpixelConvTranspose2d) for m in subpixel.modules()) == 2
     x = torch.rand(2, 1, 32, 32, dtype=torch.float64) * 2 - 1
     torch.testing.assert_close(subpixel(x), transposed(x), rtol=0, atol=1e-12)
 
 
+def test_resize_upsampling_draws_no_checkerboard_where_the_transposed_convolution_does():
+    """On a constant feature map a stride-2 transposed convolution sums one kernel tap into even output
+    pixels and two into odd ones, so its output alternates with their parity (Odena et al. 2016); a resize
+    then a convolution weights every pixel alike and gives one value away from the border."""
+    torch.manual_seed(0)
+    x = torch.ones(1, 6, 8, 8)
+    for form, alternates in (("transposed", True), ("subpixel", True), ("resize", False)):
+        y = nn.Sequential(*upsampling(6, 5, form))(x)
+        assert y.shape == (1, 5, 16, 16), form
+        inner = y[:, :, 2:-2, 2:-2]
+        spread = (inner - inner.mean((2, 3), keepdim=True)).abs().amax().item()
+        assert (spread > 1e-3) == alternates, (form, spread)
+
+
+def test_resize_generator_translates_and_refuses_transposed_weights():
+    resize = ResnetGenerator(ngf=4, n_blocks=1, upsample="resize")
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    y = resize(x)
+    assert y.shape == (2, 1, 32, 32) and y.abs().max() <= 1
+    with pytest.raises(RuntimeError, match="size mismatch"):  # another network: its checkpoints are its own
+        resize.load_state_dict(ResnetGenerator(ngf=4, n_blocks=1).state_dict())
+
+
 def test_code_defaults_are_the_paper_configuration():
     cfg = GanConfig()
     assert (cfg.model.ngf, cfg.model.ndf, cfg.model.n_blocks, cfg.model.n_layers_d) == (64, 64, 9, 3)
+    assert cfg.model.upsample == "transposed"
     t = cfg.train
     assert (t.lambda_cycle, t.lambda_identity, t.pool_size, t.lr, t.beta1, t.batch_size) == (10, 0.5, 50, 2e-4, 0.5, 1)
 
@@ -220,6 +246,8 @@ def test_bad_config_is_a_user_error():
         load_config(GanConfig, None, ["data.size=30"])
     with pytest.raises(UserError, match="domain"):
         load_config(GanConfig, None, ["train.domain_b=tuberculosis"])
+    with pytest.raises(UserError, match="model.upsample"):
+        load_config(GanConfig, None, ["model.upsample=bilinear"])
 
 
 @pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")

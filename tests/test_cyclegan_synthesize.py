@@ -87,6 +87,24 @@ def test_checkpoint_of_an_earlier_layout_translates_the_same_but_does_not_resume
         train_gan(None, data, out, device="cpu", resume=old)
 
 
+@pytest.mark.parametrize("flag", [False, True])
+def test_checkpoint_naming_the_upsampling_by_the_earlier_flag_loads_the_same_network(gan_run, tmp_path, flag):
+    """Before ``model.upsample`` a flag, ``model.subpixel_upsample``, chose between the two forms of the
+    transposed convolutions; such checkpoints translate the same and still resume."""
+    data, out, run, cfg = gan_run
+    state = load_checkpoint(run / "checkpoint.pt")
+    model = {k: v for k, v in state["config"]["model"].items() if k != "upsample"}
+    state["config"] = {**state["config"], "model": {**model, "subpixel_upsample": flag}}
+    old = tmp_path / "old" / "checkpoint.pt"
+    save_checkpoint(state, old)
+    _, resumed_cfg = cyclegan.checkpoint.read_gan_checkpoint(old, resume=True)
+    assert resumed_cfg.model.upsample == ("subpixel" if flag else "transposed")
+    x = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    now, _, _ = load_generator_ab(run / "checkpoint.pt", torch.device("cpu"))
+    before, _, _ = load_generator_ab(old, torch.device("cpu"))
+    torch.testing.assert_close(translate(before, x), translate(now, x), rtol=0, atol=1e-5)
+
+
 def read_manifest(dest):
     with open(dest / "manifest.csv", newline="") as f:
         return list(csv.DictReader(f))
