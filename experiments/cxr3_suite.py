@@ -536,8 +536,11 @@ class Suite:
                         lambda u: self.train_and_evaluate(u, self.data, bb, seed))
 
         if "levers" in stages:  # each change against the recipe's own run of the first backbone
-            levers = [lever for lever in s.levers if self.a.levers is None or lever[0] in self.a.levers]
-            if not no_lungs and (self.a.levers is None or "lung-crop" in self.a.levers):
+            def wanted(name: str) -> bool:
+                return self.a.levers is None or name in self.a.levers
+
+            levers = [lever for lever in s.levers if wanted(lever[0])]
+            if not no_lungs and wanted("lung-crop"):
                 units.append(Unit("lungseg", "lungseg", True, self.lungseg))  # lung-cropped training needs it
                 levers.append(("lung-crop", None))
             for seed in s.seeds:
@@ -887,6 +890,10 @@ def main() -> int:
     unknown = sorted(set(a.levers or ()) - set(known))
     if unknown:
         print(f"error: --levers {' '.join(unknown)}: no such lever at scale {a.scale}; choose from {', '.join(known)}",
+              file=sys.stderr)
+        return 2
+    if "lung-crop" in (a.levers or ()) and not a.lungs_data:
+        print("error: --levers lung-crop needs --lungs-data (lung image/mask pairs to train the segmenter on)",
               file=sys.stderr)
         return 2
     suite = Suite(a)

@@ -127,6 +127,12 @@ def test_levers_screens_only_the_named_levers_and_refuses_unknown_ones(tmp_path)
     r = run_suite(tmp_path, data, "--levers", "mixup", "cutmix")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "--levers cutmix: no such lever at scale tiny; choose from mixup, lung-crop" in r.stderr
+    r = subprocess.run([sys.executable, "experiments/cxr3_suite.py", "--data", str(data), "--out", str(tmp_path / "o2"),
+                        "--scale", "tiny", "--stages", "levers", "--levers", "lung-crop"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "error: --levers lung-crop needs --lungs-data (lung image/mask pairs to train the segmenter on)")
+    assert not (tmp_path / "o2").exists()
 
 
 def test_usual_recipe_line_becomes_the_same_figures_as_ours():
