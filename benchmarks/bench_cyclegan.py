@@ -16,8 +16,9 @@ Ours (the project's own code paths, one channel, paper architecture unless ``--s
 - peak GPU memory (reserved) of each;
 - the convolution work each rate stands for, in TFLOP/s: the paper network's FLOPs per image (one eager training step
   or generator pass at batch 1, counted by ``torch.utils.flop_counter``; the sub-pixel form, which multiplies more
-  zeros for the same numbers, is credited with the same) times the rate. It says what a target asks of the device
-  and how far from its peak a row runs.
+  zeros for the same numbers, is credited with the same, and so is the resize form, although it does about 15 %
+  more per generator pass) times the rate. It says what a target asks of the device and how far from its peak a
+  row runs.
 Baseline (``--usual``, imported from its path, never copied): ``usual_recipe.cyclegan_rate`` at each batch size
 (100 steps at batch 1 and 30 at batch 8 as its ``main`` calls it) and its ``generator()`` timed as its ``main``
 does (fp32, no_grad). Both sides run under the same global flags, set once before anything runs and stated in
