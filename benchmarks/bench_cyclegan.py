@@ -5,9 +5,10 @@
 
 Ours (the project's own code paths, one channel, paper architecture unless ``--set model.*``):
 - training step at each ``--batches`` size (default 1, 8 and 32), for each memory layout (``--layouts``: NCHW,
-  channels_last), upsampling (``--upsample``: transposed convolution, its sub-pixel form) and mode (``--modes``:
-  eager, CUDA graph): :class:`cyclegan.step.TrainStep`, the step ``gan-train`` runs (the epoch's batch of
-  positions → gather on the device → jitter → both updates, pools, step count and lr), plus ``LossMeter.add`` as in its loop; it/s and
+  channels_last), upsampling (``--upsample``: transposed convolution and its sub-pixel form by default, or the
+  resize-convolution) and mode (``--modes``: eager, CUDA graph): :class:`cyclegan.step.TrainStep`, the step
+  ``gan-train`` runs (the epoch's batch of positions → gather on the device → jitter → both updates, pools, step
+  count and lr), plus ``LossMeter.add`` as in its loop; it/s and
   img/s after warm-up steps (whose time, capture and compiling included, is printed too);
 - generator inference at ``--infer-batch`` (default 32) for each layout and upsampling: the generator as
   ``synthesize`` loads it (``load_generator_ab``: weights only, its layout) and ``translate``, as it calls it;
