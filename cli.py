@@ -150,7 +150,8 @@ def gan_train(data, config, out, device, seed, set_, resume, compile_, steps):
         raise UserError(f"--resume {resume}: a resumed run keeps its own config; drop --config, --set and --steps")
     data, config, _ = resolve_inputs("gan-train", data, config, out)
     cfg = None if resume else load_config(GanConfig, config, [*set_, *([f"train.steps={steps}"] if steps else [])])
-    result = train_gan(cfg, data, out, device, seed, resume, compile_)
+    masker = gan_lung_masker(cfg or gan_run_config(resume, out), device, out)
+    result = train_gan(cfg, data, out, device, seed, resume, compile_, masker)
     if result.interrupted:
         sys.exit(INTERRUPTED)
     return result.run_dir
@@ -171,7 +172,25 @@ def synthesize_command(data, config, out, device, seed, set_, n, checkpoint, des
     if config is not None or set_:
         raise UserError("synthesize uses the GAN run's own config; drop --config and --set")
     data, _, _ = resolve_inputs("synthesize", data, None, out)
-    return synthesize(n, data, out, checkpoint, dest, overwrite, batch_size, device, seed)
+    masker = gan_lung_masker(gan_run_config(checkpoint, out), device, out)
+    return synthesize(n, data, out, checkpoint, dest, overwrite, batch_size, device, seed, masker)
+
+
+def gan_run_config(checkpoint: Path | None, out: Path):
+    """The config of a GAN run (folder or checkpoint; None: the latest under ``out``)."""
+    from augment.runtime import resolve_run_file
+    from cyclegan.checkpoint import CHECKPOINT_NAME, read_gan_checkpoint
+    return read_gan_checkpoint(resolve_run_file(checkpoint, out, "gan", (CHECKPOINT_NAME,), CHECKPOINT_NAME),
+                               mmap=True)[1]
+
+
+def gan_lung_masker(cfg, device: str, out: Path, lungs: Path | None = None):
+    """The lung segmenter a GAN run uses: ``lungs`` when given, else its ``data.lungseg_run`` when it is lung
+    constrained, else None."""
+    if lungs is None and cfg.train.lung_constraint == "none":
+        return None
+    from lungs import LungSegmenter
+    return LungSegmenter(lungs or cfg.data.lungseg_run, device, out)
 
 
 @cli.command("gan-eval")
@@ -184,7 +203,10 @@ def synthesize_command(data, config, out, device, seed, set_, n, checkpoint, des
 @click.option("--classifier", type=click.Path(path_type=Path),
               help="Classifier run or checkpoint: its penultimate features replace the hand-crafted ones, "
                    "and the share of translations it calls covid is reported.")
-def gan_eval(data, config, out, device, seed, set_, checkpoint, split, classifier):
+@click.option("--lungs", type=click.Path(path_type=Path),
+              help="lungseg-train run whose masks say where the translation changed the film (default: a "
+                   "lung-constrained GAN's data.lungseg_run).")
+def gan_eval(data, config, out, device, seed, set_, checkpoint, split, classifier, lungs):
     """Fréchet distance, KID and SSIM of a GAN's translations; with --classifier, in that classifier's
     feature space and with the share it calls covid (default: hand-crafted intensity/texture features)."""
     from cyclegan import evaluate_gan
@@ -192,7 +214,8 @@ def gan_eval(data, config, out, device, seed, set_, checkpoint, split, classifie
         raise UserError("gan-eval uses the GAN run's own config; drop --config and --set")
     data, _, _ = resolve_inputs("gan-eval", data, None, out)
     features, classify = classifier_yardstick(classifier, checkpoint, out, device) if classifier else (None, None)
-    return evaluate_gan(data, out, checkpoint, features, classify, device=device, split=split)
+    masker = gan_lung_masker(gan_run_config(checkpoint, out), device, out, lungs)
+    return evaluate_gan(data, out, checkpoint, features, classify, device=device, split=split, lung_masker=masker)
 
 
 def classifier_yardstick(classifier: Path, gan_checkpoint: Path | None, out: Path, device: str):

@@ -129,13 +129,17 @@ class XrayDataset:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def indices(self, split: str | None = None, label: str | None = None) -> torch.Tensor:
-        """``int64 (M,)`` positions of the images in ``split`` and/or of class ``label``."""
+    def indices(self, split: str | None = None, label: str | None = None,
+                sources: Sequence[str] = ()) -> torch.Tensor:
+        """``int64 (M,)`` positions of the images in ``split`` and/or of class ``label`` and/or from one of
+        ``sources`` (empty: any source)."""
         keep = np.ones(len(self), dtype=bool)
         if split is not None:
             keep &= np.asarray(self.splits) == split
         if label is not None:
             keep &= self.labels.numpy() == self.classes.index(label)
+        if sources:
+            keep &= np.isin(np.asarray(self.sources, dtype=object), list(sources))
         return torch.from_numpy(np.flatnonzero(keep))
 
 

@@ -206,7 +206,10 @@ class Resize(nn.Module):
         super().__init__()
         self.size = size
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
+        """``(B, C, S, S)`` → ``(B, C, size, size)``; with ``mask`` ``[x, mask]`` both resized (as :class:`Augment`)."""
+        if mask is not None:
+            return [self(x), self(mask.to(x.dtype))]
         if x.shape[-1] == self.size and x.shape[-2] == self.size:
             return x
         return F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)

@@ -3,12 +3,17 @@
 caller passes (a trained segmenter, wired by the CLI); this module imports no model."""
 from __future__ import annotations
 
+import io
+import sys
+from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .gpu import Resize
+from .runtime import write_bytes_atomic
 
 MaskMode = Literal["none", "keep-lungs", "hide-lungs"]
 HIDDEN_VALUE = 0  # what replaces hidden pixels: black, as Maguolo and Nanni (2021), carrying nothing of them
@@ -81,3 +86,22 @@ def crop_and_mask(images: torch.Tensor, masks: torch.Tensor, size: int, crop: bo
         return images.new_zeros((0, 1, size, size)), faint
     return apply_lung_mask(torch.stack(out_images), torch.stack(out_masks), mode), faint
 
+
+
+def cached_lung_masks(images: torch.Tensor, key: str, cache_dir: str | Path, masker: LungMasker,
+                      batch_size: int = 64, quiet: bool = False) -> torch.Tensor:
+    """Lung masks ``bool (N, 1, S, S)`` of ``images`` ``uint8 (N, 1, S, S)`` (a dataset's cache), drawn by
+    ``masker`` once and kept in ``cache_dir`` as packed bits named by ``key`` (the images' identity, e.g. the
+    dataset's fingerprint) and the masker's identity, so another segmenter or other images draw them anew."""
+    path = Path(cache_dir) / f"{key}-lungs-{masker.identity[:16]}.npy"
+    shape = tuple(images.shape)
+    if path.exists():
+        bits = np.load(path)
+        return torch.from_numpy(np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool))
+    masks = torch.cat([masker(chunk) for chunk in tqdm(images.split(batch_size), desc="lung masks", disable=quiet,
+                                                        file=sys.stderr)]) if len(images) else \
+        torch.zeros(shape, dtype=torch.bool)
+    buffer = io.BytesIO()
+    np.save(buffer, np.packbits(masks.numpy().reshape(-1)))
+    write_bytes_atomic(path, buffer.getvalue())
+    return masks

@@ -49,6 +49,16 @@ class TrainConfig:
     """Optimisation, schedule, logging and checkpoints of ``gan-train``."""
     domain_a: str = "normal"       # class translated from (domain A)
     domain_b: str = "covid"        # class translated to (domain B)
+    domain_a_sources: tuple[str, ...] = ()  # `source` values (manifest column) whose domain_a films form domain A;
+    domain_b_sources: tuple[str, ...] = ()  # likewise for B; empty: every source
+    # translation that may only change the lungs (cyclegan/constraint.py, masks of data.lungseg_run): "composite"
+    # blends the generator's output with its input through the feathered lung mask, "loss" adds the L1 change
+    # outside it (lambda_outside); with either, the discriminators judge the lungs only (lung_view)
+    lung_constraint: Literal["none", "composite", "loss"] = "none"
+    lambda_outside: float = 10.0   # weight of the change outside the lungs (lung_constraint=loss; joliGEN's out-of-mask loss)
+    lung_dilate: float = 0.02      # the lung mask grows by this share of the side before it is feathered
+    lung_feather: float = 0.01     # Gaussian sigma of the feathering, as a share of the side
+    diff_augment: bool = False     # DiffAugment (Zhao et al. 2020): translation and cutout of every discriminator input
     batch_size: int = 1            # per process
     epochs: int = 200              # an epoch is max(|A|, |B|) images; ignored when steps is set
     steps: Optional[int] = None    # total optimisation steps; overrides epochs
@@ -90,6 +100,13 @@ class TrainConfig:
                              f"got {self.device_cache_share}")
         if self.pool_size < 0 or self.eval_images < 1:
             raise ValueError("train.pool_size must be >= 0 and eval_images >= 1")
+        if self.lambda_outside < 0 or not (0 <= self.lung_dilate <= 0.25 and 0 <= self.lung_feather <= 0.25):
+            raise ValueError("train.lambda_outside must be >= 0, lung_dilate and lung_feather shares of the side in "
+                             "[0, 0.25]")
+
+    def feathering(self, size: int) -> tuple[int, float]:
+        """The lung mask's growth in pixels and the feathering's sigma in pixels at images of side ``size``."""
+        return round(self.lung_dilate * size), self.lung_feather * size
 
 
 def light_augment() -> AugmentConfig:
@@ -122,7 +139,12 @@ class GanConfig:
             raise ValueError(f"data.size must be a multiple of 4 (the generator halves it twice), got {self.data.size}")
         if self.data.uses_lungs:
             raise ValueError(f"{self.data.lung_settings}: the CycleGAN translates whole images; lung cropping and "
-                             "masking are for a classifier's data (classify-train), drop them here")
+                             "masking are for a classifier's data (classify-train), drop them here (to change only "
+                             "the lungs, set train.lung_constraint=composite)")
+        if self.train.lung_constraint != "none" and not self.data.lungseg_run:
+            raise ValueError(f"train.lung_constraint={self.train.lung_constraint} needs the lung masks of "
+                             "data.lungseg_run, a lungseg-train run folder or checkpoint (train one with "
+                             "`python cli.py lungseg-train`)")
         for name in (self.train.domain_a, self.train.domain_b):
             if name not in self.data.classes:
                 raise ValueError(f"train domain {name!r} is not one of data.classes ({', '.join(self.data.classes)})")

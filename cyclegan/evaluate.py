@@ -9,10 +9,12 @@ from typing import Callable, Optional
 import torch
 
 from augment.data import load_dataset
+from augment.lungmask import LungMasker
 from augment.runtime import pick_device, resolve_run_file, write_text_atomic
 
 from .checkpoint import CHECKPOINT_NAME, load_generator_ab
-from .inference import in_batches, translate
+from .domains import check_masker, domain_name, domain_rows, lung_masks, require_domain
+from .inference import in_batches, translate_films
 from .metrics import frechet_distance, intensity_texture_features, kernel_inception_distance, ssim_pairs
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
@@ -53,7 +55,8 @@ def measure_translation(sources: torch.Tensor, translated: torch.Tensor, real_b:
 
 def evaluate_gan(data: str | Path, out: str | Path = "runs", checkpoint: str | Path | None = None,
                  features: Optional[FeatureFn] = None, classify: Optional[ClassifyFn] = None,
-                 device: str = "auto", split: str = "test", n: Optional[int] = None) -> dict:
+                 device: str = "auto", split: str = "test", n: Optional[int] = None,
+                 lung_masker: Optional[LungMasker] = None) -> dict:
     """Translate the domain-A images of ``split`` with a GAN checkpoint (default: the latest run under
     ``out``) and measure them against the real domain-B images of that split. The default is the held-out
     ``test`` split (the discriminator has seen the training images); without test images of both
@@ -66,15 +69,26 @@ def evaluate_gan(data: str | Path, out: str | Path = "runs", checkpoint: str | P
     generator, cfg, state = load_generator_ab(path, dev)
     t = cfg.train
     dataset = load_dataset(data, cfg.data, required=(t.domain_a, t.domain_b))
-    if split == "test" and min(len(dataset.indices("test", c)) for c in (t.domain_a, t.domain_b)) == 0:
-        print(f"{data}: no test image of class '{t.domain_a}' or '{t.domain_b}'; measuring on the val split")
+    if split == "test" and min(len(domain_rows(dataset, "test", cfg, side)) for side in "ab") == 0:
+        print(f"{data}: no test image of {domain_name(cfg, 'a')} or {domain_name(cfg, 'b')}; measuring on the val split")
         split = "val"
-    sources = dataset.images[dataset.indices(split, t.domain_a)][:n].float() / 255
-    real_b = dataset.images[dataset.indices(split, t.domain_b)].float() / 255
-    translated = in_batches(lambda x: translate(generator, x, t.bf16, t.channels_last), sources,
-                            cfg.synth.batch_size, dev)
+    rows_a, rows_b = (domain_rows(dataset, split, cfg, side) for side in "ab")
+    for side, rows in zip("ab", (rows_a, rows_b)):
+        require_domain(dataset, rows, split, cfg, side, data)
+    rows_a = rows_a[:n]
+    masker = lung_masker if t.lung_constraint != "none" else None
+    check_masker(state.get("lung_masker"), masker, path)
+    masks = lung_masks(dataset, cfg, masker)
+    films = dataset.images[rows_a]
+    if masks is not None:
+        films = torch.cat([films, masks[rows_a].to(torch.uint8) * 255], 1)
+    films = films.float() / 255
+    sources = films[:, :1]
+    real_b = dataset.images[rows_b].float() / 255
+    translated = in_batches(lambda x: translate_films(generator, x, cfg), films, cfg.synth.batch_size, dev)
     result = measure_translation(sources, translated, real_b, features, classify, dev)
-    result.update(checkpoint=str(path), step=state["step"], split=split, domain_a=t.domain_a, domain_b=t.domain_b)
+    result.update(checkpoint=str(path), step=state["step"], split=split, domain_a=domain_name(cfg, "a"),
+                  domain_b=domain_name(cfg, "b"), lung_constraint=t.lung_constraint)
     report = path.parent / f"gan-eval-step{state['step']}.json"
     write_text_atomic(report, json.dumps(result, indent=2) + "\n")
     print(format_table(result))

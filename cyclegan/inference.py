@@ -6,6 +6,9 @@ from torch import nn
 
 from augment.runtime import autocast
 
+from .config import GanConfig
+from .constraint import blend, feather
+
 
 def to_model_range(x: torch.Tensor) -> torch.Tensor:
     """``[0, 1]`` → ``[-1, 1]`` (the generator's tanh range)."""
@@ -31,6 +34,19 @@ def translate(generator: nn.Module, images: torch.Tensor, bf16: bool = True,
     x = to_model_range(images).contiguous(memory_format=memory_format(channels_last, images.device))
     with autocast(images.device, bf16):
         return to_unit_range(generator(x))
+
+
+@torch.no_grad()
+def translate_films(generator: nn.Module, films: torch.Tensor, cfg: GanConfig) -> torch.Tensor:
+    """``films (B, C, H, W)`` in [0, 1], the film in channel 0 and, for a lung-constrained GAN
+    (``train.lung_constraint``), its lung mask in channel 1 → translations ``(B, 1, H, W)`` in [0, 1]; under a
+    lung constraint each is :func:`cyclegan.constraint.blend`-ed with its film through the feathered mask, so
+    outside the lungs it is the film, bit for bit."""
+    x, t = films[:, :1], cfg.train
+    out = translate(generator, x, t.bf16, t.channels_last)
+    if t.lung_constraint == "none":
+        return out
+    return blend(out, x, feather(films[:, 1:], *t.feathering(x.shape[-1])))
 
 
 @torch.no_grad()

@@ -9,12 +9,13 @@ from torch import nn
 from augment.runtime import autocast
 
 from .config import GanConfig
+from .constraint import diff_augment, feather, lung_view
 from .inference import memory_format
 from .losses import l1_loss, lsgan_loss
 from .networks import Discriminators, Generators
 from .pool import ImagePool
 
-LOSS_NAMES = ("gan_ab", "gan_ba", "cycle_a", "cycle_b", "identity_a", "identity_b", "d_a", "d_b")
+LOSS_NAMES = ("gan_ab", "gan_ba", "cycle_a", "cycle_b", "identity_a", "identity_b", "outside", "d_a", "d_b")
 
 
 def decayed_lr(step: torch.Tensor, lr: float, total_steps: int, decay_start: float) -> torch.Tensor:
@@ -65,30 +66,51 @@ class CycleGAN:
         self.opt_g = torch.optim.Adam(self.generators.parameters(), **adam)
         self.opt_d = torch.optim.Adam(self.discriminators.parameters(), **adam)
         self.pool_a, self.pool_b = ImagePool(t.pool_size, device), ImagePool(t.pool_size, device)
-        self.real_a = self.real_b = None
+        self.real_a = self.real_b = self.weight_a = self.weight_b = None
         self.out: dict[str, torch.Tensor] = {}
         self.losses: torch.Tensor | None = None
 
-    def set_input(self, real_a: torch.Tensor, real_b: torch.Tensor) -> None:
-        """``real_a``, ``real_b``: ``(B, 1, H, W)`` in [-1, 1] from domains A and B."""
+    def set_input(self, real_a: torch.Tensor, real_b: torch.Tensor, masks_a: torch.Tensor | None = None,
+                  masks_b: torch.Tensor | None = None) -> None:
+        """``real_a``, ``real_b``: ``(B, 1, H, W)`` in [-1, 1] from domains A and B; with ``train.lung_constraint``
+        their lung masks ``masks_a``, ``masks_b`` ``(B, 1, H, W)`` (bool, or a warped float mask)."""
         self.real_a = real_a.to(self.device, memory_format=self.memory_format)
         self.real_b = real_b.to(self.device, memory_format=self.memory_format)
+        self.weight_a = self.weight_b = None
+        if self.cfg.train.lung_constraint != "none":
+            dilate, sigma = self.cfg.train.feathering(real_a.shape[-1])
+            self.weight_a = feather(masks_a.to(self.device), dilate, sigma)
+            self.weight_b = feather(masks_b.to(self.device), dilate, sigma)
 
     def forward(self) -> dict[str, torch.Tensor]:
-        """Translations, reconstructions and (when weighted) identity maps, each ``(B, 1, H, W)``."""
+        """Translations, reconstructions and (when weighted) identity maps, each ``(B, 1, H, W)``; blended with
+        their inputs outside the lungs under ``train.lung_constraint=composite``."""
+        composite = self.cfg.train.lung_constraint == "composite"
+        weights = dict(weight_a=self.weight_a, weight_b=self.weight_b) if composite else {}
         with autocast(self.device, self.use_autocast):
-            self.out = self._gens(self.real_a, self.real_b, identity=self.cfg.train.lambda_identity > 0)
+            self.out = self._gens(self.real_a, self.real_b, identity=self.cfg.train.lambda_identity > 0, **weights)
         return self.out
 
+    def judged(self, images: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        """What a discriminator is given of ``images (B, 1, H, W)``: with a lung constraint, their
+        :func:`cyclegan.constraint.lung_view` through ``weight`` (the blend weight of the film they were made
+        from); else the images."""
+        return images if weight is None else lung_view(images, weight).to(memory_format=self.memory_format)
+
+    def augmented(self, images: torch.Tensor) -> torch.Tensor:
+        """Discriminator inputs under ``train.diff_augment`` (translation and cutout), else as they are."""
+        return diff_augment(images) if self.cfg.train.diff_augment else images
+
     def optimize_parameters(self) -> torch.Tensor:
-        """One generator step then one discriminator step. Returns the detached losses ``(8,)`` in
+        """One generator step then one discriminator step. Returns the detached losses ``(9,)`` in
         the order of ``LOSS_NAMES``; reading them is left to the caller (no host sync here)."""
         t = self.cfg.train
         self.forward()
-        o, a, b = self.out, self.real_a, self.real_b
+        o, a, b, wa, wb = self.out, self.real_a, self.real_b, self.weight_a, self.weight_b
         self.discriminators.requires_grad_(False)
+        view_fake_a, view_fake_b = self.judged(o["fake_a"], wb), self.judged(o["fake_b"], wa)
         with autocast(self.device, self.use_autocast):
-            score_a, score_b = self._judge(o["fake_a"], o["fake_b"])
+            score_a, score_b = self._judge(self.augmented(view_fake_a), self.augmented(view_fake_b))
         gan_ab, gan_ba = lsgan_loss(score_b, True), lsgan_loss(score_a, True)
         cycle_a = l1_loss(o["rec_a"], a) * t.lambda_cycle
         cycle_b = l1_loss(o["rec_b"], b) * t.lambda_cycle
@@ -97,16 +119,22 @@ class CycleGAN:
             identity_b = l1_loss(o["idt_b"], b) * t.lambda_cycle * t.lambda_identity
         else:
             identity_a = identity_b = torch.zeros((), device=self.device)
+        outside = torch.zeros((), device=self.device)
+        if t.lung_constraint == "loss":
+            outside = t.lambda_outside * (l1_loss(o["fake_b"] * (1 - wa), a * (1 - wa))
+                                          + l1_loss(o["fake_a"] * (1 - wb), b * (1 - wb)))
         self.opt_g.zero_grad(set_to_none=True)
-        (gan_ab + gan_ba + cycle_a + cycle_b + identity_a + identity_b).backward()
+        (gan_ab + gan_ba + cycle_a + cycle_b + identity_a + identity_b + outside).backward()
         self.opt_g.step()
 
         self.discriminators.requires_grad_(True)
-        fake_a = self.pool_a.query(o["fake_a"].detach())
-        fake_b = self.pool_b.query(o["fake_b"].detach())
+        fake_a = self.pool_a.query(view_fake_a.detach())
+        fake_b = self.pool_b.query(view_fake_b.detach())
+        real_a, real_b = self.judged(a, wa), self.judged(b, wb)
         n = a.shape[0]
         with autocast(self.device, self.use_autocast):
-            score_a, score_b = self._discs(torch.cat([a, fake_a.to(a.dtype)]), torch.cat([b, fake_b.to(b.dtype)]))
+            score_a, score_b = self._discs(self.augmented(torch.cat([real_a, fake_a.to(real_a.dtype)])),
+                                           self.augmented(torch.cat([real_b, fake_b.to(real_b.dtype)])))
         d_a = 0.5 * (lsgan_loss(score_a[:n], True) + lsgan_loss(score_a[n:], False))
         d_b = 0.5 * (lsgan_loss(score_b[:n], True) + lsgan_loss(score_b[n:], False))
         self.opt_d.zero_grad(set_to_none=True)
@@ -114,7 +142,8 @@ class CycleGAN:
         self.opt_d.step()
         self.step.add_(1)
         self.lr.copy_(self.scheduled_lr())
-        self.losses = torch.stack([gan_ab, gan_ba, cycle_a, cycle_b, identity_a, identity_b, d_a, d_b]).detach()
+        self.losses = torch.stack([gan_ab, gan_ba, cycle_a, cycle_b, identity_a, identity_b, outside,
+                                   d_a, d_b]).detach()
         return self.losses
 
     def scheduled_lr(self) -> torch.Tensor:

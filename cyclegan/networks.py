@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .constraint import blend
 
 
 def _norm(channels: int) -> nn.Module:
@@ -156,17 +157,26 @@ class Generators(nn.Module):
         self.ab = init_normal(ResnetGenerator(cfg.ngf, cfg.n_blocks, upsample=cfg.upsample), cfg.init_std)
         self.ba = init_normal(ResnetGenerator(cfg.ngf, cfg.n_blocks, upsample=cfg.upsample), cfg.init_std)
 
-    def forward(self, real_a: torch.Tensor, real_b: torch.Tensor, identity: bool = True) -> dict[str, torch.Tensor]:
+    def forward(self, real_a: torch.Tensor, real_b: torch.Tensor, identity: bool = True,
+                weight_a: torch.Tensor | None = None, weight_b: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``real_a``, ``real_b``: ``(B, 1, H, W)``. Returns ``fake_b, fake_a, rec_a, rec_b`` and, with
-        ``identity``, ``idt_b = ab(real_b)`` and ``idt_a = ba(real_a)``, each ``(B, 1, H, W)``."""
+        ``identity``, ``idt_b = ab(real_b)`` and ``idt_a = ba(real_a)``, each ``(B, 1, H, W)``.
+
+        With blend weights ``weight_a``, ``weight_b`` ``(B, 1, H, W)`` (the feathered lung masks of ``real_a``
+        and ``real_b``), every output is :func:`cyclegan.constraint.blend` of a generator's output with that
+        generator's input, through the weight of the film it was made from: outside the lungs it is the input.
+        """
         n = real_a.shape[0]
         out = {}
         if identity:
-            fake_b, out["idt_b"] = self.ab(torch.cat([real_a, real_b])).split(n)
-            fake_a, out["idt_a"] = self.ba(torch.cat([real_b, real_a])).split(n)
+            fake_b, idt_b = self.ab(torch.cat([real_a, real_b])).split(n)
+            fake_a, idt_a = self.ba(torch.cat([real_b, real_a])).split(n)
+            out.update(idt_b=blend(idt_b, real_b, weight_b), idt_a=blend(idt_a, real_a, weight_a))
         else:
             fake_b, fake_a = self.ab(real_a), self.ba(real_b)
-        out.update(fake_b=fake_b, fake_a=fake_a, rec_a=self.ba(fake_b), rec_b=self.ab(fake_a))
+        fake_b, fake_a = blend(fake_b, real_a, weight_a), blend(fake_a, real_b, weight_b)
+        out.update(fake_b=fake_b, fake_a=fake_a, rec_a=blend(self.ba(fake_b), fake_b, weight_a),
+                   rec_b=blend(self.ab(fake_a), fake_a, weight_b))
         return out
 
 

@@ -40,9 +40,11 @@ class TrainStep:
         self.eager_calls = 0
 
     def __call__(self, real_a: torch.Tensor, real_b: torch.Tensor) -> torch.Tensor:
-        """``real_a``, ``real_b``: float ``(B, 1, S, S)`` in [0, 1] on the device, a batch of each domain
-        (e.g. from :meth:`augment.gpu.DeviceImages.batches`). Returns the detached losses ``(8,)`` in the order of :data:`cyclegan.model.LOSS_NAMES`; under a
-        graph these are its output buffer, which the next call overwrites."""
+        """``real_a``, ``real_b``: float ``(B, C, S, S)`` in [0, 1] on the device, a batch of each domain
+        (e.g. from :meth:`augment.gpu.DeviceImages.batches`): the film in channel 0 and, for a lung-constrained
+        GAN, its lung mask in channel 1. Returns the detached losses ``(9,)`` in the order of
+        :data:`cyclegan.model.LOSS_NAMES`; under a graph these are its output buffer, which the next call
+        overwrites."""
         if not self.cuda_graph:
             return self._step(real_a, real_b)
         if self.input_a is None:
@@ -69,5 +71,6 @@ class TrainStep:
         return self.losses
 
     def _step(self, real_a: torch.Tensor, real_b: torch.Tensor) -> torch.Tensor:
-        self.model.set_input(to_model_range(self.jitter(real_a)), to_model_range(self.jitter(real_b)))
+        a, b = self.jitter(real_a), self.jitter(real_b)  # a lung mask in channel 1 moves with its image
+        self.model.set_input(to_model_range(a[:, :1]), to_model_range(b[:, :1]), a[:, 1:], b[:, 1:])
         return self.model.optimize_parameters()

@@ -18,13 +18,16 @@ from PIL import Image
 from augment.data import load_dataset, write_csv
 from augment.errors import UserError
 from augment.gpu import DeviceImages, build_augment
+from augment.lungmask import LungMasker
 from augment.runtime import pick_device, resolve_run_file
 from augment.runsplit import SPLIT_FILE, changes, read_split
 
 from .checkpoint import CHECKPOINT_NAME, checkpoint_sha256, load_generator_ab
-from .inference import translate
+from .domains import check_masker, lung_masks, domain_rows, require_domain
+from .inference import translate_films
 
-MANIFEST_COLUMNS = ("path", "label", "split", "source", "group_id", "source_image", "checkpoint_sha256", "seed")
+MANIFEST_COLUMNS = ("path", "label", "split", "source", "group_id", "source_image", "checkpoint_sha256", "seed",
+                    "lung_segmenter_sha256")
 IN_FLIGHT = 3  # batches translated ahead of the PNG writers
 
 
@@ -42,7 +45,7 @@ def choose_sources(m: int, n: int, generator: torch.Generator) -> tuple[torch.Te
 
 def synthesize(n: int, data: str | Path, out: str | Path = "runs", checkpoint: str | Path | None = None,
                dest: str | Path | None = None, overwrite: bool = False, batch_size: Optional[int] = None,
-               device: str = "auto", seed: int = 0) -> Path:
+               device: str = "auto", seed: int = 0, lung_masker: Optional[LungMasker] = None) -> Path:
     """Write ``n`` synthetic domain-B PNGs under ``<dest>/<domain_b>/`` and ``<dest>/manifest.csv``.
 
     Args:
@@ -54,6 +57,8 @@ def synthesize(n: int, data: str | Path, out: str | Path = "runs", checkpoint: s
         overwrite: replace the images and manifest of an earlier synthesis in ``dest``.
         batch_size: images per generator call (default ``synth.batch_size`` of the run's config).
         seed: choice and augmentation of sources; the same seed and batch size give the same files.
+        lung_masker: the segmenter a lung-constrained GAN was trained with (``data.lungseg_run``): each
+            translation is blended with its source through the source's feathered lung mask.
     Returns:
         ``dest``.
     """
@@ -67,14 +72,19 @@ def synthesize(n: int, data: str | Path, out: str | Path = "runs", checkpoint: s
     folder = dest / t.domain_b
     dataset = load_dataset(data, cfg.data, required=(t.domain_a,))
     _same_data(path, state, dataset, data)  # before an earlier synthesis is cleared
+    masker = lung_masker if t.lung_constraint != "none" else None
+    check_masker(state.get("lung_masker"), masker, path)
+    sources = domain_rows(dataset, "train", cfg, "a")
+    require_domain(dataset, sources, "train", cfg, "a", data)
+    masks = lung_masks(dataset, cfg, masker)
     _clear_or_refuse(dest, folder, overwrite)
 
-    sources = dataset.indices("train", t.domain_a)
-    if len(sources) == 0:
-        raise UserError(f"{data}: no training-split image of class '{t.domain_a}' to translate; pass the GAN's --data")
     picks, augmented = choose_sources(len(sources), n, torch.Generator().manual_seed(seed))
     picks_on_device = picks.to(dev)
-    images = DeviceImages(dataset.images[sources], dataset.labels[sources], dev)
+    films = dataset.images[sources]
+    if masks is not None:  # the lung mask rides in channel 1 and moves with its film
+        films = torch.cat([films, masks[sources].to(torch.uint8) * 255], 1)
+    images = DeviceImages(films, dataset.labels[sources], dev)
     augment = build_augment(cfg.synth.augment, cfg.data.size).to(dev)
     batch_size = batch_size or cfg.synth.batch_size
     sha = checkpoint_sha256(path)
@@ -90,8 +100,9 @@ def synthesize(n: int, data: str | Path, out: str | Path = "runs", checkpoint: s
                 x, _ = images.get(picks_on_device[start:start + batch_size])
                 chosen = augmented[start:start + batch_size].nonzero().squeeze(1).to(dev)
                 if len(chosen):
-                    x[chosen] = augment(x[chosen])
-                pngs, ready = _to_host((translate(generator, x, t.bf16, t.channels_last) * 255 + 0.5).to(torch.uint8))
+                    film, mask = augment(x[chosen, :1], x[chosen, 1:])
+                    x[chosen] = torch.cat([film, mask], 1)
+                pngs, ready = _to_host((translate_films(generator, x, cfg) * 255 + 0.5).to(torch.uint8))
                 names = [f"{t.domain_b}/syn_{start + i:05d}.png" for i in range(len(pngs))]
                 writing.append([pool.submit(_write_png, dest / name, png, ready) for name, png in zip(names, pngs)])
                 if len(writing) > IN_FLIGHT:
@@ -101,7 +112,8 @@ def synthesize(n: int, data: str | Path, out: str | Path = "runs", checkpoint: s
                     rows.append({"path": name, "label": t.domain_b, "split": "train", "source": "synthetic",
                                  "group_id": dataset.groups[k],
                                  "source_image": str(dataset.root / dataset.paths[k]),
-                                 "checkpoint_sha256": sha, "seed": seed})
+                                 "checkpoint_sha256": sha, "seed": seed,
+                                 "lung_segmenter_sha256": masker.identity if masker else ""})
             for batch in writing:
                 _wait(batch)
         write_csv(dest / "manifest.csv", rows, MANIFEST_COLUMNS)

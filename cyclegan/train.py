@@ -23,6 +23,7 @@ from augment.config import config_to_dict
 from augment.data import load_dataset
 from augment.errors import UserError
 from augment.gpu import DeviceImages, StreamedImages, image_sets
+from augment.lungmask import LungMasker
 from augment.runtime import (Dist, GracefulStop, LossMeter, all_ranks, close_distributed, init_distributed,
                              new_run_dir, pick_device, resolve_run_file, rng_state, seed_everything, set_rng_state,
                              stop_agreed, tensorboard_writer, write_run_info)
@@ -31,8 +32,9 @@ from augment.runsplit import SPLIT_FILE, split_rows, write_split
 from .checkpoint import CHECKPOINT_NAME, read_gan_checkpoint, save_gan_checkpoint
 from .compile_cache import compile_cache_path, load_compiled, save_compiled
 from .config import GanConfig
+from .domains import check_masker, domain_name, domain_rows, lung_masks, require_domain
 from .evaluate import measure_translation
-from .inference import in_batches, to_unit_range, translate
+from .inference import in_batches, to_unit_range, translate_films
 from .model import LOSS_NAMES, CycleGAN
 from .step import TrainStep
 
@@ -54,7 +56,8 @@ def epoch_order(n: int, steps_per_epoch: int, dist: Dist, batch_size: int, gener
 
 
 def train_gan(cfg: Optional[GanConfig], data: str | Path, out: str | Path = "runs", device: str = "auto",
-              seed: int = 0, resume: str | Path | None = None, compile: bool = False) -> GanTrainResult:
+              seed: int = 0, resume: str | Path | None = None, compile: bool = False,
+              lung_masker: Optional[LungMasker] = None) -> GanTrainResult:
     """Train a CycleGAN from ``train.domain_a`` to ``train.domain_b`` on the training split of ``data``.
 
     Args:
@@ -66,15 +69,17 @@ def train_gan(cfg: Optional[GanConfig], data: str | Path, out: str | Path = "run
         resume: a GAN checkpoint or run folder to continue (same folder, same config, same seed).
         compile: ``torch.compile`` the networks (minutes of compiling; worth it for long GPU runs). The
             compiled code is kept in ``<out>/cache/`` and reused by later runs of the same set-up.
+        lung_masker: the lung masks of ``data.lungseg_run`` (e.g. ``lungs.LungSegmenter``), which
+            ``train.lung_constraint`` needs; computed once per image and cached with the images.
     """
     dist = init_distributed(device)
     try:
-        return _train(cfg, data, out, pick_device(device, dist.local_rank), dist, seed, resume, compile)
+        return _train(cfg, data, out, pick_device(device, dist.local_rank), dist, seed, resume, compile, lung_masker)
     finally:
         close_distributed()
 
 
-def _train(cfg, data, out, dev, dist, seed, resume, compile) -> GanTrainResult:
+def _train(cfg, data, out, dev, dist, seed, resume, compile, lung_masker) -> GanTrainResult:
     checkpoint = None
     if resume is not None:
         ckpt_path = resolve_run_file(resume, out, "gan", (CHECKPOINT_NAME,), CHECKPOINT_NAME)
@@ -91,11 +96,15 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile) -> GanTrainResult:
     dataset = load_dataset(data, cfg.data, required=(t.domain_a, t.domain_b), quiet=not dist.is_main)
     if checkpoint is not None and checkpoint["data_fingerprint"] != dataset.fingerprint:
         raise UserError(f"{data}: not the data {ckpt_path} was trained on; resume with the same --data and data config")
-    rows = [dataset.indices("train", name) for name in (t.domain_a, t.domain_b)]
-    for name, idx in zip((t.domain_a, t.domain_b), rows):
-        if len(idx) == 0:
-            raise UserError(f"{data}: no training-split image of class '{name}'; add images or change split_fractions")
-    images_a, images_b = image_sets(dataset.images, dataset.labels, dev, t.device_cache_share, *rows)
+    rows = [domain_rows(dataset, "train", cfg, side) for side in ("a", "b")]
+    for side, idx in zip("ab", rows):
+        require_domain(dataset, idx, "train", cfg, side, data)
+    masker = lung_masker if t.lung_constraint != "none" else None
+    masks = lung_masks(dataset, cfg, masker, quiet=not dist.is_main)
+    if checkpoint is not None:
+        check_masker(checkpoint.get("lung_masker"), masker, ckpt_path)
+    images = dataset.images if masks is None else torch.cat([dataset.images, masks.to(torch.uint8) * 255], 1)
+    images_a, images_b = image_sets(images, dataset.labels, dev, t.device_cache_share, *rows)
     steps_per_epoch = max(1, max(len(images_a), len(images_b)) // (t.batch_size * dist.world_size))
     total = t.steps or t.epochs * steps_per_epoch
 
@@ -116,7 +125,8 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile) -> GanTrainResult:
         seed_everything(seed + 7919 * dist.rank)  # each rank its own augmentation and pool draws
     if run_dir is not None and checkpoint is None:
         write_run_info(run_dir, cfg, seed, dataset.fingerprint, data=str(data), total_steps=total,
-                       world_size=dist.world_size, train_images={t.domain_a: len(images_a), t.domain_b: len(images_b)})
+                       world_size=dist.world_size, lung_masker=masker and masker.identity,
+                       train_images={domain_name(cfg, "a"): len(images_a), domain_name(cfg, "b"): len(images_b)})
         write_split(run_dir / SPLIT_FILE, split_rows(dataset))
     train_step = TrainStep(model)  # after the restore: a CUDA graph holds the state's addresses
 
@@ -125,7 +135,7 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile) -> GanTrainResult:
         if dist.is_main:
             save_gan_checkpoint({"step": at_step, "total_steps": total, "seed": seed, "config": config_to_dict(cfg),
                                  "data_fingerprint": dataset.fingerprint, "model": model.state_dict(),
-                                 "ranks": ranks}, ckpt_path)
+                                 "lung_masker": masker and masker.identity, "ranks": ranks}, ckpt_path)
 
     meter = LossMeter(LOSS_NAMES, dev)
     last_saved = step if checkpoint is not None else None
@@ -194,11 +204,11 @@ def _log_quality(model: CycleGAN, images_a: DeviceImages | StreamedImages, image
     """gan-eval measures (fallback features) of the first ``eval_images`` domain-A training images, against
     the first ``eval_images`` domain-B ones."""
     t = cfg.train
-    sources = images_a.get(torch.arange(min(t.eval_images, len(images_a))))[0]
-    real_b = images_b.get(torch.arange(min(t.eval_images, len(images_b))))[0]  # a streamed set may not fit whole
-    translated = in_batches(lambda x: translate(model.generators.ab, x, t.bf16, t.channels_last), sources,
+    films = images_a.get(torch.arange(min(t.eval_images, len(images_a))))[0]  # with a lung mask in channel 1
+    real_b = images_b.get(torch.arange(min(t.eval_images, len(images_b))))[0][:, :1]  # a streamed set may not fit whole
+    translated = in_batches(lambda x: translate_films(model.generators.ab, x, cfg), films,
                             cfg.synth.batch_size, model.device)
-    result = measure_translation(sources.cpu(), translated, real_b.cpu(), device=model.device)
+    result = measure_translation(films[:, :1].cpu(), translated, real_b.cpu(), device=model.device)
     for key in ("fd", "kid", "ssim_mean"):
         writer.add_scalar(f"quality/{key}", result[key], step)
     tqdm.write(f"step {step}: FD {result['fd']:.4g}, KID {result['kid']:.4g}, SSIM {result['ssim_mean']:.3f}")

@@ -90,7 +90,7 @@ def test_cuda_graph_is_refused_under_torchrun(tmp_path, data):
     cfg = tiny_config(tmp_path, "train.cuda_graph=true")
     with pytest.raises(UserError, match="train.cuda_graph.*torchrun.*train.cuda_graph=false"):
         cyclegan.train._train(cfg, data, tmp_path / "runs", torch.device("cpu"), Dist(rank=0, world_size=2), 0, None,
-                              False)
+                              False, None)
     assert not (tmp_path / "runs").exists()
 
 
