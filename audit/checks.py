@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from augment.bootstrap import bootstrap_mean_interval, group_index
+from augment.bootstrap import group_index, mean_with_interval
 from augment.probes import group_folds, probe_predictions
 
 
@@ -50,23 +50,6 @@ def lung_area(masks: torch.Tensor) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- means with intervals
-def mean_with_interval(values, groups, rounds: int, seed: int, level: float = 0.95) -> dict:
-    """Mean of ``values (N,)`` (NaN left out) and its ``level`` interval from ``rounds`` bootstrap resamples
-    of the ``groups`` (N patient ids; all images of a patient are drawn together).
-
-    Returns ``{"value", "ci", "n", "n_groups"}``; ``value`` None when no value is defined, ``ci`` None
-    without resamples. The same ``seed`` and groups give the same resamples, so means of paired
-    differences are consistent with the means they compare.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    keep = ~np.isnan(v)
-    v, groups = v[keep], [g for g, k in zip(groups, keep) if k]
-    if not len(v):
-        return {"value": None, "ci": None, "n": 0, "n_groups": 0}
-    return {"value": float(v.mean()), "ci": bootstrap_mean_interval(v, groups, rounds, seed, level), "n": len(v),
-            "n_groups": group_index(groups)[1]}
-
-
 def cam_summary(share: np.ndarray, peak: np.ndarray, area: np.ndarray, groups, rounds: int, seed: int,
                 level: float = 0.95) -> dict:
     """Check 1 on a set of images, each ``(N,)``: the mean CAM mass inside the lungs, the pointing-game hit
