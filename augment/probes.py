@@ -1,5 +1,5 @@
 """Linear probes on features, cross-validated by patient: folds that keep each patient's images together,
-multinomial logistic regression, and out-of-fold predictions. Below the model packages and the audit, so
+multinomial logistic regression, and out-of-fold logits and predictions. Below the model packages and the audit, so
 that all of them can use the probes."""
 from __future__ import annotations
 
@@ -55,18 +55,30 @@ def fit_softmax_regression(x: torch.Tensor, y: torch.Tensor, k: int, l2: float =
     return w.detach(), b.detach()
 
 
-def probe_predictions(features: np.ndarray, labels: np.ndarray, folds: np.ndarray, l2: float = 1.0) -> np.ndarray:
-    """Out-of-fold predictions ``(N,)`` of ``labels (N,)`` (integers ``0..K-1``) from ``features (N, D)``: for
+def probe_logits(features: np.ndarray, labels: np.ndarray, folds: np.ndarray, l2: float = 1.0,
+                 others: tuple[np.ndarray, ...] = ()) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Out-of-fold logits ``(N, K)`` of ``labels (N,)`` (integers ``0..K-1``) from ``features (N, D)``: for
     each fold, a :func:`fit_softmax_regression` on the other folds' features, standardised with their mean
-    and standard deviation, predicts the fold."""
+    and standard deviation, scores the fold. Each array of ``others`` ``(M, D)`` (images no fold holds) is
+    scored by every fold's probe: ``(F, M, K)`` for F folds."""
     x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
     k = int(y.max()) + 1
-    out = np.empty(len(y), dtype=np.int64)
+    out = np.empty((len(y), k))
+    scored = [[] for _ in others]
     for f in np.unique(folds):
         test = torch.from_numpy(folds == f)
         train = ~test
         mean, sd = x[train].mean(0), x[train].std(0, correction=0).clamp(min=1e-8)
         w, b = fit_softmax_regression((x[train] - mean) / sd, y[train], k, l2)
-        out[test.numpy()] = (((x[test] - mean) / sd) @ w + b).argmax(1).numpy()
-    return out
+        out[test.numpy()] = (((x[test] - mean) / sd) @ w + b).numpy()
+        for into, o in zip(scored, others):
+            into.append((((torch.as_tensor(np.asarray(o), dtype=torch.float64) - mean) / sd) @ w + b).numpy())
+    return out, [np.stack(s) for s in scored]
+
+
+def probe_predictions(features: np.ndarray, labels: np.ndarray, folds: np.ndarray, l2: float = 1.0) -> np.ndarray:
+    """Out-of-fold predictions ``(N,)`` of ``labels (N,)`` (integers ``0..K-1``) from ``features (N, D)``: for
+    each fold, a :func:`fit_softmax_regression` on the other folds' features, standardised with their mean
+    and standard deviation, predicts the fold."""
+    return probe_logits(features, labels, folds, l2)[0].argmax(1)
