@@ -7,9 +7,9 @@ from collections import Counter
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from augment.bootstrap import bootstrap_mean_interval, group_index
+from augment.bootstrap import group_index, mean_with_interval
+from augment.probes import group_folds, probe_predictions
 
 
 # ---------------------------------------------------------------- where the map falls
@@ -50,23 +50,6 @@ def lung_area(masks: torch.Tensor) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- means with intervals
-def mean_with_interval(values, groups, rounds: int, seed: int, level: float = 0.95) -> dict:
-    """Mean of ``values (N,)`` (NaN left out) and its ``level`` interval from ``rounds`` bootstrap resamples
-    of the ``groups`` (N patient ids; all images of a patient are drawn together).
-
-    Returns ``{"value", "ci", "n", "n_groups"}``; ``value`` None when no value is defined, ``ci`` None
-    without resamples. The same ``seed`` and groups give the same resamples, so means of paired
-    differences are consistent with the means they compare.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    keep = ~np.isnan(v)
-    v, groups = v[keep], [g for g, k in zip(groups, keep) if k]
-    if not len(v):
-        return {"value": None, "ci": None, "n": 0, "n_groups": 0}
-    return {"value": float(v.mean()), "ci": bootstrap_mean_interval(v, groups, rounds, seed, level), "n": len(v),
-            "n_groups": group_index(groups)[1]}
-
-
 def cam_summary(share: np.ndarray, peak: np.ndarray, area: np.ndarray, groups, rounds: int, seed: int,
                 level: float = 0.95) -> dict:
     """Check 1 on a set of images, each ``(N,)``: the mean CAM mass inside the lungs, the pointing-game hit
@@ -96,68 +79,6 @@ def majority_rate(labels) -> tuple[object, float]:
 
 
 # ---------------------------------------------------------------- the source probe
-def group_folds(groups, strata, k: int, seed: int) -> np.ndarray:
-    """Fold number in ``0..k-1`` of each image ``(N,)``: all images of a patient (``groups``, N ids) share a
-    fold. Patients are dealt out largest first (ties in random order), each to the fold holding the fewest
-    images of its commonest stratum (``strata``, N labels), then the fewest images, so every stratum spreads
-    over the folds."""
-    index, n_groups = group_index(groups)
-    stratum, n_strata = group_index(strata)
-    counts = np.zeros((n_groups, n_strata), dtype=np.int64)
-    np.add.at(counts, (index, stratum), 1)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(n_groups)
-    order = order[np.argsort(-counts.sum(1)[order], kind="stable")]
-    per_stratum, total = np.zeros((k, n_strata)), np.zeros(k)
-    fold_of = np.empty(n_groups, dtype=np.int64)
-    for g in order:
-        s = counts[g].argmax()
-        f = np.lexsort((rng.random(k), total, per_stratum[:, s]))[0]
-        fold_of[g] = f
-        per_stratum[f] += counts[g]
-        total[f] += counts[g].sum()
-    return fold_of[index]
-
-
-def fit_softmax_regression(x: torch.Tensor, y: torch.Tensor, k: int, l2: float = 1.0,
-                           max_iter: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multinomial logistic regression by L-BFGS: weights ``(D, k)`` and biases ``(k,)`` minimising the mean
-    cross-entropy of ``x (n, D)`` against ``y (n,)`` plus ``l2 / (2n)`` times the squared weights (the biases
-    are not penalised); the objective of scikit-learn's ``LogisticRegression(C=1 / l2)``."""
-    x = x.double()
-    w = torch.zeros(x.shape[1], k, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(k, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
-                            history_size=20, line_search_fn="strong_wolfe")
-
-    def objective():
-        opt.zero_grad()
-        loss = F.cross_entropy(x @ w + b, y) + l2 / (2 * len(x)) * w.pow(2).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(objective)
-    return w.detach(), b.detach()
-
-
-def probe_predictions(features: np.ndarray, labels: np.ndarray, folds: np.ndarray, l2: float = 1.0) -> np.ndarray:
-    """Out-of-fold predictions ``(N,)`` of ``labels (N,)`` (integers ``0..K-1``) from ``features (N, D)``: for
-    each fold, a :func:`fit_softmax_regression` on the other folds' features, standardised with their mean
-    and standard deviation, predicts the fold."""
-    x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
-    k = int(y.max()) + 1
-    out = np.empty(len(y), dtype=np.int64)
-    for f in np.unique(folds):
-        test = torch.from_numpy(folds == f)
-        train = ~test
-        mean, sd = x[train].mean(0), x[train].std(0, correction=0).clamp(min=1e-8)
-        w, b = fit_softmax_regression((x[train] - mean) / sd, y[train], k, l2)
-        out[test.numpy()] = (((x[test] - mean) / sd) @ w + b).argmax(1).numpy()
-    return out
-
-
 def source_probe(features: np.ndarray, sources: list[str], groups, folds: int, rounds: int, seed: int,
                  level: float = 0.95, l2: float = 1.0) -> dict:
     """Check 2: how well a linear probe on ``features (N, D)`` predicts each image's source, cross-validated

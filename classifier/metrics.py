@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from augment.bootstrap import bootstrap_weights, group_index, interval
+from augment.bootstrap import bootstrap_weights, group_index, interval, weighted_auc
 
 
 def confusion_counts(y: np.ndarray, pred: np.ndarray, k: int, w: np.ndarray) -> np.ndarray:
@@ -38,19 +38,6 @@ def rates(cm: np.ndarray) -> dict[str, np.ndarray]:
         accuracy = tp.sum(1) / total
     return {"accuracy": accuracy, "precision": precision, "sensitivity": sensitivity,
             "specificity": specificity, "f1": f1}
-
-
-def weighted_auc(positive: np.ndarray, score: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """ROC AUC ``(B,)``: the weighted probability that a positive outranks a negative, ties counting half
-    (the Mann-Whitney statistic). ``positive`` bool ``(N,)``, ``score (N,)``, ``w (B, N)``."""
-    levels, inverse = np.unique(score, return_inverse=True)
-    onehot = np.zeros((len(score), len(levels)))
-    onehot[np.arange(len(score)), inverse] = 1
-    pos = (w * positive) @ onehot  # (B, U) positive weight at each score level
-    neg = (w * ~positive) @ onehot
-    below = np.cumsum(neg, 1) - neg
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (pos * (below + 0.5 * neg)).sum(1) / (pos.sum(1) * neg.sum(1))
 
 
 def roc_curve(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
