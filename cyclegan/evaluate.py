@@ -6,19 +6,25 @@ import json
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
-from augment.data import load_dataset
+from augment.data import XrayDataset, load_dataset
 from augment.lungmask import LungMasker
-from augment.runtime import pick_device, resolve_run_file, write_text_atomic
+from augment.runtime import json_safe, pick_device, resolve_run_file, write_text_atomic
 
 from .checkpoint import CHECKPOINT_NAME, load_generator_ab
+from .config import GanConfig
+from .diagnostics import (checkerboard_peak, copy_test, diagnostics_markdown, lung_change_ratio,
+                          lung_change_summary, probe_shifts, synthetic_vs_real_auc, translation_grid)
 from .domains import check_masker, domain_name, domain_rows, lung_masks, require_domain
 from .inference import in_batches, translate_films
 from .metrics import frechet_distance, intensity_texture_features, kernel_inception_distance, ssim_pairs
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 """``(B, 1, H, W)`` in [0, 1] → features ``(B, D)``."""
+GRID_FILMS = 8  # films in gan-eval's source | translation | change figure
+
 ClassifyFn = Callable[[torch.Tensor], torch.Tensor]
 """``(B, 1, H, W)`` in [0, 1] → bool ``(B,)``: True where the classifier calls the image domain B."""
 
@@ -60,9 +66,12 @@ def evaluate_gan(data: str | Path, out: str | Path = "runs", checkpoint: str | P
     """Translate the domain-A images of ``split`` with a GAN checkpoint (default: the latest run under
     ``out``) and measure them against the real domain-B images of that split. The default is the held-out
     ``test`` split (the discriminator has seen the training images); without test images of both
-    domains, ``val``, saying so.
+    domains, ``val``, saying so. ``lung_masker``: the lung masks of a lung-constrained GAN's segmenter (its
+    composite needs them), or of any segmenter, to measure where the translation changed the films.
 
-    Writes ``gan-eval-step<step>.json`` next to the checkpoint, prints a table and returns the dict.
+    Writes ``gan-eval-step<step>.json`` (the measures and :func:`diagnose`), ``.md`` (the diagnostics in
+    sentences and a table) and ``.png``/``.pdf`` (source | translation | change of a few films) next to the
+    checkpoint, prints them and returns the dict.
     """
     path = resolve_run_file(checkpoint, out, "gan", (CHECKPOINT_NAME,), CHECKPOINT_NAME)
     dev = pick_device(device)
@@ -76,11 +85,10 @@ def evaluate_gan(data: str | Path, out: str | Path = "runs", checkpoint: str | P
     for side, rows in zip("ab", (rows_a, rows_b)):
         require_domain(dataset, rows, split, cfg, side, data)
     rows_a = rows_a[:n]
-    masker = lung_masker if t.lung_constraint != "none" else None
-    check_masker(state.get("lung_masker"), masker, path)
-    masks = lung_masks(dataset, cfg, masker)
+    check_masker(state.get("lung_masker"), lung_masker if t.lung_constraint != "none" else None, path)
+    masks = lung_masks(dataset, cfg, lung_masker)  # any GAN's, for where it changed the film
     films = dataset.images[rows_a]
-    if masks is not None:
+    if t.lung_constraint != "none":
         films = torch.cat([films, masks[rows_a].to(torch.uint8) * 255], 1)
     films = films.float() / 255
     sources = films[:, :1]
@@ -88,12 +96,51 @@ def evaluate_gan(data: str | Path, out: str | Path = "runs", checkpoint: str | P
     translated = in_batches(lambda x: translate_films(generator, x, cfg), films, cfg.synth.batch_size, dev)
     result = measure_translation(sources, translated, real_b, features, classify, dev)
     result.update(checkpoint=str(path), step=state["step"], split=split, domain_a=domain_name(cfg, "a"),
-                  domain_b=domain_name(cfg, "b"), lung_constraint=t.lung_constraint)
-    report = path.parent / f"gan-eval-step{state['step']}.json"
-    write_text_atomic(report, json.dumps(result, indent=2) + "\n")
+                  domain_b=domain_name(cfg, "b"), lung_constraint=t.lung_constraint,
+                  lung_segmenter=lung_masker.identity if lung_masker else None)
+    feature_fn = features or intensity_texture_features
+    result["diagnostics"] = diagnose(dataset, cfg, rows_a, rows_b, sources, translated, real_b,
+                                     None if masks is None else masks[rows_a], feature_fn, dev)
+    stem = path.parent / f"gan-eval-step{state['step']}"
+    translation_grid(sources[:GRID_FILMS], translated[:GRID_FILMS],
+                     None if masks is None else masks[rows_a][:GRID_FILMS], stem.with_suffix(".png"),
+                     stem.with_suffix(".pdf"), titles=[dataset.paths[i] for i in rows_a[:GRID_FILMS].tolist()])
+    write_text_atomic(stem.with_suffix(".json"), json.dumps(json_safe(result), indent=2) + "\n")
+    write_text_atomic(stem.with_suffix(".md"), f"# gan-eval of {path} (step {state['step']}, {split} split)\n\n"
+                      + diagnostics_markdown(result["diagnostics"]) + "\n")
     print(format_table(result))
-    print(f"wrote {report}")
+    print(diagnostics_markdown(result["diagnostics"]))
+    print(f"wrote {stem}.json, .md, .png and .pdf")
     return result
+
+
+def diagnose(dataset: XrayDataset, cfg: GanConfig, rows_a: torch.Tensor, rows_b: torch.Tensor, sources: torch.Tensor,
+             translated: torch.Tensor, real_b: torch.Tensor, masks: Optional[torch.Tensor], features: FeatureFn,
+             device: torch.device, batch_size: int = 64) -> dict:
+    """The :mod:`cyclegan.diagnostics` of a translation of ``sources`` (domain-A films at ``rows_a``) into
+    ``translated``, against the real domain-B films ``real_b`` (at ``rows_b``), all ``(N, 1, S, S)`` in [0, 1];
+    probes and distances in the space of ``features``, fitted on the real training-split films of every class.
+    ``masks`` ``bool (N, 1, S, S)`` of the sources (None: the lung measure is left out)."""
+    def feats(images):
+        return in_batches(features, images, batch_size, device).double().numpy()
+
+    train = dataset.indices("train")
+    train_f = feats(dataset.images[train].float() / 255)
+    source_f, translated_f, real_b_f = feats(sources), feats(translated), feats(real_b)
+    groups_a = [dataset.groups[i] for i in rows_a.tolist()]
+    groups_b = [dataset.groups[i] for i in rows_b.tolist()]
+    is_b = np.isin(train.numpy(), domain_rows(dataset, "train", cfg, "b").numpy())
+    out = {"features": getattr(features, "__name__", type(features).__name__)}
+    if masks is not None:
+        out["lung_change"] = lung_change_summary(lung_change_ratio(sources, translated, masks), groups_a)
+    out["probes"] = probe_shifts(
+        train_f, [dataset.classes[k] for k in dataset.labels[train].tolist()], [dataset.sources[i] for i in train.tolist()],
+        source_f, translated_f, cfg.train.domain_b, train_groups=[dataset.groups[i] for i in train.tolist()],
+        source_sources=[dataset.sources[i] for i in rows_a.tolist()], source_groups=groups_a)
+    out["copies"] = copy_test(train_f[is_b], real_b_f, translated_f)
+    out["synthetic_vs_real"] = synthetic_vs_real_auc(real_b_f, translated_f, groups_b, groups_a)
+    out["checkerboard"] = {"translated": checkerboard_peak(translated), "real": checkerboard_peak(real_b)}
+    return out
 
 
 def format_table(result: dict) -> str:
