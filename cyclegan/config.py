@@ -69,7 +69,8 @@ class TrainConfig:
     lambda_cycle: float = 10.0     # weight of the cycle-consistency L1 loss
     lambda_identity: float = 0.5   # identity loss weight, as a share of lambda_cycle
     pool_size: int = 50            # image history for the discriminators (0: none)
-    bf16: bool = True              # bf16 autocast (CUDA only)
+    bf16: bool = True              # bf16 autocast on CUDA
+    cpu_bf16: bool = False         # also on a CPU that computes bf16 natively (AVX512-BF16, AMX): about 2x there
     channels_last: bool = False    # channels_last memory format (CUDA only). Off: on an H100, NCHW trained 5-21 %
                                    # faster at batch 1, 35 % at batch 8, and inferred 45 % faster; instance norm and
                                    # reflection padding convert channels_last back (benchmarks/RESULTS.md)

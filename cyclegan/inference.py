@@ -28,11 +28,11 @@ def to_unit_range(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def translate(generator: nn.Module, images: torch.Tensor, bf16: bool = True,
-              channels_last: bool = False) -> torch.Tensor:
+              channels_last: bool = False, cpu_bf16: bool = False) -> torch.Tensor:
     """``(B, 1, H, W)`` in [0, 1] on the generator's device → translated ``(B, 1, H, W)`` in [0, 1]; bf16
-    autocast and the channels_last layout apply on CUDA only."""
+    autocast on CUDA (and with ``cpu_bf16`` on a CPU with native bf16); channels_last on CUDA only."""
     x = to_model_range(images).contiguous(memory_format=memory_format(channels_last, images.device))
-    with autocast(images.device, bf16):
+    with autocast(images.device, bf16, cpu_bf16):
         return to_unit_range(generator(x))
 
 
@@ -43,7 +43,7 @@ def translate_films(generator: nn.Module, films: torch.Tensor, cfg: GanConfig) -
     lung constraint each is :func:`cyclegan.constraint.blend`-ed with its film through the feathered mask, so
     outside the lungs it is the film, bit for bit."""
     x, t = films[:, :1], cfg.train
-    out = translate(generator, x, t.bf16, t.channels_last)
+    out = translate(generator, x, t.bf16, t.channels_last, t.cpu_bf16)
     if t.lung_constraint == "none":
         return out
     return blend(out, x, feather(films[:, 1:], *t.feathering(x.shape[-1])))

@@ -87,7 +87,7 @@ class CycleGAN:
         their inputs outside the lungs under ``train.lung_constraint=composite``."""
         composite = self.cfg.train.lung_constraint == "composite"
         weights = dict(weight_a=self.weight_a, weight_b=self.weight_b) if composite else {}
-        with autocast(self.device, self.use_autocast):
+        with autocast(self.device, self.use_autocast, self.cfg.train.cpu_bf16):
             self.out = self._gens(self.real_a, self.real_b, identity=self.cfg.train.lambda_identity > 0, **weights)
         return self.out
 
@@ -109,7 +109,7 @@ class CycleGAN:
         o, a, b, wa, wb = self.out, self.real_a, self.real_b, self.weight_a, self.weight_b
         self.discriminators.requires_grad_(False)
         view_fake_a, view_fake_b = self.judged(o["fake_a"], wb), self.judged(o["fake_b"], wa)
-        with autocast(self.device, self.use_autocast):
+        with autocast(self.device, self.use_autocast, t.cpu_bf16):
             score_a, score_b = self._judge(self.augmented(view_fake_a), self.augmented(view_fake_b))
         gan_ab, gan_ba = lsgan_loss(score_b, True), lsgan_loss(score_a, True)
         cycle_a = l1_loss(o["rec_a"], a) * t.lambda_cycle
@@ -132,7 +132,7 @@ class CycleGAN:
         fake_b = self.pool_b.query(view_fake_b.detach())
         real_a, real_b = self.judged(a, wa), self.judged(b, wb)
         n = a.shape[0]
-        with autocast(self.device, self.use_autocast):
+        with autocast(self.device, self.use_autocast, t.cpu_bf16):
             score_a, score_b = self._discs(self.augmented(torch.cat([real_a, fake_a.to(real_a.dtype)])),
                                            self.augmented(torch.cat([real_b, fake_b.to(real_b.dtype)])))
         d_a = 0.5 * (lsgan_loss(score_a[:n], True) + lsgan_loss(score_a[n:], False))
