@@ -2,6 +2,7 @@
 
     python benchmarks/bench_cyclegan.py --data DATA --usual USUAL --out .bench/cyclegan   # GPU: ~5 minutes
     python benchmarks/bench_cyclegan.py --tiny --device cpu --out /tmp/bench-cyclegan     # smoke run: 32², seconds
+    python benchmarks/bench_cyclegan.py --cpu-scale --device cpu --usual USUAL             # CPU: ~3 minutes on 2 cores
 
 Ours (the project's own code paths, one channel, paper architecture unless ``--set model.*``):
 - training step at each ``--batches`` size (default 1, 8 and 32), for each memory layout (``--layouts``: NCHW,
@@ -53,8 +54,9 @@ import torch  # noqa: E402
 from augment.config import load_config  # noqa: E402
 from augment.data import load_dataset  # noqa: E402
 from augment.gpu import DeviceImages  # noqa: E402
-from augment.runtime import LossMeter, git_commit, pick_device, seed_everything  # noqa: E402
-from common import count_flops, cpu_name, load_usual, peak_mib, reset_peak, sync, tflop_s  # noqa: E402
+from augment.runtime import LossMeter, cpu_bf16_native, git_commit, pick_device, seed_everything  # noqa: E402
+from common import (count_flops, cpu_name, gemm_gflop_s, load_usual, peak_mib, reset_peak, sync,  # noqa: E402
+                    tflop_s)
 from cyclegan.checkpoint import CHECKPOINT_NAME, load_generator_ab  # noqa: E402
 from cyclegan.compile_cache import compile_cache_path, load_compiled, save_compiled  # noqa: E402
 from cyclegan.config import GanConfig  # noqa: E402
@@ -65,22 +67,28 @@ from cyclegan.synthesize import synthesize  # noqa: E402
 from cyclegan.train import train_gan  # noqa: E402
 
 TINY_MODEL = ["model.ngf=8", "model.ndf=8", "model.n_blocks=1", "model.n_layers_d=2"]
+CPU_SCALE = {"size": 128, "ngf": 32, "ndf": 32, "blocks": 6}  # the real-data suite's CPU scale, and usual_recipe's
+CPU_MODEL = [f"model.ngf={CPU_SCALE['ngf']}", f"model.ndf={CPU_SCALE['ndf']}", f"model.n_blocks={CPU_SCALE['blocks']}"]
 
 
 def gan_config(a, cache_dir: str, batch_size: int, layout: str, upsample: str, graph: bool, *extra: str) -> GanConfig:
     flag = lambda v: str(v).lower()  # noqa: E731
     return load_config(GanConfig, None, [
         f"data.size={a.size}", f"data.cache_dir={cache_dir}", f"train.batch_size={batch_size}",
-        f"train.bf16={flag(a.bf16)}", f"train.channels_last={flag(layout == 'channels_last')}",
+        f"train.bf16={flag(a.bf16)}", f"train.cpu_bf16={flag(a.bf16)}",
+        f"train.channels_last={flag(layout == 'channels_last')}",
         f"model.upsample={upsample}", f"train.cuda_graph={flag(graph)}",
         f"train.cudnn_benchmark={flag(a.cudnn_benchmark)}", "train.tensorboard=false",
-        *(TINY_MODEL if a.tiny else []), *a.overrides, *extra])
+        *(TINY_MODEL if a.tiny else CPU_MODEL if a.cpu_scale else []), *a.overrides, *extra])
 
 
-def steps_for(batch: int, tiny: bool) -> int:
-    """Timed steps: 100 at batch 1 and 30 at batch 8 (as the usual recipe's ``main``), else 240 / batch, at least 10."""
+def steps_for(batch: int, tiny: bool, cpu_scale: bool = False) -> int:
+    """Timed steps: 100 at batch 1 and 30 at batch 8 (as the usual recipe's ``main``), else 240 / batch, at least 10;
+    at the CPU scale 30 at batch 1 and 10 above (as its ``--cpu-cyclegan``)."""
     if tiny:
         return 2
+    if cpu_scale:
+        return 30 if batch == 1 else 10
     return 100 if batch == 1 else max(10, 240 // batch)
 
 
@@ -207,7 +215,11 @@ def main() -> None:
     ap.add_argument("--synth-n", type=int, help="images for synthesize (default 1000; 8 with --tiny)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the networks, as gan-train --compile")
     ap.add_argument("--compile-cache", default="runs", help="compiled code goes to <this>/cache/, as gan-train's")
-    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="train.bf16 (CUDA only)")
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                    help="train.bf16 and train.cpu_bf16 (on a CPU only where it computes bf16 natively)")
+    ap.add_argument("--cpu-scale", action="store_true",
+                    help="the real-data suite's CPU scale (128², ngf = ndf = 32, 6 blocks, batches 1 and 4, 2 warm-up "
+                         "steps), training rows only; with --usual, its eager loop at the same scale after each of ours")
     ap.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
                     help="torch.backends.cudnn.benchmark for both sides")
     ap.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
@@ -217,9 +229,9 @@ def main() -> None:
     ap.add_argument("--cache-dir", help="image cache folder to reuse (default: a fresh temporary one)")
     ap.add_argument("--set", dest="overrides", nargs="*", default=[], help="extra GanConfig key=value overrides")
     a = ap.parse_args()
-    a.size = a.size or (32 if a.tiny else 256)
-    batches = a.batches or ([1, 2] if a.tiny else [1, 8, 32])
-    warmup = a.warmup if a.warmup is not None else (1 if a.tiny else 6)
+    a.size = a.size or (32 if a.tiny else CPU_SCALE["size"] if a.cpu_scale else 256)
+    batches = a.batches or ([1, 2] if a.tiny else [1, 4] if a.cpu_scale else [1, 8, 32])
+    warmup = a.warmup if a.warmup is not None else (1 if a.tiny else 2 if a.cpu_scale else 6)
     infer_batch = a.infer_batch or (4 if a.tiny else 32)
     infer_iters = a.infer_iters or (1 if a.tiny else 20)
     synth_n = a.synth_n or (8 if a.tiny else 1000)
@@ -232,13 +244,18 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = a.tf32
     usual = load_usual(a.usual) if a.usual else None
 
-    flags = {"cudnn_benchmark": a.cudnn_benchmark, "tf32": a.tf32, "bf16": a.bf16 and dev.type == "cuda",
+    bf16 = a.bf16 and (dev.type == "cuda" or cpu_bf16_native())
+    flags = {"cudnn_benchmark": a.cudnn_benchmark, "tf32": a.tf32, "bf16": bf16,
              "compile": a.compile, "size": a.size}
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "commit": git_commit(),
             "torch": torch.__version__, "cpu": cpu_name(), "cpu_cores": os.cpu_count(),
             "load_avg_1min": round(os.getloadavg()[0], 2),
             "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None, "device": dev.type,
-            "tiny": a.tiny, **flags}
+            "threads": torch.get_num_threads(), "tiny": a.tiny, "cpu_scale": a.cpu_scale, **flags}
+    if dev.type == "cpu":  # the attainable peak each row's FLOP rate is a share of
+        meta["cpu_flags"] = cpu_flags()
+        meta["gemm_gflop_s"] = round(gemm_gflop_s(torch.bfloat16 if bf16 else torch.float32), 1)
+        meta["gemm_gflop_s_fp32"] = round(gemm_gflop_s(torch.float32), 1)
     rows: list[dict] = []
     same_model = not a.tiny and not any(o.startswith("model.") for o in a.overrides)
 
@@ -264,19 +281,25 @@ def main() -> None:
                         cfg = gan_config(a, cache, b, layout, upsample, mode == "graph")
                         w = max(warmup, TrainStep.WARMUP + 1) if mode == "graph" else warmup
                         row = {"measure": "train", "batch": b, "layout": layout, "upsample": upsample, "mode": mode,
-                               "steps": steps_for(b, a.tiny), "warmup_steps": w}
+                               "steps": steps_for(b, a.tiny, a.cpu_scale), "warmup_steps": w}
                         try:  # one failed row (a capture error, out of memory) must not lose the others
                             r = train_rate(cfg, images, dev, row["steps"], w, a.compile, a.compile_cache)
-                            add({**row, **r, "tflop_s": tflop_s(r["img_s"], step_flops)})
+                            add({**row, **r, "tflop_s": tflop_s(r["img_s"], step_flops),
+                                 **peak_share(meta, r["img_s"] * step_flops)})
                         except RuntimeError as e:  # torch.OutOfMemoryError is one
                             reset_peak(dev)
                             add({**row, "error": (str(e).splitlines() or [type(e).__name__])[0][:300]})
+                if usual is not None and a.cpu_scale:  # right after ours, so both see the same machine
+                    steps = steps_for(b, False, True)
+                    rate = usual.cyclegan_rate(b, steps, "cpu", **CPU_SCALE, warmup=2)
+                    add({"measure": "usual_train", "batch": b, "steps": steps, "it_s": round(rate, 3),
+                         "img_s": round(rate * b, 2), **peak_share(meta, rate * b * step_flops, fp32=True)})
             if a.profile:
                 cfg = gan_config(a, cache, b, layouts[0], a.upsample[0], False)
                 train_rate(cfg, images, dev, a.profile_steps, warmup, a.compile, a.compile_cache,
                            profile_to=out / f"profile-train-bs{b}")
 
-        for layout in layouts:
+        for layout in layouts if not a.cpu_scale else []:
             for upsample in a.upsample:
                 # a 1-step gan-train run gives the checkpoint that inference and synthesize read
                 runs = os.path.join(tmp, f"runs-{layout}-{upsample}")
@@ -295,7 +318,7 @@ def main() -> None:
                 add({"measure": "synthesize", "n": synth_n, "layout": layout, "upsample": upsample,
                      "s": round(time.perf_counter() - start, 2), "peak_mib": peak_mib(dev)})
 
-    if usual is not None:
+    if usual is not None and not a.cpu_scale:
         if dev.type == "cuda":
             for b in batches:
                 steps = steps_for(b, False)
@@ -310,9 +333,34 @@ def main() -> None:
             if (r["measure"], r.get("batch")) in base and comparable and "error" not in r:
                 r["ratio"] = round(r["img_s"] / base[r["measure"], r["batch"]], 2)
 
+    if a.cpu_scale:  # ours against the eager loop at the same batch: the same network at the same size
+        base = {r["batch"]: r["img_s"] for r in rows if r["measure"] == "usual_train"}
+        for r in rows:
+            if r["measure"] == "train" and r["batch"] in base and "error" not in r and same_model:
+                r["ratio"] = round(r["img_s"] / base[r["batch"]], 2)
     (out / "results.json").write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
     report(meta, rows)
     print(f"wrote {out / 'results.json'}" + (f" and profiles to {out}/" if a.profile else ""))
+
+
+def peak_share(meta: dict, flop_s: float, fp32: bool = False) -> dict:
+    """On a CPU, ``flop_s`` as a share of the measured matrix-multiply rate in the row's precision."""
+    peak = meta.get("gemm_gflop_s_fp32" if fp32 else "gemm_gflop_s")
+    return {"gflop_s": round(flop_s / 1e9, 1), "share_of_gemm_peak": round(flop_s / 1e9 / peak, 3)} if peak else {}
+
+
+def cpu_flags() -> str:
+    """The CPU features that decide its speed here: AVX2, AVX-512 (F, BF16, VNNI) and AMX, as /proc/cpuinfo lists them."""
+    try:
+        line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags"))
+    except (OSError, StopIteration):
+        return "unknown"
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    return " ".join(f for f in line.split(":", 1)[1].split() if f in wanted) or "no AVX2/AVX-512/AMX"
+
+
+def _share(row: dict) -> str:
+    return f"; {row['gflop_s']} GFLOP/s, {row['share_of_gemm_peak']:.0%} of the GEMM peak" if "gflop_s" in row else ""
 
 
 def report(meta: dict, rows: list[dict]) -> None:
@@ -320,7 +368,11 @@ def report(meta: dict, rows: list[dict]) -> None:
     print(f"\n{meta['date']}  commit {meta['commit'] and meta['commit'][:7]}  torch {meta['torch']}  {where}  "
           f"{meta['size']}²  compile={meta['compile']} bf16={meta['bf16']} cudnn.benchmark={meta['cudnn_benchmark']} "
           f"tf32={meta['tf32']}")
-    print(f"paper network: {meta['gflop_per_train_img']} GFLOP per image of a training step, "
+    if meta.get("gemm_gflop_s"):
+        print(f"CPU flags: {meta['cpu_flags']}; {meta['threads']} threads; matrix multiply reaches {meta['gemm_gflop_s']} "
+              f"GFLOP/s in the rows' precision, {meta['gemm_gflop_s_fp32']} in float32; load average "
+              f"{meta['load_avg_1min']}")
+    print(f"{'CPU-scale' if meta.get('cpu_scale') else 'paper'} network: {meta['gflop_per_train_img']} GFLOP per image of a training step, "
           f"{meta['gflop_per_generator_pass']} per generator pass (convolutions, 2 per multiply-add)")
     print(f"{'measure':<12} {'batch':>5} {'layout':<13} {'upsample':<10} {'mode':<6} {'ours':>16} {'ratio':>6} "
           f"{'peak MiB':>8}  note (peak: reserved GPU memory)")
@@ -329,13 +381,13 @@ def report(meta: dict, rows: list[dict]) -> None:
             ours, note = "failed", r["error"]
         elif r["measure"] == "train":
             ours, note = f"{r['img_s']} img/s", (f"{r['it_s']} it/s, {r['tflop_s']} TFLOP/s; {r['steps']} steps after "
-                                                  f"{r['warmup_s']} s warm-up")
+                                                  f"{r['warmup_s']} s warm-up" + _share(r))
         elif r["measure"] == "infer":
             ours, note = f"{r['img_s']} img/s", f"{r['tflop_s']} TFLOP/s; {r['iters']} batches"
         elif r["measure"] == "synthesize":
             ours, note = f"{r['s']} s", f"--n {r['n']}, after start-up"
         else:
-            ours, note = f"{r['img_s']} img/s", "baseline" + (f", {r['it_s']} it/s" if "it_s" in r else "")
+            ours, note = f"{r['img_s']} img/s", "baseline" + (f", {r['it_s']} it/s" if "it_s" in r else "") + _share(r)
         print(f"{r['measure']:<12} {r.get('batch', '-'):>5} {r.get('layout', '-'):<13} {r.get('upsample', '-'):<10} "
               f"{r.get('mode', '-'):<6} {ours:>16} {r.get('ratio', '-'):>6} {r.get('peak_mib') or '-':>8}  {note}")
 

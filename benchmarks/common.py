@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import platform
+import time
 from pathlib import Path
 
 import torch
@@ -59,3 +60,14 @@ def count_flops(fn) -> int:
 def tflop_s(img_s: float, flops_per_image: float) -> float:
     """The convolution and matrix work done per second at ``img_s``, in TFLOP/s."""
     return round(img_s * flops_per_image / 1e12, 1)
+
+
+def gemm_gflop_s(dtype: torch.dtype, side: int = 1024, repeats: int = 20) -> float:
+    """What this CPU's matrix multiply reaches in ``dtype``, GFLOP/s (``side``² by ``side``², after a warm-up):
+    the attainable peak a row's FLOP rate is compared with, measured rather than read off a data sheet."""
+    a, b = torch.randn(side, side, dtype=dtype), torch.randn(side, side, dtype=dtype)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * side ** 3 * repeats / (time.perf_counter() - start) / 1e9
