@@ -33,7 +33,8 @@ from .checkpoint import CHECKPOINT_NAME, read_gan_checkpoint, save_gan_checkpoin
 from .compile_cache import compile_cache_path, load_compiled, save_compiled
 from .config import GanConfig
 from .domains import check_masker, domain_name, domain_rows, lung_masks, require_domain
-from .evaluate import measure_translation
+from .diagnostics import translation_grid
+from .evaluate import GRID_FILMS, measure_translation
 from .inference import in_batches, to_unit_range, translate_films
 from .model import LOSS_NAMES, CycleGAN
 from .step import TrainStep
@@ -161,7 +162,7 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile, lung_masker) -> Gan
             if dist.is_main and step % t.image_every == 0:
                 writer.add_image("translation", _image_grid(model), step)
             if dist.is_main and t.eval_every and step % t.eval_every == 0:
-                _log_quality(model, images_a, images_b, cfg, writer, step)
+                _log_quality(model, images_a, images_b, cfg, writer, step, run_dir)
             interrupted = stop_agreed(stop, dist, step, t.log_every, dev)
             if step % t.checkpoint_every == 0 or step == total or interrupted:
                 meter.check_finite(ckpt_path, last_saved)
@@ -200,9 +201,9 @@ def _image_grid(model: CycleGAN) -> torch.Tensor:
 
 
 def _log_quality(model: CycleGAN, images_a: DeviceImages | StreamedImages, images_b: DeviceImages | StreamedImages,
-                 cfg: GanConfig, writer, step: int) -> None:
+                 cfg: GanConfig, writer, step: int, run_dir: Path) -> None:
     """gan-eval measures (fallback features) of the first ``eval_images`` domain-A training images, against
-    the first ``eval_images`` domain-B ones."""
+    the first ``eval_images`` domain-B ones, and ``translations-step<step>.png``/``.pdf`` of the first few."""
     t = cfg.train
     films = images_a.get(torch.arange(min(t.eval_images, len(images_a))))[0]  # with a lung mask in channel 1
     real_b = images_b.get(torch.arange(min(t.eval_images, len(images_b))))[0][:, :1]  # a streamed set may not fit whole
@@ -212,3 +213,8 @@ def _log_quality(model: CycleGAN, images_a: DeviceImages | StreamedImages, image
     for key in ("fd", "kid", "ssim_mean"):
         writer.add_scalar(f"quality/{key}", result[key], step)
     tqdm.write(f"step {step}: FD {result['fd']:.4g}, KID {result['kid']:.4g}, SSIM {result['ssim_mean']:.3f}")
+    k = GRID_FILMS
+    masks = films[:k, 1:] >= 0.5 if films.shape[1] > 1 else None
+    stem = run_dir / f"translations-step{step}"
+    translation_grid(films[:k, :1].cpu(), translated[:k], None if masks is None else masks.cpu(),
+                     stem.with_suffix(".png"), stem.with_suffix(".pdf"))

@@ -2,6 +2,7 @@
 was, discriminators that see only the lungs, DiffAugment, domains chosen by source, and the whole chain
 (gan-train → resume → synthesize → gan-eval) with exact phantom lung masks and with a trained segmenter."""
 import csv
+import json
 import subprocess
 import sys
 
@@ -118,7 +119,8 @@ def test_a_lung_constraint_needs_a_segmenter(tmp_path, data):
 
 @pytest.mark.slow
 def test_lung_constrained_gan_resumes_exactly_synthesizes_and_is_evaluated(tmp_path, data, monkeypatch):
-    cfg = lung_config(tmp_path, "train.steps=8", "train.pool_size=6", "train.diff_augment=true")
+    cfg = lung_config(tmp_path, "train.steps=8", "train.pool_size=6", "train.diff_augment=true",
+                      "train.eval_every=8", "train.eval_images=4")
     masker = ExactMasker(data)
     straight = train_gan(cfg, data, tmp_path / "a", device="cpu", seed=3, lung_masker=masker)
     monkeypatch.setattr(cyclegan.train, "GracefulStop", StopAfter)
@@ -126,6 +128,7 @@ def test_lung_constrained_gan_resumes_exactly_synthesizes_and_is_evaluated(tmp_p
     monkeypatch.undo()
     resumed = train_gan(None, data, tmp_path / "b", device="cpu", resume=first.run_dir, lung_masker=masker)
     assert first.interrupted and resumed.step == 8
+    assert (straight.run_dir / "translations-step8.png").exists() and (straight.run_dir / "translations-step8.pdf").exists()
     assert_same_state(resumed.model, straight.model)
 
     dest = synthesize(6, data, tmp_path / "b", first.run_dir, device="cpu", lung_masker=masker)
@@ -138,7 +141,7 @@ def test_lung_constrained_gan_resumes_exactly_synthesizes_and_is_evaluated(tmp_p
     for row in rows:
         source = ds.images[by_path[row["source_image"]]]
         outside = feather(masker(source[None]), *cfg.train.feathering(32))[0] == 0
-        out = torch.from_numpy(np.asarray(Image.open(dest / row["path"])))[None]
+        out = torch.from_numpy(np.array(Image.open(dest / row["path"])))[None]
         assert torch.equal(out[outside], source[outside])  # bit for bit outside the feathered lungs
         changed_inside += int(not torch.equal(out[~outside], source[~outside]))
     assert changed_inside == len(rows)
@@ -196,4 +199,9 @@ def test_cli_chain_with_a_trained_segmenter(lung_run, lung_data, tmp_path):
     run("synthesize", *common, "--n", "4")
     [manifest] = (tmp_path / "runs" / "synthetic").glob("*/manifest.csv")
     assert len(manifest.read_text().splitlines()) == 5 and ",lung_segmenter_sha256" in manifest.read_text()
-    assert "SSIM" in run("gan-eval", *common, "--split", "val").stdout
+    printed = run("gan-eval", *common, "--split", "val").stdout
+    assert "SSIM" in printed and "Changes concentrate in the lungs" in printed
+    [report] = (tmp_path / "runs" / "gan").glob("*/gan-eval-step3.json")
+    assert {report.with_suffix(s).exists() for s in (".md", ".png", ".pdf")} == {True}
+    diagnostics = json.loads(report.read_text())["diagnostics"]
+    assert diagnostics["lung_change"]["value"] > 1 and {"probes", "copies", "checkerboard"} <= set(diagnostics)
