@@ -2,7 +2,6 @@
 colour bar and the class and its probability on the image."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from augment.data import decode_to_square, lung_view, warn_lungs_not_found
 from augment.errors import UserError
 from augment.imageio import UnreadableImage
 from augment.lungmask import LungMasker
+from augment.outputs import display_name, output_path, safe_name
 
 from .cam import cam_method, faithfulness
 from .inference import to_input
@@ -23,7 +23,8 @@ def write_overlays(model: Classifier, images_u8: torch.Tensor, names: list[str],
                    size: int, device: torch.device, method: str, out_dir: Path, target_class: str | None = None,
                    batch_size: int = 16) -> tuple[list[Path], dict[str, float]]:
     """Overlays of uint8 images ``(N, 1, S, S)`` as ``out_dir/<name>_<class>_p<probability>.png`` (300 dpi),
-    in batches.
+    in batches; every file lies in ``out_dir`` itself, whatever ``names`` and ``classes`` hold
+    (:func:`augment.outputs.output_path`).
 
     Returns the written paths and the faithfulness of the maps (average drop, increase in confidence).
     """
@@ -42,14 +43,9 @@ def write_overlays(model: Classifier, images_u8: torch.Tensor, names: list[str],
                 c = int(tgt[i])
                 stem = f"{safe_name(Path(names[start + i]).stem)}_{safe_name(classes[c])}_p{prob[i, c]:.2f}"
                 fig = overlay_figure(gray[i], maps[i].cpu().numpy(), classes[c], float(prob[i, c]),
-                                     f"{Path(names[start + i]).name}: {cam.label}")
-                written += save_figure(fig, out_dir / stem, formats=("png",))
+                                     f"{display_name(Path(names[start + i]).name)}: {cam.label}")
+                written += save_figure(fig, output_path(out_dir, stem, flat=True), formats=("png",))
     return written, {"average_drop_pct": drops / max(n, 1), "increase_in_confidence_pct": increases / max(n, 1)}
-
-
-def safe_name(text: str) -> str:
-    """``text`` as a plain file-name part: letters, digits, ``.+-_``; no separators, no leading dot."""
-    return re.sub(r"[^\w.+-]", "_", text).lstrip(".") or "_"
 
 
 def read_images(paths: list[str | Path], size: int, resize: str = "crop") -> torch.Tensor:

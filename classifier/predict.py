@@ -23,6 +23,7 @@ from augment.data import batches_ahead, decode_to_square, lung_view, warn_lungs_
 from augment.errors import UserError
 from augment.imageio import IMAGE_SUFFIXES, UnreadableImage
 from augment.lungmask import LungMasker
+from augment.outputs import safe_name
 from augment.runtime import pick_device, resolve_run_file
 
 from .checkpoint import CHECKPOINTS, data_config, load_classifier, precision, run_lung_masker
@@ -30,7 +31,7 @@ from .config import EvalConfig
 from .evaluate import validation_predictions
 from .inference import predict
 from .metrics import sensitivity_at_specificity
-from .overlays import safe_name, write_overlays
+from .overlays import write_overlays
 
 ARGMAX = "argmax"  # the threshold column when no validation threshold exists
 

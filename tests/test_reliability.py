@@ -21,6 +21,7 @@ from PIL import Image
 from augment.config import config_to_dict, load_config
 from augment.data import DataConfig, load_dataset, write_csv
 from augment.errors import UserError
+from augment.outputs import confined_outputs, output_path
 from augment.phantoms import write_phantoms
 from augment.runtime import load_checkpoint, save_checkpoint
 from classifier.config import ClassifierConfig
@@ -30,7 +31,7 @@ from classifier.train import train
 from cli import cli
 from cyclegan import GanConfig, synthesize, train_gan
 
-from conftest import ROOT, save_gray
+from conftest import ROOT, save_gray, tiny_classifier_config
 from test_runtime import _RunsCode
 
 GAN_SET = ["data.size=32", "model.ngf=8", "model.ndf=8", "model.n_blocks=1", "model.n_layers_d=2",
@@ -318,3 +319,54 @@ def test_bad_config_is_one_line_before_any_work(tmp_path, data, command, option,
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: invalid config") and match in r.stderr
     assert not cache.exists() and not (tmp_path / "runs").exists()
+
+
+# ================================================================ round two
+# ---------------------------------------------------------------- outputs confined to the destination
+def test_output_names_from_inputs_stay_inside_the_destination(tmp_path):
+    dest = tmp_path / "out"
+    names = ["../../escape", "/etc/abs", "..", "a/../../b\\..\\c", ".hidden/x", "", "./a/./b", "caf\udce9"]
+    paths = [output_path(dest, n, ".png") for n in names] + [output_path(dest, n, ".png", flat=True) for n in names]
+    assert all(p.is_relative_to(dest.resolve()) and p != dest.resolve() for p in paths)
+    assert output_path(dest, "covid/x", ".png") == dest.resolve() / "covid" / "x.png"
+    (tmp_path / "elsewhere").mkdir()
+    dest.mkdir()
+    (dest / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match="outside"):
+        output_path(dest, "link/x.png")
+    with pytest.raises(UserError, match="is an input image"):
+        confined_outputs([tmp_path / "a.png"], [tmp_path / "a.png"])
+    with pytest.raises(UserError, match="would both write"):
+        confined_outputs(["a.png", "b.png"], [tmp_path / "o.png", tmp_path / "o.png"])
+
+
+def files_under(root: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_lungseg_of_a_manifest_with_dotdot_paths_writes_only_inside_dest(lung_run, tmp_path):
+    film = save_gray(tmp_path / "x.png", 90, size=(40, 40))  # beside the data folder, named by ../x.png
+    data = tmp_path / "d"
+    save_gray(data / "covid" / "a.png", 60, size=(40, 40))
+    far = save_gray(tmp_path / "far" / "y.png", 70, size=(40, 40))
+    (data / "manifest.csv").write_text(f"path,label\n../x.png,covid\ncovid/a.png,covid\n{far},normal\n")
+    before = files_under(tmp_path)
+    r = CliRunner().invoke(cli, ["lungseg", "--checkpoint", str(lung_run.run_dir), "--data", str(data),
+                                 "--dest", str(tmp_path), "--device", "cpu"])  # dest: the films' own folder
+    assert r.exit_code == 0, r.output
+    after = files_under(tmp_path)
+    assert all(after[p] == b for p, b in before.items())  # no input overwritten by its overlay
+    new = sorted(p.relative_to(tmp_path).as_posix() for p in set(after) - set(before))
+    assert len(new) == 7 and all(n.startswith(("mask/", "overlay/")) or n == "masks.csv" for n in new), new
+    assert "mask/_/x.png" in new and "mask/covid/a.png" in new
+
+
+def test_lungseg_refuses_two_inputs_that_would_write_one_output_before_writing(lung_run, tmp_path):
+    data = tmp_path / "d"
+    save_gray(data / "covid" / "a.png", 60, size=(40, 40))
+    save_gray(data / "covid" / "a.jpg", 60, size=(40, 40))
+    (data / "manifest.csv").write_text("path,label\ncovid/a.png,covid\ncovid/a.jpg,covid\n")
+    r = CliRunner().invoke(cli, ["lungseg", "--checkpoint", str(lung_run.run_dir), "--data", str(data),
+                                 "--dest", str(tmp_path / "out"), "--device", "cpu"])
+    assert r.exit_code == 2 and "would both write" in r.stderr and r.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
