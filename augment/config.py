@@ -9,6 +9,8 @@ Every mistake becomes a one-line :class:`UserError` that lists the valid choices
 from __future__ import annotations
 
 import dataclasses
+import math
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -48,6 +50,56 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: typing.
         cfg = _merge(cfg, nested, "")
     check_config(cfg)
     return cfg
+
+
+def config_from_dict(cls: type[C], values: dict, source: str | Path) -> C:
+    """A config of ``cls`` from the plain dict a checkpoint stores (``source``, named in errors), checked as a
+    YAML file is."""
+    if not isinstance(values, dict):
+        raise UserError(f"{source}: holds no config of this toolkit")
+    try:
+        cfg = _merge(cls(), values, "")
+        check_config(cfg)
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from e
+    return cfg
+
+
+def edited_keys(cfg: Any, path: str | Path, show: int = 3) -> str:
+    """What the YAML file ``path`` (a run's ``config.yaml``) says otherwise than ``cfg``, as
+    ``key: file value, not stored value`` items ('' when they agree or there is no such file)."""
+    path = Path(path)
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        return ""
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return "it is no longer readable YAML"
+    if not isinstance(saved, dict):
+        return "it is no longer a mapping"
+    stored, found = _flat(config_to_dict(cfg)), _flat(saved)
+    missing = object()
+    diffs = [f"{k}: {short(found.get(k, missing)) if k in found else 'absent'}, not {short(stored[k]) if k in stored else 'absent'}"
+             for k in sorted(stored.keys() | found.keys()) if found.get(k, missing) != stored.get(k, missing)]
+    return "; ".join(diffs[:show]) + (f"; and {len(diffs) - show} more" if len(diffs) > show else "")
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error message echoes a value, never a whole document."""
+    brief = reprlib.Repr()
+    brief.maxlevel, brief.maxlist, brief.maxdict, brief.maxstring, brief.maxother = 3, 6, 6, limit, limit
+    text = brief.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def check_config(cfg: Any, prefix: str = "") -> None:
@@ -140,13 +192,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as text
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as text
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):  # .inf and .nan pass every range check written as a comparison
+                raise UserError(f"config key '{key}' must be a finite number, got {value!r}")
+            return number
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

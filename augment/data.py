@@ -102,6 +102,7 @@ class Record:
     split: str | None = None
     source: str = ""
     has_id: bool = False  # the manifest named the patient (group_id or patient_id)
+    missing_id: bool = False  # the manifest has a patient column but no id in this row (empty, nan, None, null)
 
 
 @dataclass
@@ -149,7 +150,12 @@ def discover(data: str | Path, classes: Sequence[str]) -> tuple[Path, list[Recor
     if data.is_file():
         return data.parent, *_read_manifest(data, classes)
     if (data / "manifest.csv").is_file():
-        return data, *_read_manifest(data / "manifest.csv", classes)
+        listed: set[str] = set()
+        records, skipped = _read_manifest(data / "manifest.csv", classes, listed)
+        for rel in _image_files(data):  # images beside the manifest that it does not list are counted, not ignored
+            if os.path.normpath(os.path.join(os.path.abspath(data), rel)) not in listed:
+                skipped[rel] = "not listed in manifest.csv (a folder holding manifest.csv is read through it)"
+        return data, records, skipped
     if not data.is_dir():
         raise UserError(f"{data}: no such folder or manifest; give --data a folder of class subfolders "
                         f"({', '.join(classes)}) or a manifest CSV")
@@ -169,7 +175,33 @@ def discover(data: str | Path, classes: Sequence[str]) -> tuple[Path, list[Recor
     return data, records, skipped
 
 
-def _read_manifest(path: Path, classes: Sequence[str]) -> tuple[list[Record], dict[str, str]]:
+def _image_files(root: Path) -> Iterator[str]:
+    """Paths relative to ``root`` of the files with an image suffix under it (hidden files and folders left out)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                yield os.path.relpath(os.path.join(dirpath, name), root)
+
+
+MISSING_IDS = ("", "nan", "none", "null")  # what spreadsheets and pandas write for an empty cell
+
+
+def patient_id(row: dict) -> str:
+    """The patient of a manifest row: its ``group_id``, else its ``patient_id``; "" when neither holds one
+    (empty, ``nan``, ``NaN``, ``None`` or ``null`` are no id: such rows would otherwise share one patient)."""
+    for column in ("group_id", "patient_id"):
+        value = (row.get(column) or "").strip()
+        if value.lower() not in MISSING_IDS:
+            return value
+    return ""
+
+
+def _read_manifest(path: Path, classes: Sequence[str],
+                   listed: set[str] | None = None) -> tuple[list[Record], dict[str, str]]:
+    """Records and skipped rows of a manifest; a file listed twice under two spellings (``./a.png`` and
+    ``a.png``) is one image, its second row a skip. ``listed`` gets the normalised absolute path of every
+    cell that names a file under the manifest's folder (images and masks alike)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
@@ -178,22 +210,32 @@ def _read_manifest(path: Path, classes: Sequence[str]) -> tuple[list[Record], di
     if not rows or not {"path", "label"} <= set(rows[0]):
         raise UserError(f"{path}: a manifest needs a header with columns path,label "
                         "(optional: group_id or patient_id, split, source)")
-    records, skipped, seen = [], {}, set()
+    records, skipped, seen, records_by_file = [], {}, {}, {}
+    root = os.path.abspath(path.parent)
+    has_ids = bool({"group_id", "patient_id"} & set(rows[0]))
     for i, row in enumerate(rows, start=2):
         p, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
         split = (row.get("split") or "").strip() or None
+        if listed is not None:
+            listed.update(os.path.normpath(os.path.join(root, v.strip())) for v in row.values()
+                          if isinstance(v, str) and v.strip())
+        file = os.path.realpath(os.path.join(root, p)) if p else ""  # one file, however its path is spelled
         if not p:
             skipped[f"{path.name}:line {i}"] = "empty path"
-        elif p in seen:
-            skipped[f"{p} (line {i})"] = "repeated in the manifest; the first row is kept"
+        elif file in seen:
+            skipped[f"{p} (line {i})"] = (f"repeated in the manifest (line {seen[file]}"
+                                          + (f", as {records_by_file[file]}" if records_by_file[file] != p else "")
+                                          + "); the first row is kept")
         elif label not in classes:
             skipped[p] = f"unknown label {label!r}; valid labels: {', '.join(classes)}"
         elif split is not None and split not in SPLITS:
             skipped[p] = f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}"
         else:
-            seen.add(p)
-            group = (row.get("group_id") or row.get("patient_id") or "").strip()
-            records.append(Record(p, label, group or p, split, (row.get("source") or "").strip(), bool(group)))
+            seen[file] = i
+            records_by_file[file] = p
+            group = patient_id(row)
+            records.append(Record(p, label, group or p, split, (row.get("source") or "").strip(), bool(group),
+                                  missing_id=has_ids and not group))
     return records, skipped
 
 
@@ -394,6 +436,11 @@ def load_dataset(data: str | Path, cfg: DataConfig, split: str | None = None,
         warn_lungs_not_found(no_lungs, len(info["kept"]), cfg)
     records = [records[i] for i in info["kept"]]
     _report_skipped(skipped, data, quiet)
+    missing_ids = sum(r.missing_id for r in records)
+    if missing_ids and not quiet:
+        warn(f"{missing_ids} of {len(records)} manifest rows have no patient id (group_id/patient_id empty, nan, "
+             "None or null); each of those images is its own group (unless data.group_pattern or near-duplicates "
+             "join it)")
 
     counts = Counter(r.label for r in records)
     for c in required if required is not None else cfg.classes:
@@ -401,7 +448,7 @@ def load_dataset(data: str | Path, cfg: DataConfig, split: str | None = None,
             raise UserError(f"{data}: no readable image of class '{c}'; add images under {data}/{c}/ "
                             f"or rows labelled {c} to the manifest (run `python cli.py inspect --data {data}`)")
     images = torch.from_numpy(np.load(npy, mmap_mode="c")).unsqueeze(1)
-    grouping = group_records(records, images, cfg, quiet)
+    grouping = group_records(records, images, cfg, quiet) | ({"missing_ids": missing_ids} if missing_ids else {})
     if split is not None:
         splits = [split] * len(records)
     else:  # a manifest's splits are kept (a patient's other rows follow them); the rest are split here

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .config import save_config
+from .config import config_from_dict, edited_keys, load_config, save_config
 from .errors import UserError
 
 
@@ -341,6 +341,25 @@ def _run_order(run: Path) -> tuple[list[str], int]:
     """``<date>-<time>-10`` is newer than ``<date>-<time>-9``."""
     parts = run.name.split("-")
     return parts[:2], int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 0
+
+
+def resumed_config(cls: type, ckpt: dict, path: Path):
+    """The config checkpoint ``path`` was saved with (its run's ``config.yaml`` when it stores none, as
+    checkpoints of earlier versions may), warning in one line when that file was edited since."""
+    if "config" not in ckpt:
+        return load_config(cls, path.parent / "config.yaml")
+    cfg = config_from_dict(cls, ckpt["config"], path)
+    warn_edited_config(cfg, path.parent / "config.yaml")
+    return cfg
+
+
+def warn_edited_config(cfg: Any, file: Path) -> None:
+    """One warning line naming what ``file`` (a run's ``config.yaml``) says otherwise than ``cfg``, the config
+    a resumed run goes on with."""
+    diff = edited_keys(cfg, file)
+    if diff:
+        print(f"warning: {file}: edited since the run started ({diff}); resuming with the config stored in "
+              "the checkpoint, as the run began", file=sys.stderr)
 
 
 def write_run_info(run_dir: str | Path, cfg: Any, seed: int, data_fingerprint: str = "", **extra) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from augment.data import SPLITS, file_sha256, grouped_split, square_box, to_square, warn
+from augment.data import SPLITS, file_sha256, grouped_split, patient_id, square_box, to_square, warn
 from augment.errors import UserError
 from augment.imageio import IMAGE_SUFFIXES, UnreadableImage, read_xray
 
@@ -131,7 +131,7 @@ def _read_manifest(path: Path) -> list[Pair]:
     if not {column, "mask"} <= header:
         raise UserError(f"{path}: a lung manifest needs the columns image (or path) and mask (optional: split, "
                         "group_id or patient_id, source); phantoms with masks: python cli.py phantoms --masks")
-    pairs = []
+    pairs, missing = [], 0
     for line, row in enumerate(rows, start=2):
         image, mask = (row.get(column) or "").strip(), (row.get("mask") or "").strip()
         split = (row.get("split") or "").strip() or None
@@ -141,10 +141,14 @@ def _read_manifest(path: Path) -> list[Pair]:
                                 "does not exist; fix the row or add the file")
         if split is not None and split not in SPLITS:
             raise UserError(f"{path}, line {line}: unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-        group = (row.get("group_id") or row.get("patient_id") or "").strip() or image
-        pairs.append(Pair(image, mask, group, split, (row.get("source") or "").strip()))
+        group = patient_id(row)
+        missing += not group
+        pairs.append(Pair(image, mask, group or image, split, (row.get("source") or "").strip()))
     if not pairs:
         raise UserError(f"{path}: the manifest lists no image")
+    if missing and {"group_id", "patient_id"} & header:
+        warn(f"{path}: {missing} of {len(pairs)} rows have no patient id (group_id/patient_id empty, nan, None or "
+             "null); each of those images is its own group")
     return pairs
 
 

@@ -370,3 +370,130 @@ def test_lungseg_refuses_two_inputs_that_would_write_one_output_before_writing(l
                                  "--dest", str(tmp_path / "out"), "--device", "cpu"])
     assert r.exit_code == 2 and "would both write" in r.stderr and r.stderr.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- wrong results without a word
+def write_manifest(path: Path, rows: list[str], header: str = "path,label,group_id,split") -> Path:
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def test_a_class_without_training_images_is_a_one_line_error(tmp_path):
+    data = write_phantoms(tmp_path / "d", 6, size=32, seed=0)
+    splits = {"covid": "train train val val test test", "normal": "train train val val test test",
+              "pneumonia": "val val val test test test"}  # pneumonia only in val and test
+    rows = [f"{c}/{c}_{i:05d}.png,{c},{c}{i},{s}" for c in splits for i, s in enumerate(splits[c].split())]
+    manifest = write_manifest(tmp_path / "d" / "manifest.csv", rows)
+    r = CliRunner().invoke(cli, ["classify-train", "--data", str(manifest), "--out", str(tmp_path / "runs"),
+                                 "--device", "cpu", *[f"--set={s}" for s in CLS_SET[:-1]], "--set=train.epochs=1",
+                                 f"--set=data.cache_dir={tmp_path / 'cache'}"])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "'pneumonia'" in r.stderr
+    assert "no training image" in r.stderr and not list((tmp_path / "runs").glob("classifier/*"))
+
+
+def test_one_file_under_two_spellings_is_one_image(folder_data, cfg):
+    manifest = write_manifest(folder_data / "m.csv", [
+        "covid/covid0.png,covid,,train", "./covid/covid0.png,covid,,test", "covid/../covid/covid0.png,covid,,val",
+        "normal/normal0.png,normal,,train", "pneumonia/pneumonia0.png,pneumonia,,train"])
+    ds = load_dataset(manifest, cfg, quiet=True)
+    assert sorted(ds.paths) == ["covid/covid0.png", "normal/normal0.png", "pneumonia/pneumonia0.png"]
+    assert ds.splits[ds.paths.index("covid/covid0.png")] == "train"
+    repeats = [why for why in ds.skipped.values() if why.startswith("repeated")]
+    assert len(repeats) == 2 and all("covid/covid0.png" in why for why in repeats)
+
+
+def float_fields(cfg, prefix=""):
+    """Dotted names of every float (or tuple-of-float) field of a config dataclass, nested ones included."""
+    import dataclasses
+    import typing
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from float_fields(value, f"{prefix}{f.name}.")
+        elif float in (hints[f.name], *typing.get_args(hints[f.name])):
+            yield f"{prefix}{f.name}", value
+
+
+@pytest.mark.parametrize("bad", [".inf", "-.inf", ".nan", "nan", "1e999"])
+def test_non_finite_numbers_are_refused_in_every_float_field(bad):
+    from lungs import LungsegConfig
+    checked = 0
+    for cls in (ClassifierConfig, GanConfig, LungsegConfig):
+        for key, value in float_fields(cls()):
+            setting = f"{key}=[{', '.join([bad] * len(value))}]" if isinstance(value, tuple) else f"{key}={bad}"
+            with pytest.raises(UserError, match=rf"config key '{key}' must be a finite number") as e:
+                load_config(cls, None, [setting])
+            assert "\n" not in str(e.value)
+            checked += 1
+    assert checked > 20
+
+
+def test_nan_and_empty_group_ids_are_missing_not_one_patient(folder_data, cfg, capsys):
+    rows = [f"{c}/{c}{i}.png,{c},{gid}" for c, ids in (("covid", ["nan", "NaN", "", "p1"]),
+                                                         ("normal", ["None", "null", " nan ", "p1"]),
+                                                         ("pneumonia", ["p2", "p2", "NULL", "none"]))
+            for i, gid in enumerate(ids)]
+    manifest = write_manifest(folder_data / "m.csv", rows, "path,label,group_id")
+    ds = load_dataset(manifest, DataConfig(size=32, cache_dir=cfg.cache_dir, near_duplicates=False))
+    by_path = dict(zip(ds.paths, ds.groups))
+    missing = [p for p, gid in zip((r.split(",")[0] for r in rows), (r.split(",")[2] for r in rows))
+               if gid.strip().lower() in ("nan", "", "none", "null")]
+    assert len(missing) == 8 and len({by_path[p] for p in missing}) == 8  # each its own group
+    assert by_path["covid/covid3.png"] == by_path["normal/normal3.png"] == "p1"
+    assert "8 of 12 manifest rows have no patient id" in capsys.readouterr().err
+    assert ds.grouping["missing_ids"] == 8
+
+
+def test_images_a_folder_manifest_does_not_list_are_counted(phantom_dir, cfg, lung_data):
+    save_gray(phantom_dir / "covid" / "extra.png", 80)
+    save_gray(phantom_dir / "stray.jpg", 80)
+    ds = load_dataset(phantom_dir, cfg, quiet=True)
+    unlisted = {p for p, why in ds.skipped.items() if why.startswith("not listed in manifest.csv")}
+    assert unlisted == {os.path.join("covid", "extra.png"), "stray.jpg"} and len(ds) == 18
+    from augment.inspect import format_report, inspect_data
+    text = format_report(inspect_data(phantom_dir, cfg))
+    assert "unreadable or ignored files: 2" in text and "extra.png: not listed in manifest.csv" in text
+    masks_listed = load_dataset(lung_data, DataConfig(size=32, cache_dir=cfg.cache_dir), quiet=True)
+    assert masks_listed.skipped == {}  # masks/ named by the manifest's mask column are listed
+
+
+def edit_yaml(path: Path, section: str, key: str, value) -> None:
+    import yaml
+    values = yaml.safe_load(path.read_text())
+    values[section][key] = value
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+
+
+def test_classifier_resume_uses_the_checkpoints_config_and_says_what_was_edited(tmp_path, data, one_thread):
+    run = train(tiny_classifier_config(tmp_path, "train.ema=0"), data, tmp_path / "runs", device="cpu", quiet=True)
+    edit_yaml(run / "config.yaml", "train", "epochs", 3)
+    r = CliRunner().invoke(cli, ["classify-train", "--resume", str(run), "--data", str(data), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    warned = [l for l in r.stderr.splitlines() if "config.yaml: edited since the run started" in l]
+    assert len(warned) == 1 and "train.epochs: 3, not 2" in warned[0]
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2  # the checkpoint's 2 epochs, not the file's 3
+
+
+def test_lungseg_resume_uses_the_checkpoints_config(tmp_path, lung_data, one_thread, capsys):
+    from conftest import tiny_lungseg_config
+    from lungs.train import train_lungseg
+    run = train_lungseg(tiny_lungseg_config(tmp_path / "cache", epochs=1), lung_data, tmp_path, device="cpu",
+                        quiet=True).run_dir
+    steps = load_checkpoint(run / "checkpoint.pt")["step"]
+    edit_yaml(run / "config.yaml", "train", "epochs", 2)
+    train_lungseg(None, lung_data, tmp_path, device="cpu", resume=run, quiet=True)
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == steps
+    assert "train.epochs: 2, not 1" in capsys.readouterr().err
+
+
+def test_gan_resume_says_when_config_yaml_was_edited(tmp_path, data, gan_run, capsys):
+    import shutil
+    run = tmp_path / "gan" / gan_run.name
+    shutil.copytree(gan_run, run)
+    edit_yaml(run / "config.yaml", "train", "lr", 0.5)
+    result = train_gan(None, data, tmp_path, device="cpu", resume=run)
+    assert load_checkpoint(result.run_dir / "checkpoint.pt")["step"] == 1
+    err = capsys.readouterr().err
+    assert "config.yaml: edited since the run started (train.lr: 0.5, not 0.0002)" in err
