@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import sys
 from collections import Counter, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -21,9 +22,9 @@ from PIL import Image
 
 from .errors import UserError
 from .groups import check_pattern, near_duplicate_pairs, pattern_groups, union_find
-from .imageio import IMAGE_SUFFIXES, UnreadableImage, read_xray
+from .imageio import IMAGE_SUFFIXES, UnreadableImage, file_kind, read_xray
 from .lungmask import MIN_LUNG_FRACTION, LungMasker, crop_and_mask
-from .runtime import write_text_atomic
+from .runtime import remove_stale_temporaries, write_text_atomic
 
 T, R = TypeVar("T"), TypeVar("R")
 SPLITS = ("train", "val", "test")
@@ -168,11 +169,23 @@ def discover(data: str | Path, classes: Sequence[str]) -> tuple[Path, list[Recor
             dirnames.sort()
             for name in sorted(filenames):
                 rel = os.path.relpath(os.path.join(dirpath, name), data)
-                if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                kind = _not_regular(os.path.join(dirpath, name))
+                if kind:  # a FIFO would hang the reader: never opened
+                    skipped[rel] = f"not a regular file ({kind}); only image files are read"
+                elif Path(name).suffix.lower() in IMAGE_SUFFIXES:
                     records.append(Record(rel, sub.name, group=rel))
                 elif not name.startswith("."):
                     skipped[rel] = "not an image suffix (" + ", ".join(sorted(IMAGE_SUFFIXES)) + ")"
     return data, records, skipped
+
+
+def _not_regular(path: str) -> str:
+    """'' for a regular file (or a link to one), else what it is (:func:`augment.imageio.file_kind`)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return ""  # gone or unreadable: the reader says why
+    return "" if stat.S_ISREG(mode) else file_kind(mode)
 
 
 def _image_files(root: Path) -> Iterator[str]:
@@ -425,6 +438,7 @@ def load_dataset(data: str | Path, cfg: DataConfig, split: str | None = None,
             cache.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"{cache}: cannot create the image cache ({e.strerror}); set data.cache_dir") from e
+        remove_stale_temporaries(cache)  # of builds that were killed
         if not quiet:
             print(f"decoding {len(records)} images from {data} into the cache {npy}"
                   + (f" ({cfg.lung_settings}, masks of {cfg.lungseg_run})" if cfg.uses_lungs else ""), file=sys.stderr)

@@ -8,6 +8,8 @@ by a percentile window.
 """
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -34,6 +36,7 @@ def read_xray(path: str | Path, max_side: int | None = None) -> np.ndarray:
         UnreadableImage: with a short reason.
     """
     path = Path(path)
+    _require_regular_file(path)
     if path.suffix.lower() in (".dcm", ".dicom"):
         return _read_dicom(path)
     try:
@@ -52,6 +55,30 @@ def read_xray(path: str | Path, max_side: int | None = None) -> np.ndarray:
         raise UnreadableImage("not an image file (unknown or empty content)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UnreadableImage(f"damaged or unsupported image ({str(e).splitlines()[0][:120]})") from None
+
+
+def _require_regular_file(path: Path) -> None:
+    """Only regular files (or links to them) are read: opening a FIFO would wait for a writer forever, a
+    device could be read without end."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UnreadableImage("file not found") from None
+    except PermissionError:
+        raise UnreadableImage("permission denied") from None
+    except OSError as e:
+        raise UnreadableImage(f"cannot be read ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        raise UnreadableImage(f"not a regular file ({file_kind(mode)}); only image files are read")
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file of ``st_mode`` ``mode`` is, in words."""
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "not a plain file"
 
 
 def _to_gray_u8(im: Image.Image, max_side: int | None = None) -> np.ndarray:

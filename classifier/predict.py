@@ -44,7 +44,7 @@ def find_images(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
         raise UserError("no images given; name X-ray files or folders, e.g. python cli.py predict runs/demo-data")
     found = []
     for item in map(Path, inputs):
-        if item.is_file():
+        if item.exists() and not item.is_dir():  # a FIFO or device too: its row says it is not read
             found.append(item)
         elif item.is_dir():
             for dirpath, dirnames, filenames in os.walk(item):

@@ -29,6 +29,7 @@ from PIL import Image
 from augment.data import SPLITS, file_sha256, grouped_split, patient_id, square_box, to_square, warn
 from augment.errors import UserError
 from augment.imageio import IMAGE_SUFFIXES, UnreadableImage, read_xray
+from augment.runtime import remove_stale_temporaries
 
 from .config import LungDataConfig
 
@@ -232,6 +233,7 @@ def _build_cache(root: Path, pairs: list[Pair], cfg: LungDataConfig, cache: Path
                 kept.append(i)
                 hashes.append(digest)
     cache.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(cache.parent)  # of builds that were killed
     tmp = cache.with_name(f".{cache.stem}.tmp{os.getpid()}.npz")
     try:
         empty = np.zeros((0, cfg.size, cfg.size), np.uint8)

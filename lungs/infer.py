@@ -130,7 +130,7 @@ def input_files(images: list[Path], data: Path | None) -> list[tuple[Path, str]]
         files = [root / name for name in names]
     elif data.is_dir():
         root = data
-        files = sorted(p for p in data.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in data.rglob("*") if not p.is_dir() and p.suffix.lower() in IMAGE_SUFFIXES)
     else:
         raise UserError(f"{data}: no such folder or manifest")
     if not files:

@@ -497,3 +497,79 @@ def test_gan_resume_says_when_config_yaml_was_edited(tmp_path, data, gan_run, ca
     assert load_checkpoint(result.run_dir / "checkpoint.pt")["step"] == 1
     err = capsys.readouterr().err
     assert "config.yaml: edited since the run started (train.lr: 0.5, not 0.0002)" in err
+
+
+# ---------------------------------------------------------------- hangs and leftovers
+@pytest.fixture
+def fifo_guard():
+    """Opens FIFOs left blocked for writing (so a reader waiting on them gets end of file) after ``seconds``
+    and records that it had to: a reader that opened a FIFO would otherwise hang the test run."""
+    fired, fifos = [], []
+
+    def unblock(signum, frame):
+        fired.append(True)
+        for f in fifos:
+            try:
+                os.close(os.open(f, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+        signal.alarm(1)
+
+    old = signal.signal(signal.SIGALRM, unblock)
+    signal.alarm(20)
+    yield fifos, fired
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_a_fifo_with_an_image_suffix_is_skipped_not_read(folder_data, cfg, fifo_guard, tmp_path):
+    fifos, fired = fifo_guard
+    pipe = folder_data / "covid" / "pipe.png"
+    os.mkfifo(pipe)
+    fifos.append(pipe)
+    ds = load_dataset(folder_data, cfg, quiet=True)
+    assert not fired and len(ds) == 12
+    assert ds.skipped == {os.path.join("covid", "pipe.png"): "not a regular file (a FIFO); only image files are read"}
+    manifest = write_manifest(folder_data / "m.csv", ["covid/pipe.png,covid", "covid/covid0.png,covid",
+                                                      "normal/normal0.png,normal", "pneumonia/pneumonia0.png,pneumonia"],
+                              "path,label")
+    ds = load_dataset(manifest, DataConfig(size=32, cache_dir=str(tmp_path / "cache2")), quiet=True)
+    assert not fired and len(ds) == 3 and "not a regular file (a FIFO)" in ds.skipped["covid/pipe.png"]
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_cache_build_removes_the_temporaries_of_killed_builds_only(folder_data, cfg, lung_data, tmp_path):
+    cache = Path(cfg.cache_dir)
+    cache.mkdir()
+    gone, me = dead_pid(), os.getpid()
+    stale = [cache / f"0123.npy.tmp{gone}.npy", cache / f"0123.npy.part{gone}.npy", cache / f"0123.json.tmp{gone}",
+             cache / f".lungs-0123.tmp{gone}.npz"]
+    live = [cache / f"4567.npy.tmp{me}.npy", cache / "notes.tmp.txt"]
+    for p in stale + live:
+        p.write_bytes(b"x" * 100)
+    load_dataset(folder_data, cfg, quiet=True)
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in live)
+    from lungs.config import LungDataConfig
+    from lungs.data import load_pairs
+    lungs = tmp_path / "lung-cache"
+    lungs.mkdir()
+    (lungs / f".lungs-89ab.tmp{gone}.npz").write_bytes(b"x")
+    load_pairs(lung_data, LungDataConfig(size=32, cache_dir=str(lungs)), quiet=True)
+    assert not list(lungs.glob("*.tmp*"))
+
+
+def test_a_run_that_failed_before_its_checkpoint_is_not_the_latest_run(tmp_path, data, one_thread):
+    out = tmp_path / "runs"
+    run = train(tiny_classifier_config(tmp_path), data, out, device="cpu", quiet=True)
+    failed = out / "classifier" / "29991231-235959"  # newer, with run.json and config.yaml but no checkpoint
+    failed.mkdir()
+    for name in ("run.json", "config.yaml"):
+        (failed / name).write_bytes((run / name).read_bytes())
+    r = CliRunner().invoke(cli, ["predict", str(data / "covid"), "--out", str(out), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert (run / "predictions" / "covid" / "predictions.csv").is_file()
