@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from augment.errors import UserError
+from augment.outputs import display_name
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 INTERRUPTED = 130  # exit status of a training stopped by Ctrl-C or SIGTERM (after saving), so chains stop
@@ -33,7 +34,7 @@ class Toolkit(click.Group):
                 traceback.print_exc()
             if isinstance(e, OSError) and e.filename:
                 e = f"{e.filename}: {e.strerror or e}; check the path, its permissions and the free disk space"
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {display_name(e)}", err=True)  # a file name that is not UTF-8 prints too
             sys.exit(2)
 
 

@@ -43,7 +43,12 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: typing.
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise UserError(f"--set {item!r}: expected key=value, e.g. --set train.lr=1e-4")
-        value = raw if _field_type(cfg, key) is str else yaml.safe_load(raw)  # text stays as typed
+        try:
+            value = raw if _field_type(cfg, key) is str else yaml.safe_load(raw)  # text stays as typed
+        except yaml.YAMLError as e:
+            reason = " ".join(str(e).split())[:120]
+            raise UserError(f"--set {short(item)}: the value is not valid YAML ({reason}); quote text, "
+                            "write lists as [a, b]") from e
         nested: Any = value
         for part in reversed(key.split(".")):
             nested = {part: nested}

@@ -85,9 +85,10 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch's own file writer reports a full disk as a RuntimeError
         tmp.unlink(missing_ok=True)
-        raise UserError(f"{path}: could not write checkpoint ({e.strerror or e}); free disk space or choose another --out") from e
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines() or [type(e).__name__])[0][:160]
+        raise UserError(f"{path}: could not write checkpoint ({reason}); free disk space or choose another --out") from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -52,6 +52,12 @@ def find_images(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
                 found += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
         else:
             raise UserError(f"{item}: no such file or folder; name X-ray files or folders that exist")
+    for p in found:  # predictions.csv is UTF-8: a name it cannot hold is refused before any work
+        try:
+            str(p).encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(f"{os.fsencode(p)!r}: file name is not valid UTF-8 and cannot be listed in "
+                            "predictions.csv; rename the file") from None
     not_image = "not an image suffix (" + ", ".join(sorted(IMAGE_SUFFIXES)) + ")"
     return [(p, "" if p.suffix.lower() in IMAGE_SUFFIXES else not_image) for p in found]
 

@@ -147,7 +147,7 @@ class Trainer:
         if resume is not None:
             path = resolve_run_file(resume, out, "classifier", ("last.pt",))
             ckpt = load_checkpoint(path)
-            if not isinstance(ckpt, dict) or "optimizer" not in ckpt:
+            if not isinstance(ckpt, dict) or "optimizer" not in ckpt or "classes" not in ckpt:
                 raise UserError(f"{path}: not a classifier training checkpoint; give a classifier run folder")
             refuse_other_layout(path, ckpt.get("layout", 0), RESUME_LAYOUT, "classify-train")
             cfg = resumed_config(ClassifierConfig, ckpt, path)  # not config.yaml, which a hand may have edited

@@ -80,7 +80,7 @@ def train_lungseg(cfg: LungsegConfig | None, data: str | Path | None, out: str |
     if resume is not None:
         ckpt_path = checkpoint_file(resume, out)
         ckpt = load_checkpoint(ckpt_path)
-        if not isinstance(ckpt, dict) or "optimizer" not in ckpt:
+        if not isinstance(ckpt, dict) or "optimizer" not in ckpt or "input" not in ckpt:
             raise UserError(f"{ckpt_path}: not a lungseg-train checkpoint; give a run folder of lungseg-train")
         refuse_other_layout(ckpt_path, ckpt.get("layout", 0), RESUME_LAYOUT, "lungseg-train")
         cfg, seed, run_dir = resumed_config(LungsegConfig, ckpt, ckpt_path), ckpt["seed"], ckpt_path.parent

@@ -228,7 +228,7 @@ def test_gan_checkpoint_naming_a_class_outside_the_folder_is_refused(tmp_path, d
     values = config_to_dict(cfg)  # a hand-edited checkpoint: domain B is '../evil'
     values["data"]["classes"] = ["../evil", "normal"]
     values["train"]["domain_b"] = "../evil"
-    save_checkpoint({"config": values, "model": {}, "step": 1}, tmp_path / "gan" / "checkpoint.pt")
+    save_checkpoint({"config": values, "model": {"generators": {}}, "step": 1}, tmp_path / "gan" / "checkpoint.pt")
     with pytest.raises(UserError, match="not a plain folder name"):
         synthesize(2, data, tmp_path, checkpoint=tmp_path / "gan", dest=tmp_path / "syn", device="cpu")
     assert not (tmp_path / "syn").exists() and not (tmp_path / "evil").exists()
@@ -573,3 +573,82 @@ def test_a_run_that_failed_before_its_checkpoint_is_not_the_latest_run(tmp_path,
     r = CliRunner().invoke(cli, ["predict", str(data / "covid"), "--out", str(out), "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert (run / "predictions" / "covid" / "predictions.csv").is_file()
+
+
+# ---------------------------------------------------------------- one line, not a traceback
+@pytest.fixture(scope="module")
+def clf_run(tmp_path_factory, data):
+    tmp = tmp_path_factory.mktemp("clf")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    run = train(tiny_classifier_config(tmp), data, tmp / "runs", device="cpu", quiet=True)
+    torch.set_num_threads(threads)
+    return run
+
+
+def one_line_error(r, *needles: str) -> None:
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), r.stderr
+    for needle in needles:
+        assert needle in r.stderr, r.stderr
+
+
+def test_a_checkpoint_of_another_kind_is_one_line_naming_it(tmp_path, data, clf_run, gan_run, lung_run):
+    seg = lung_run.run_dir / "checkpoint.pt"
+    gan = gan_run / "checkpoint.pt"
+    common = ["--device", "cpu", "--out", str(tmp_path)]
+    for args in (["predict", "--checkpoint", str(seg), str(data / "covid")],
+                 ["cam", "--checkpoint", str(seg), str(data / "covid" / "covid_00000.png")],
+                 ["evaluate", "--checkpoint", str(seg), "--data", str(data)],
+                 ["compare", str(seg), str(clf_run), "--data", str(data)],
+                 ["classify-train", "--resume", str(seg), "--data", str(data)]):
+        one_line_error(CliRunner().invoke(cli, [*args, *common]), str(seg), "lung segmenter", "classify-train run")
+    one_line_error(CliRunner().invoke(cli, ["predict", "--checkpoint", str(gan), str(data), *common]), "CycleGAN")
+    for ckpt, what in ((clf_run / "best.pt", "a classifier checkpoint"), (seg, "a lung segmenter checkpoint")):
+        for command in ("synthesize", "gan-eval"):
+            r = CliRunner().invoke(cli, [command, "--checkpoint", str(ckpt), "--data", str(data), *common])
+            one_line_error(r, str(ckpt), what, "gan-train")
+    one_line_error(CliRunner().invoke(cli, ["lungseg-train", "--resume", str(clf_run / "last.pt"), "--data",
+                                            str(data), *common]), "not a lungseg-train checkpoint")
+
+
+@pytest.mark.parametrize("value", ["train.lr=[1", "train.lr={a: b", "train.lr='x", "train.lr=@x", "train.lr=a: b: c"])
+def test_a_set_value_that_is_not_yaml_is_one_line(tmp_path, data, value):
+    r = CliRunner().invoke(cli, ["gan-train", "--data", str(data), "--out", str(tmp_path), "--device", "cpu",
+                                 f"--set={value}"])
+    one_line_error(r, "--set", "not valid YAML")
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / "run" / "last.pt"
+    save_checkpoint({"step": 1}, path)
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"PK partial")  # torch's writer reports a full disk as a RuntimeError, not an OSError
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(UserError, match=r"last\.pt: could not write checkpoint \(\[enforce fail.*free disk space") as e:
+        save_checkpoint({"step": 2}, path)
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"] and load_checkpoint(path)["step"] == 1
+
+
+def test_cam_and_predict_on_a_file_name_that_is_not_utf8(tmp_path, data, clf_run):
+    odd = tmp_path / os.fsdecode(b"caf\xe9.png")
+    odd.write_bytes((data / "covid" / "covid_00000.png").read_bytes())
+    r = CliRunner().invoke(cli, ["cam", "--checkpoint", str(clf_run), str(odd), "--device", "cpu"])
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    [overlay] = (clf_run / "cam" / "gradcampp").glob("caf_*.png")
+    assert overlay.name.isascii()
+    dest = tmp_path / "pred"
+    r = CliRunner().invoke(cli, ["predict", "--checkpoint", str(clf_run), "--cam", str(odd), "--dest", str(dest),
+                                 "--device", "cpu"])
+    one_line_error(r, r"b'", r"caf\xe9.png", "not valid UTF-8", "rename the file")
+    assert not dest.exists()
+    damaged = tmp_path / os.fsdecode(b"bad\xe9.png")
+    damaged.write_bytes(b"not a picture")
+    r = CliRunner().invoke(cli, ["cam", "--checkpoint", str(clf_run), str(damaged), "--device", "cpu"])
+    one_line_error(r, "cannot read this image")
