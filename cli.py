@@ -497,8 +497,11 @@ def experiment_config(cfg) -> dict:
     """A config as an ablation records it: everything but where the image cache lives, and the lung settings
     only when used (experiments recorded before they existed still resume)."""
     from augment.config import config_to_dict
+    from augment.imageio import MAX_PIXELS
     values = config_to_dict(cfg)
     values["data"].pop("cache_dir")
+    if cfg.data.max_pixels == MAX_PIXELS:  # experiments recorded before the limit existed still resume
+        values["data"].pop("max_pixels")
     if not cfg.data.uses_lungs:
         for key in ("lung_crop", "lung_crop_margin", "lung_mask", "lungseg_run"):
             values["data"].pop(key)

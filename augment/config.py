@@ -29,6 +29,9 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: typing.
     if path is not None:
         path = Path(path)
         try:
+            if path.stat().st_size > MAX_CONFIG_BYTES:
+                raise UserError(f"{path}: {path.stat().st_size} bytes is too large for a config file (at most "
+                                f"{MAX_CONFIG_BYTES}); a config overrides a few keys")
             data = yaml.safe_load(path.read_text())
         except OSError as e:
             raise UserError(f"{path}: cannot read config file ({e.strerror})") from e
@@ -38,17 +41,19 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: typing.
             raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
         if data is not None and not isinstance(data, dict):
             raise UserError(f"{path}: a config file must be a mapping of keys to values")
+        bounded(data, path)
         cfg = _merge(cfg, data or {}, "")
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise UserError(f"--set {item!r}: expected key=value, e.g. --set train.lr=1e-4")
+            raise UserError(f"--set {short(item)}: expected key=value, e.g. --set train.lr=1e-4")
         try:
             value = raw if _field_type(cfg, key) is str else yaml.safe_load(raw)  # text stays as typed
         except yaml.YAMLError as e:
             reason = " ".join(str(e).split())[:120]
             raise UserError(f"--set {short(item)}: the value is not valid YAML ({reason}); quote text, "
                             "write lists as [a, b]") from e
+        bounded(value, f"--set {short(item)}")
         nested: Any = value
         for part in reversed(key.split(".")):
             nested = {part: nested}
@@ -57,12 +62,35 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: typing.
     return cfg
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config file overrides a few dozen keys
+MAX_CONFIG_VALUES = 10_000  # values in a config once YAML aliases are expanded
+
+
+def bounded(data: Any, source: str | Path, limit: int = MAX_CONFIG_VALUES) -> None:
+    """A one-line :class:`UserError` when ``data`` holds more than ``limit`` values once the aliases of its YAML
+    (which share one object, ``&a [*b, *b, ...]``) are expanded: such a document (a "billion laughs") is tiny as
+    text and endless as values. Counts at most ``limit + 1`` values, whatever the document."""
+    count, stack = 0, [data]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > limit:
+            raise UserError(f"{source}: more than {limit} values once YAML aliases are expanded; a config is a small "
+                            "mapping of keys to values, remove the anchors (&) and aliases (*)")
+        if isinstance(item, dict):
+            stack += item.keys()
+            stack += item.values()
+        elif isinstance(item, (list, tuple)):
+            stack += item
+
+
 def config_from_dict(cls: type[C], values: dict, source: str | Path) -> C:
     """A config of ``cls`` from the plain dict a checkpoint stores (``source``, named in errors), checked as a
     YAML file is."""
     if not isinstance(values, dict):
         raise UserError(f"{source}: holds no config of this toolkit")
     try:
+        bounded(values, source)
         cfg = _merge(cls(), values, "")
         check_config(cfg)
     except UserError as e:
@@ -169,7 +197,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         if value in args:
             return value
-        raise UserError(f"config key '{key}': {value!r} is not one of {', '.join(map(str, args))}")
+        raise UserError(f"config key '{key}': {short(value)} is not one of {', '.join(map(str, args))}")
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -184,7 +212,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise UserError(errors[0])
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"config key '{key}' must be a list, e.g. [{', '.join(['…'] * max(len(args), 1))}], got {value!r}")
+            raise UserError(f"config key '{key}' must be a list, e.g. [{', '.join(['…'] * max(len(args), 1))}], "
+                            f"got {short(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], key) for v in value)
         if len(value) != len(args):
@@ -207,11 +236,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
         if number is not None:
             if not math.isfinite(number):  # .inf and .nan pass every range check written as a comparison
-                raise UserError(f"config key '{key}' must be a finite number, got {value!r}")
+                raise UserError(f"config key '{key}' must be a finite number, got {short(value)}")
             return number
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
     else:
         return value
-    raise UserError(f"config key '{key}' must be {tp.__name__}, got {value!r}")
+    raise UserError(f"config key '{key}' must be {getattr(tp, '__name__', tp)}, got {short(value)}")

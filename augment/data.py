@@ -22,7 +22,7 @@ from PIL import Image
 
 from .errors import UserError
 from .groups import check_pattern, near_duplicate_pairs, pattern_groups, union_find
-from .imageio import IMAGE_SUFFIXES, UnreadableImage, file_kind, read_xray
+from .imageio import IMAGE_SUFFIXES, MAX_PIXELS, UnreadableImage, file_kind, read_xray
 from .lungmask import MIN_LUNG_FRACTION, LungMasker, crop_and_mask
 from .runtime import remove_stale_temporaries, write_text_atomic
 
@@ -50,6 +50,7 @@ class DataConfig:
     lung_crop_margin: float = 0.1  # added to the box on every side, as a share of its side
     lung_mask: Literal["none", "keep-lungs", "hide-lungs"] = "none"  # after cropping: black out all but the lungs, or them
     lungseg_run: str = ""  # lungseg-train run folder or checkpoint whose masks lung_crop and lung_mask use
+    max_pixels: int = MAX_PIXELS  # an image of more pixels (from its header) is skipped, not decoded
 
     @property
     def uses_lungs(self) -> bool:
@@ -70,6 +71,8 @@ class DataConfig:
     def check(self):
         if self.size < 8:
             raise ValueError(f"data.size must be at least 8, got {self.size}")
+        if self.max_pixels < 1:
+            raise ValueError(f"data.max_pixels must be at least 1, got {self.max_pixels}")
         if len(set(self.classes)) != len(self.classes) or not self.classes:
             raise ValueError(f"data.classes must be distinct names, got {list(self.classes)}")
         for c in self.classes:  # class names become folder and file names of outputs
@@ -290,10 +293,10 @@ def to_square(x: np.ndarray, size: int, resize: str) -> np.ndarray:
     return out
 
 
-def decode_to_square(path: Path, size: int, resize: str = "crop") -> np.ndarray:
+def decode_to_square(path: Path, size: int, resize: str = "crop", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """``uint8 (size, size)`` of an image file: shorter side to ``size`` and centre crop, or longer side and
-    pad (:func:`to_square`)."""
-    return to_square(read_xray(path, max_side=size), size, resize)
+    pad (:func:`to_square`); an image of more than ``max_pixels`` is not decoded (:func:`read_xray`)."""
+    return to_square(read_xray(path, max_side=size, max_pixels=max_pixels), size, resize)
 
 
 def batches_ahead(items: Sequence[T], work: Callable[[T], R], batch_size: int, workers: int,
@@ -359,6 +362,8 @@ def warn_lungs_not_found(paths: Sequence[str], total: int, cfg: DataConfig) -> N
 
 def _cache_key(root: Path, records: list[Record], cfg: DataConfig, lung_masker: LungMasker | None = None) -> str:
     h = hashlib.sha256(f"v{CACHE_VERSION}|{cfg.size}|{cfg.resize}".encode())
+    if cfg.max_pixels != MAX_PIXELS:  # another limit reads other images (the default keeps earlier caches)
+        h.update(f"|max_pixels{cfg.max_pixels}".encode())
     if cfg.uses_lungs:  # another segmenter (its identity) or setting gives other images
         h.update(f"|lungs|{cfg.lung_crop}|{cfg.lung_crop_margin}|{cfg.lung_mask}|{lung_masker.identity}"
                  f"|{LUNG_CROP_DETAIL}|{MIN_LUNG_FRACTION}".encode())
@@ -379,7 +384,8 @@ def _build_cache(root: Path, records: list[Record], cfg: DataConfig, npy: Path, 
 
     def work(r: Record):
         try:
-            return decode_to_square(root / r.path, cfg.decode_size, cfg.resize), file_sha256(root / r.path)
+            return (decode_to_square(root / r.path, cfg.decode_size, cfg.resize, cfg.max_pixels),
+                    file_sha256(root / r.path))
         except (UnreadableImage, OSError) as e:
             return None, str(e)
 

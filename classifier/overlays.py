@@ -9,7 +9,7 @@ import torch
 
 from augment.data import decode_to_square, lung_view, warn_lungs_not_found
 from augment.errors import UserError
-from augment.imageio import UnreadableImage
+from augment.imageio import MAX_PIXELS, UnreadableImage
 from augment.lungmask import LungMasker
 from augment.outputs import display_name, output_path, safe_name
 
@@ -48,14 +48,14 @@ def write_overlays(model: Classifier, images_u8: torch.Tensor, names: list[str],
     return written, {"average_drop_pct": drops / max(n, 1), "increase_in_confidence_pct": increases / max(n, 1)}
 
 
-def read_images(paths: list[str | Path], size: int, resize: str = "crop") -> torch.Tensor:
+def read_images(paths: list[str | Path], size: int, resize: str = "crop", max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """uint8 ``(N, 1, size, size)`` of image files (any format the data stage reads)."""
     if not paths:
         raise UserError("no images given; name one or more X-ray files, e.g. python cli.py cam runs/demo-data/covid/covid_00000.png")
     out = []
     for p in paths:
         try:
-            out.append(decode_to_square(Path(p), size, resize))
+            out.append(decode_to_square(Path(p), size, resize, max_pixels))
         except (UnreadableImage, OSError) as e:
             raise UserError(f"{p}: cannot read this image ({e}); give PNG, JPEG, TIFF or DICOM files") from e
     return torch.from_numpy(np.stack(out)).unsqueeze(1)
@@ -73,7 +73,7 @@ def explain_files(paths: list[str | Path], checkpoint: str | Path | None = None,
     ckpt_path = resolve_run_file(checkpoint, out, "classifier", CHECKPOINTS)
     model, ckpt = load_classifier(ckpt_path, dev)
     data = data_config(ckpt)
-    images, faint = lung_view(read_images(list(paths), data.decode_size, data.resize), data,
+    images, faint = lung_view(read_images(list(paths), data.decode_size, data.resize, data.max_pixels), data,
                               run_lung_masker(ckpt, ckpt_path, lung_masker))
     warn_lungs_not_found([str(p) for p, f in zip(paths, faint.tolist()) if f], len(paths), data)
     written, _ = write_overlays(model, images, [str(p) for p in paths], tuple(ckpt["classes"]), ckpt["input_size"],

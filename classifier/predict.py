@@ -21,7 +21,7 @@ import torch
 
 from augment.data import batches_ahead, decode_to_square, lung_view, warn_lungs_not_found, write_csv
 from augment.errors import UserError
-from augment.imageio import IMAGE_SUFFIXES, UnreadableImage
+from augment.imageio import IMAGE_SUFFIXES, MAX_PIXELS, UnreadableImage
 from augment.lungmask import LungMasker
 from augment.outputs import safe_name
 from augment.runtime import pick_device, resolve_run_file
@@ -63,7 +63,7 @@ def find_images(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
 
 
 def decoded_batches(files: list[tuple[Path, str]], size: int, resize: str, batch_size: int,
-                    workers: int) -> Iterator[list[np.ndarray | str]]:
+                    workers: int, max_pixels: int = MAX_PIXELS) -> Iterator[list[np.ndarray | str]]:
     """Batches of ``batch_size`` files in order, each file a ``uint8 (size, size)`` array or the reason
     it could not be read, decoded by ``workers`` threads a few batches ahead (:func:`augment.data.batches_ahead`)."""
     def decode(file: tuple[Path, str]) -> np.ndarray | str:
@@ -71,7 +71,7 @@ def decoded_batches(files: list[tuple[Path, str]], size: int, resize: str, batch
         if reason:
             return reason
         try:
-            return decode_to_square(path, size, resize)
+            return decode_to_square(path, size, resize, max_pixels)
         except (UnreadableImage, OSError) as e:
             return str(e) or type(e).__name__
 
@@ -144,7 +144,8 @@ def predict_files(inputs: Sequence[str | Path], checkpoint: str | Path | None = 
 
     from tqdm import tqdm
     rows, unreadable, no_lungs = [], 0, []
-    batches = decoded_batches(files, data.decode_size, data.resize, batch_size, workers or min(4, os.cpu_count() or 1))
+    batches = decoded_batches(files, data.decode_size, data.resize, batch_size, workers or min(4, os.cpu_count() or 1),
+                              data.max_pixels)
     with tqdm(total=len(files), desc="predicting", unit="img", disable=quiet, file=sys.stderr) as bar:
         for batch in batches:
             start = len(rows)

@@ -652,3 +652,63 @@ def test_cam_and_predict_on_a_file_name_that_is_not_utf8(tmp_path, data, clf_run
     damaged.write_bytes(b"not a picture")
     r = CliRunner().invoke(cli, ["cam", "--checkpoint", str(clf_run), str(damaged), "--device", "cpu"])
     one_line_error(r, "cannot read this image")
+
+
+# ---------------------------------------------------------------- oversized inputs
+def alias_bomb(levels: int = 7) -> str:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return "\n".join(lines) + f"\ntrain:\n  lr: *a{levels - 1}\n"
+
+
+@pytest.mark.parametrize("where", ["file", "set", "key"])
+def test_a_yaml_alias_bomb_is_one_short_line(tmp_path, data, where):
+    config = tmp_path / "bomb.yaml"
+    config.write_text(alias_bomb() if where != "key" else alias_bomb().replace("train:\n  lr:", "data:\n  classes:"))
+    args = (["--config", str(config)] if where != "set" else
+            ["--set", "train.lr=[&a [x, x, x, x, x, x, x, x], &b [*a, *a, *a, *a, *a, *a, *a, *a], "
+                      "&c [*b, *b, *b, *b, *b, *b, *b, *b], &d [*c, *c, *c, *c, *c, *c, *c, *c], "
+                      "&e [*d, *d, *d, *d, *d, *d, *d, *d], [*e, *e, *e, *e, *e, *e, *e, *e]]"])
+    start = time.monotonic()
+    r = CliRunner().invoke(cli, ["gan-train", "--data", str(data), "--out", str(tmp_path / "runs"), "--device", "cpu",
+                                 *args])
+    one_line_error(r, "aliases")
+    assert len(r.stderr) < 600 and time.monotonic() - start < 20
+
+
+def test_values_echoed_in_config_errors_are_cut_short():
+    with pytest.raises(UserError) as e:
+        load_config(GanConfig, None, ["train.lr=[" + ", ".join(["abcdefghij" * 10] * 500) + "]"])
+    assert len(str(e.value)) < 300 and "\n" not in str(e.value)
+
+
+def huge_png(path: Path, width: int, height: int, rows: int = 2) -> Path:
+    """A gray PNG whose header says ``width`` × ``height`` with only ``rows`` rows of data: the header is all
+    a reader bounded by pixel count may look at."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    pixels = zlib.compress(b"".join(b"\x00" + bytes(width) for _ in range(rows)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return path
+
+
+def test_an_image_of_too_many_pixels_is_skipped_from_its_header(folder_data, cache_dir, monkeypatch):
+    huge_png(folder_data / "covid" / "huge.png", 20000, 19000)  # 380 M pixels, 380 MB to decode
+    big = save_gray(folder_data / "normal" / "big.png", 50, size=(1200, 1000))
+    decoded = []
+    real_load = Image.Image.load
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self.size) or real_load(self))
+    ds = load_dataset(folder_data, DataConfig(size=32, cache_dir=str(cache_dir)), quiet=True)
+    assert (20000, 19000) not in decoded  # refused before any pixel was read
+    assert ds.skipped == {os.path.join("covid", "huge.png"): "too many pixels (20000×19000 = 380 M, more than "
+                          "data.max_pixels = 100 M); raise data.max_pixels to read it"}
+    ds = load_dataset(folder_data, load_config(DataConfig, None, [f"max_pixels=1000000", f"cache_dir={cache_dir}",
+                                                                  "size=32"]), quiet=True)
+    assert len(ds) == 12 and "more than data.max_pixels = 1 M" in ds.skipped[os.path.join("normal", "big.png")]
+    assert big.exists()
