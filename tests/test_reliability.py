@@ -712,3 +712,26 @@ def test_an_image_of_too_many_pixels_is_skipped_from_its_header(folder_data, cac
                                                                   "size=32"]), quiet=True)
     assert len(ds) == 12 and "more than data.max_pixels = 1 M" in ds.skipped[os.path.join("normal", "big.png")]
     assert big.exists()
+
+
+# ---------------------------------------------------------------- a valid input refused
+@pytest.mark.parametrize("present,absent", [(("covid", "normal"), "pneumonia"), (("normal",), "covid, pneumonia")])
+def test_evaluate_on_an_external_set_of_some_classes(tmp_path, clf_run, present, absent):
+    import json
+    name = "-".join(present)
+    external = write_phantoms(tmp_path / name, 10 // len(present), size=32, seed=11, classes=present)
+    r = CliRunner().invoke(cli, ["evaluate", "--checkpoint", str(clf_run), "--data", str(external), "--device", "cpu",
+                                 "--config", str(ROOT / "configs" / "classify-train-demo.yaml")])
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    warned = [l for l in r.stderr.splitlines() if "no image of class" in l]
+    assert len(warned) == 1 and f"no image of class {absent} among the 10 evaluated" in warned[0]
+    out = clf_run / "eval" / f"{name}-all"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == 10 and m["absent_classes"] == absent.split(", ")
+    assert m["per_class"]["pneumonia"]["sensitivity"] is None and m["per_class"]["pneumonia"]["support"] == 0
+    assert m["per_class"]["normal"]["sensitivity"] is not None
+    assert (m["binary"]["auc"] is not None) == ("covid" in present)  # covid vs rest needs both
+    assert (m["macro"]["auc"] is not None) == (len(present) > 1)
+    assert len(m["confusion"]) == 3 and sum(map(sum, m["confusion"])) == 10
+    assert all((out / f"{name}.png").is_file() for name in ("roc", "pr", "confusion"))
+    assert f"No image of class {absent}" in (out / "report.md").read_text()
