@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import stat
 import sys
 from collections import Counter, defaultdict, deque
@@ -220,7 +221,7 @@ def _read_manifest(path: Path, classes: Sequence[str],
     cell that names a file under the manifest's folder (images and masks alike)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
+            rows = csv_rows(f)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{path}: cannot read manifest ({e}); it must be a UTF-8 CSV with columns path,label") from e
     if not rows or not {"path", "label"} <= set(rows[0]):
@@ -255,9 +256,43 @@ def _read_manifest(path: Path, classes: Sequence[str],
     return records, skipped
 
 
+FORMULA_START = re.compile(r"'*[=+\-@\t\r]")  # cells a spreadsheet would run as a formula (OWASP), behind any quotes
+
+
+def _would_run(value: str) -> bool:
+    """Whether a spreadsheet could take the cell ``value`` for a formula: it starts with ``=``, ``+``, ``-``, ``@``,
+    a tab or a carriage return (after any single quotes) and is not a plain number."""
+    if not FORMULA_START.match(value):
+        return False
+    try:
+        float(value)
+        return False
+    except ValueError:
+        return True
+
+
+def neutralise_cell(value: str) -> str:
+    """``value`` as :func:`write_csv` writes it: prefixed with a single quote when a spreadsheet could run it
+    (``=HYPERLINK(...)``, ``+cmd``, ``@SUM(...)``, ``-x.png``); :func:`restore_cell` gives it back exactly."""
+    return "'" + value if _would_run(value) else value
+
+
+def restore_cell(value):
+    """The cell as it was before :func:`neutralise_cell` (other values unchanged)."""
+    return value[1:] if isinstance(value, str) and value.startswith("'") and _would_run(value[1:]) else value
+
+
+def csv_rows(f) -> list[dict]:
+    """The rows of an open CSV file as dicts (:class:`csv.DictReader`), cells neutralised by :func:`write_csv`
+    restored: the toolkit's readers see what was written."""
+    return [{k: restore_cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
 def write_csv(path: str | Path, rows: list[dict], columns: Sequence[str]) -> None:
     """Write ``rows`` as a UTF-8 CSV through a temporary file and a rename. A failure is a one-line
-    :class:`UserError` naming the file, and leaves neither a partial nor a temporary file."""
+    :class:`UserError` naming the file, and leaves neither a partial nor a temporary file. Text cells a
+    spreadsheet would run as a formula are neutralised (:func:`neutralise_cell`; :func:`csv_rows` reads them
+    back unchanged)."""
     path = Path(path)
     for value in (v for row in rows for v in row.values() if isinstance(v, str)):
         try:
@@ -268,7 +303,7 @@ def write_csv(path: str | Path, rows: list[dict], columns: Sequence[str]) -> Non
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=list(columns), restval="")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: neutralise_cell(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows)
     write_text_atomic(path, text.getvalue())
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from augment.data import SPLITS, file_sha256, grouped_split, patient_id, square_box, to_square, warn
+from augment.data import SPLITS, csv_rows, file_sha256, grouped_split, patient_id, square_box, to_square, warn
 from augment.errors import UserError
 from augment.imageio import IMAGE_SUFFIXES, UnreadableImage, read_xray
 from augment.runtime import remove_stale_temporaries
@@ -124,7 +124,7 @@ def discover_pairs(data: str | Path) -> tuple[Path, list[Pair]]:
 def _read_manifest(path: Path) -> list[Pair]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
+            rows = csv_rows(f)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{path}: cannot read manifest ({e}); it must be a UTF-8 CSV with columns image,mask") from e
     header = set(rows[0]) if rows else set()

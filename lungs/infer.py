@@ -2,7 +2,6 @@
 and as files (:func:`segment_files`: binary mask PNGs at each image's own size and contour overlays)."""
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from PIL import Image
 from skimage.morphology import dilation, disk
 from skimage.segmentation import find_boundaries
 
-from augment.data import DataConfig, file_sha256, to_square, warn, write_csv
+from augment.data import DataConfig, csv_rows, file_sha256, to_square, warn, write_csv
 from augment.errors import UserError
 from augment.imageio import IMAGE_SUFFIXES, UnreadableImage, read_xray
 from augment.outputs import confined_outputs, output_path
@@ -142,7 +141,7 @@ def input_files(images: list[Path], data: Path | None) -> list[tuple[Path, str]]
 def _manifest_images(manifest: Path) -> tuple[Path, list[str]]:
     """The image column (``image`` or ``path``) of a manifest."""
     with open(manifest, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.DictReader(f))
+        rows = csv_rows(f)
     column = "image" if rows and "image" in rows[0] else "path"
     if not rows or column not in rows[0]:
         raise UserError(f"{manifest}: needs a column image or path listing the images to segment")

@@ -735,3 +735,51 @@ def test_evaluate_on_an_external_set_of_some_classes(tmp_path, clf_run, present,
     assert len(m["confusion"]) == 3 and sum(map(sum, m["confusion"])) == 10
     assert all((out / f"{name}.png").is_file() for name in ("roc", "pr", "confusion"))
     assert f"No image of class {absent}" in (out / "report.md").read_text()
+
+
+# ---------------------------------------------------------------- spreadsheet safety
+FORMULAS = ["=HYPERLINK(\"http://x\",\"y\").png", "+1+cmd.png", "-2+3.png", "@SUM(A1).png", "\t=x.png", "\r=x.png",
+            "'=x.png", "''+x.png", "'plain.png", "-0.5", "+3", "plain=.png", "1e-4"]
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_neutralised_and_read_back_unchanged(tmp_path):
+    import csv
+    from augment.data import csv_rows
+    path = tmp_path / "m.csv"
+    write_csv(path, [{"path": v, "label": "covid"} for v in FORMULAS], ["path", "label"])
+    with open(path, newline="", encoding="utf-8") as f:
+        raw = [row["path"] for row in csv.DictReader(f)]
+    numbers = {"-0.5", "+3", "1e-4"}  # a number is no formula: kept as it is
+    for cell in raw:  # what a spreadsheet opens: no other cell starts a formula
+        assert cell in numbers or not cell.startswith(("=", "+", "-", "@", "\t", "\r")), cell
+    assert numbers <= set(raw) and raw[FORMULAS.index("'plain.png")] == "'plain.png"
+    with open(path, newline="", encoding="utf-8") as f:
+        assert [row["path"] for row in csv_rows(f)] == FORMULAS
+
+
+def test_formula_names_round_trip_through_manifests_and_predictions(tmp_path, clf_run):
+    films = tmp_path / "films"
+    for name in ("=1+1.png", "-x.png", "@y.png"):
+        save_gray(films / name, 90, size=(32, 32))
+    manifest = films / "m.csv"
+    write_csv(manifest, [{"path": p.name, "label": "covid", "group_id": "=SUM(A1)"} for p in sorted(films.glob("*.png"))],
+              ["path", "label", "group_id"])
+    assert "\n'=1+1.png,covid,'=SUM(A1)" in manifest.read_text().replace("\r\n", "\n")
+    ds = load_dataset(manifest, DataConfig(size=32, cache_dir=str(tmp_path / "cache")), required=(), quiet=True)
+    assert sorted(ds.paths) == ["-x.png", "=1+1.png", "@y.png"] and set(ds.groups) == {"=SUM(A1)"} and not ds.skipped
+    r = CliRunner().invoke(cli, ["predict", "--checkpoint", str(clf_run), str(films), "--dest", str(tmp_path / "p"),
+                                 "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    import csv
+    with open(tmp_path / "p" / "predictions.csv", newline="", encoding="utf-8") as f:
+        cells = [row["path"] for row in csv.DictReader(f)]
+    assert len(cells) == 4 and all(c.startswith(str(films)) for c in cells)  # paths under a folder: no formula
+    os.chdir(films)  # names given as they are listed, relative: the cells start with =, - and @
+    try:
+        r = CliRunner().invoke(cli, ["predict", "--checkpoint", str(clf_run), "--dest", str(tmp_path / "q"),
+                                     "--device", "cpu", "--", "=1+1.png", "-x.png", "@y.png"])
+    finally:
+        os.chdir(ROOT)
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "q" / "predictions.csv").read_text()
+    assert "\n'=1+1.png," in text and "\n'-x.png," in text and "\n'@y.png," in text
