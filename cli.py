@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from augment.errors import UserError
+from augment.outputs import display_name
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 INTERRUPTED = 130  # exit status of a training stopped by Ctrl-C or SIGTERM (after saving), so chains stop
@@ -33,7 +34,7 @@ class Toolkit(click.Group):
                 traceback.print_exc()
             if isinstance(e, OSError) and e.filename:
                 e = f"{e.filename}: {e.strerror or e}; check the path, its permissions and the free disk space"
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {display_name(e)}", err=True)  # a file name that is not UTF-8 prints too
             sys.exit(2)
 
 
@@ -519,8 +520,11 @@ def experiment_config(cfg) -> dict:
     """A config as an ablation records it: everything but where the image cache lives, and the lung settings
     only when used (experiments recorded before they existed still resume)."""
     from augment.config import config_to_dict
+    from augment.imageio import MAX_PIXELS
     values = config_to_dict(cfg)
     values["data"].pop("cache_dir")
+    if cfg.data.max_pixels == MAX_PIXELS:  # experiments recorded before the limit existed still resume
+        values["data"].pop("max_pixels")
     if not cfg.data.uses_lungs:
         for key in ("lung_crop", "lung_crop_margin", "lung_mask", "lungseg_run"):
             values["data"].pop(key)

@@ -18,7 +18,6 @@ The model packages are not imported here: the caller passes the stages as callab
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections import Counter
@@ -29,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from .balance import COLUMNS, Policy, balance
-from .data import DataConfig, load_dataset, write_csv
+from .data import DataConfig, csv_rows, load_dataset, write_csv
 from .errors import UserError
 from .runtime import write_text_atomic
 
@@ -180,7 +179,7 @@ def write_real_manifest(data, cfg: DataConfig, dest: Path, minority: str, fracti
 def write_tstr_manifest(balanced: Path, dest: Path, minority: str) -> None:
     """The balanced manifest with the minority class's real training images removed."""
     with open(balanced, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f)
+        rows = [r for r in csv_rows(f)
                 if not (r["split"] == "train" and r["label"] == minority and r["origin"] == "real")]
     write_csv(dest, rows, COLUMNS)
 

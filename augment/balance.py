@@ -6,7 +6,6 @@ MANIFEST`` trains on it; classic augmentation still happens on the GPU in the tr
 """
 from __future__ import annotations
 
-import csv
 import re
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -16,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data import DataConfig, XrayDataset, discover, load_dataset, warn, write_csv
+from .data import DataConfig, XrayDataset, csv_rows, discover, load_dataset, warn, write_csv
 from .errors import UserError
 
 COLUMNS = ["path", "label", "split", "group_id", "source", "origin", "source_image", "checkpoint_sha256"]
@@ -124,5 +123,5 @@ def _manifest_rows(path: Path) -> dict[str, dict]:
     if not path.exists():
         return {}
     with open(path, newline="", encoding="utf-8") as f:
-        return {row["path"]: row for row in csv.DictReader(f)}
+        return {row["path"]: row for row in csv_rows(f)}
 

@@ -9,6 +9,8 @@ Every mistake becomes a one-line :class:`UserError` that lists the valid choices
 from __future__ import annotations
 
 import dataclasses
+import math
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -27,6 +29,9 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: typing.
     if path is not None:
         path = Path(path)
         try:
+            if path.stat().st_size > MAX_CONFIG_BYTES:
+                raise UserError(f"{path}: {path.stat().st_size} bytes is too large for a config file (at most "
+                                f"{MAX_CONFIG_BYTES}); a config overrides a few keys")
             data = yaml.safe_load(path.read_text())
         except OSError as e:
             raise UserError(f"{path}: cannot read config file ({e.strerror})") from e
@@ -36,18 +41,98 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: typing.
             raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
         if data is not None and not isinstance(data, dict):
             raise UserError(f"{path}: a config file must be a mapping of keys to values")
+        bounded(data, path)
         cfg = _merge(cfg, data or {}, "")
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise UserError(f"--set {item!r}: expected key=value, e.g. --set train.lr=1e-4")
-        value = raw if _field_type(cfg, key) is str else yaml.safe_load(raw)  # text stays as typed
+            raise UserError(f"--set {short(item)}: expected key=value, e.g. --set train.lr=1e-4")
+        try:
+            value = raw if _field_type(cfg, key) is str else yaml.safe_load(raw)  # text stays as typed
+        except yaml.YAMLError as e:
+            reason = " ".join(str(e).split())[:120]
+            raise UserError(f"--set {short(item)}: the value is not valid YAML ({reason}); quote text, "
+                            "write lists as [a, b]") from e
+        bounded(value, f"--set {short(item)}")
         nested: Any = value
         for part in reversed(key.split(".")):
             nested = {part: nested}
         cfg = _merge(cfg, nested, "")
     check_config(cfg)
     return cfg
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config file overrides a few dozen keys
+MAX_CONFIG_VALUES = 10_000  # values in a config once YAML aliases are expanded
+
+
+def bounded(data: Any, source: str | Path, limit: int = MAX_CONFIG_VALUES) -> None:
+    """A one-line :class:`UserError` when ``data`` holds more than ``limit`` values once the aliases of its YAML
+    (which share one object, ``&a [*b, *b, ...]``) are expanded: such a document (a "billion laughs") is tiny as
+    text and endless as values. Counts at most ``limit + 1`` values, whatever the document."""
+    count, stack = 0, [data]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > limit:
+            raise UserError(f"{source}: more than {limit} values once YAML aliases are expanded; a config is a small "
+                            "mapping of keys to values, remove the anchors (&) and aliases (*)")
+        if isinstance(item, dict):
+            stack += item.keys()
+            stack += item.values()
+        elif isinstance(item, (list, tuple)):
+            stack += item
+
+
+def config_from_dict(cls: type[C], values: dict, source: str | Path) -> C:
+    """A config of ``cls`` from the plain dict a checkpoint stores (``source``, named in errors), checked as a
+    YAML file is."""
+    if not isinstance(values, dict):
+        raise UserError(f"{source}: holds no config of this toolkit")
+    try:
+        bounded(values, source)
+        cfg = _merge(cls(), values, "")
+        check_config(cfg)
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from e
+    return cfg
+
+
+def edited_keys(cfg: Any, path: str | Path, show: int = 3) -> str:
+    """What the YAML file ``path`` (a run's ``config.yaml``) says otherwise than ``cfg``, as
+    ``key: file value, not stored value`` items ('' when they agree or there is no such file)."""
+    path = Path(path)
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        return ""
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return "it is no longer readable YAML"
+    if not isinstance(saved, dict):
+        return "it is no longer a mapping"
+    stored, found = _flat(config_to_dict(cfg)), _flat(saved)
+    missing = object()
+    diffs = [f"{k}: {short(found.get(k, missing)) if k in found else 'absent'}, not {short(stored[k]) if k in stored else 'absent'}"
+             for k in sorted(stored.keys() | found.keys()) if found.get(k, missing) != stored.get(k, missing)]
+    return "; ".join(diffs[:show]) + (f"; and {len(diffs) - show} more" if len(diffs) > show else "")
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error message echoes a value, never a whole document."""
+    brief = reprlib.Repr()
+    brief.maxlevel, brief.maxlist, brief.maxdict, brief.maxstring, brief.maxother = 3, 6, 6, limit, limit
+    text = brief.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def check_config(cfg: Any, prefix: str = "") -> None:
@@ -112,7 +197,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         if value in args:
             return value
-        raise UserError(f"config key '{key}': {value!r} is not one of {', '.join(map(str, args))}")
+        raise UserError(f"config key '{key}': {short(value)} is not one of {', '.join(map(str, args))}")
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -127,7 +212,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise UserError(errors[0])
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"config key '{key}' must be a list, e.g. [{', '.join(['…'] * max(len(args), 1))}], got {value!r}")
+            raise UserError(f"config key '{key}' must be a list, e.g. [{', '.join(['…'] * max(len(args), 1))}], "
+                            f"got {short(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], key) for v in value)
         if len(value) != len(args):
@@ -140,16 +226,21 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as text
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as text
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):  # .inf and .nan pass every range check written as a comparison
+                raise UserError(f"config key '{key}' must be a finite number, got {short(value)}")
+            return number
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
     else:
         return value
-    raise UserError(f"config key '{key}' must be {tp.__name__}, got {value!r}")
+    raise UserError(f"config key '{key}' must be {getattr(tp, '__name__', tp)}, got {short(value)}")

@@ -8,6 +8,8 @@ import hashlib
 import io
 import json
 import os
+import re
+import stat
 import sys
 from collections import Counter, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -21,9 +23,9 @@ from PIL import Image
 
 from .errors import UserError
 from .groups import check_pattern, near_duplicate_pairs, pattern_groups, union_find
-from .imageio import IMAGE_SUFFIXES, UnreadableImage, read_xray
+from .imageio import IMAGE_SUFFIXES, MAX_PIXELS, UnreadableImage, file_kind, read_xray
 from .lungmask import MIN_LUNG_FRACTION, LungMasker, crop_and_mask
-from .runtime import write_text_atomic
+from .runtime import remove_stale_temporaries, write_text_atomic
 
 T, R = TypeVar("T"), TypeVar("R")
 SPLITS = ("train", "val", "test")
@@ -49,6 +51,7 @@ class DataConfig:
     lung_crop_margin: float = 0.1  # added to the box on every side, as a share of its side
     lung_mask: Literal["none", "keep-lungs", "hide-lungs"] = "none"  # after cropping: black out all but the lungs, or them
     lungseg_run: str = ""  # lungseg-train run folder or checkpoint whose masks lung_crop and lung_mask use
+    max_pixels: int = MAX_PIXELS  # an image of more pixels (from its header) is skipped, not decoded
 
     @property
     def uses_lungs(self) -> bool:
@@ -69,6 +72,8 @@ class DataConfig:
     def check(self):
         if self.size < 8:
             raise ValueError(f"data.size must be at least 8, got {self.size}")
+        if self.max_pixels < 1:
+            raise ValueError(f"data.max_pixels must be at least 1, got {self.max_pixels}")
         if len(set(self.classes)) != len(self.classes) or not self.classes:
             raise ValueError(f"data.classes must be distinct names, got {list(self.classes)}")
         for c in self.classes:  # class names become folder and file names of outputs
@@ -102,6 +107,7 @@ class Record:
     split: str | None = None
     source: str = ""
     has_id: bool = False  # the manifest named the patient (group_id or patient_id)
+    missing_id: bool = False  # the manifest has a patient column but no id in this row (empty, nan, None, null)
 
 
 @dataclass
@@ -153,7 +159,12 @@ def discover(data: str | Path, classes: Sequence[str]) -> tuple[Path, list[Recor
     if data.is_file():
         return data.parent, *_read_manifest(data, classes)
     if (data / "manifest.csv").is_file():
-        return data, *_read_manifest(data / "manifest.csv", classes)
+        listed: set[str] = set()
+        records, skipped = _read_manifest(data / "manifest.csv", classes, listed)
+        for rel in _image_files(data):  # images beside the manifest that it does not list are counted, not ignored
+            if os.path.normpath(os.path.join(os.path.abspath(data), rel)) not in listed:
+                skipped[rel] = "not listed in manifest.csv (a folder holding manifest.csv is read through it)"
+        return data, records, skipped
     if not data.is_dir():
         raise UserError(f"{data}: no such folder or manifest; give --data a folder of class subfolders "
                         f"({', '.join(classes)}) or a manifest CSV")
@@ -166,44 +177,126 @@ def discover(data: str | Path, classes: Sequence[str]) -> tuple[Path, list[Recor
             dirnames.sort()
             for name in sorted(filenames):
                 rel = os.path.relpath(os.path.join(dirpath, name), data)
-                if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                kind = _not_regular(os.path.join(dirpath, name))
+                if kind:  # a FIFO would hang the reader: never opened
+                    skipped[rel] = f"not a regular file ({kind}); only image files are read"
+                elif Path(name).suffix.lower() in IMAGE_SUFFIXES:
                     records.append(Record(rel, sub.name, group=rel))
                 elif not name.startswith("."):
                     skipped[rel] = "not an image suffix (" + ", ".join(sorted(IMAGE_SUFFIXES)) + ")"
     return data, records, skipped
 
 
-def _read_manifest(path: Path, classes: Sequence[str]) -> tuple[list[Record], dict[str, str]]:
+def _not_regular(path: str) -> str:
+    """'' for a regular file (or a link to one), else what it is (:func:`augment.imageio.file_kind`)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return ""  # gone or unreadable: the reader says why
+    return "" if stat.S_ISREG(mode) else file_kind(mode)
+
+
+def _image_files(root: Path) -> Iterator[str]:
+    """Paths relative to ``root`` of the files with an image suffix under it (hidden files and folders left out)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                yield os.path.relpath(os.path.join(dirpath, name), root)
+
+
+MISSING_IDS = ("", "nan", "none", "null")  # what spreadsheets and pandas write for an empty cell
+
+
+def patient_id(row: dict) -> str:
+    """The patient of a manifest row: its ``group_id``, else its ``patient_id``; "" when neither holds one
+    (empty, ``nan``, ``NaN``, ``None`` or ``null`` are no id: such rows would otherwise share one patient)."""
+    for column in ("group_id", "patient_id"):
+        value = (row.get(column) or "").strip()
+        if value.lower() not in MISSING_IDS:
+            return value
+    return ""
+
+
+def _read_manifest(path: Path, classes: Sequence[str],
+                   listed: set[str] | None = None) -> tuple[list[Record], dict[str, str]]:
+    """Records and skipped rows of a manifest; a file listed twice under two spellings (``./a.png`` and
+    ``a.png``) is one image, its second row a skip. ``listed`` gets the normalised absolute path of every
+    cell that names a file under the manifest's folder (images and masks alike)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
+            rows = csv_rows(f)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{path}: cannot read manifest ({e}); it must be a UTF-8 CSV with columns path,label") from e
     if not rows or not {"path", "label"} <= set(rows[0]):
         raise UserError(f"{path}: a manifest needs a header with columns path,label "
                         "(optional: group_id or patient_id, split, source)")
-    records, skipped, seen = [], {}, set()
+    records, skipped, seen, records_by_file = [], {}, {}, {}
+    root = os.path.abspath(path.parent)
+    has_ids = bool({"group_id", "patient_id"} & set(rows[0]))
     for i, row in enumerate(rows, start=2):
         p, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
         split = (row.get("split") or "").strip() or None
+        if listed is not None:
+            listed.update(os.path.normpath(os.path.join(root, v.strip())) for v in row.values()
+                          if isinstance(v, str) and v.strip())
+        file = os.path.realpath(os.path.join(root, p)) if p else ""  # one file, however its path is spelled
         if not p:
             skipped[f"{path.name}:line {i}"] = "empty path"
-        elif p in seen:
-            skipped[f"{p} (line {i})"] = "repeated in the manifest; the first row is kept"
+        elif file in seen:
+            skipped[f"{p} (line {i})"] = (f"repeated in the manifest (line {seen[file]}"
+                                          + (f", as {records_by_file[file]}" if records_by_file[file] != p else "")
+                                          + "); the first row is kept")
         elif label not in classes:
             skipped[p] = f"unknown label {label!r}; valid labels: {', '.join(classes)}"
         elif split is not None and split not in SPLITS:
             skipped[p] = f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}"
         else:
-            seen.add(p)
-            group = (row.get("group_id") or row.get("patient_id") or "").strip()
-            records.append(Record(p, label, group or p, split, (row.get("source") or "").strip(), bool(group)))
+            seen[file] = i
+            records_by_file[file] = p
+            group = patient_id(row)
+            records.append(Record(p, label, group or p, split, (row.get("source") or "").strip(), bool(group),
+                                  missing_id=has_ids and not group))
     return records, skipped
+
+
+FORMULA_START = re.compile(r"'*[=+\-@\t\r]")  # cells a spreadsheet would run as a formula (OWASP), behind any quotes
+
+
+def _would_run(value: str) -> bool:
+    """Whether a spreadsheet could take the cell ``value`` for a formula: it starts with ``=``, ``+``, ``-``, ``@``,
+    a tab or a carriage return (after any single quotes) and is not a plain number."""
+    if not FORMULA_START.match(value):
+        return False
+    try:
+        float(value)
+        return False
+    except ValueError:
+        return True
+
+
+def neutralise_cell(value: str) -> str:
+    """``value`` as :func:`write_csv` writes it: prefixed with a single quote when a spreadsheet could run it
+    (``=HYPERLINK(...)``, ``+cmd``, ``@SUM(...)``, ``-x.png``); :func:`restore_cell` gives it back exactly."""
+    return "'" + value if _would_run(value) else value
+
+
+def restore_cell(value):
+    """The cell as it was before :func:`neutralise_cell` (other values unchanged)."""
+    return value[1:] if isinstance(value, str) and value.startswith("'") and _would_run(value[1:]) else value
+
+
+def csv_rows(f) -> list[dict]:
+    """The rows of an open CSV file as dicts (:class:`csv.DictReader`), cells neutralised by :func:`write_csv`
+    restored: the toolkit's readers see what was written."""
+    return [{k: restore_cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def write_csv(path: str | Path, rows: list[dict], columns: Sequence[str]) -> None:
     """Write ``rows`` as a UTF-8 CSV through a temporary file and a rename. A failure is a one-line
-    :class:`UserError` naming the file, and leaves neither a partial nor a temporary file."""
+    :class:`UserError` naming the file, and leaves neither a partial nor a temporary file. Text cells a
+    spreadsheet would run as a formula are neutralised (:func:`neutralise_cell`; :func:`csv_rows` reads them
+    back unchanged)."""
     path = Path(path)
     for value in (v for row in rows for v in row.values() if isinstance(v, str)):
         try:
@@ -214,7 +307,7 @@ def write_csv(path: str | Path, rows: list[dict], columns: Sequence[str]) -> Non
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=list(columns), restval="")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: neutralise_cell(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows)
     write_text_atomic(path, text.getvalue())
 
 
@@ -239,10 +332,10 @@ def to_square(x: np.ndarray, size: int, resize: str) -> np.ndarray:
     return out
 
 
-def decode_to_square(path: Path, size: int, resize: str = "crop") -> np.ndarray:
+def decode_to_square(path: Path, size: int, resize: str = "crop", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """``uint8 (size, size)`` of an image file: shorter side to ``size`` and centre crop, or longer side and
-    pad (:func:`to_square`)."""
-    return to_square(read_xray(path, max_side=size), size, resize)
+    pad (:func:`to_square`); an image of more than ``max_pixels`` is not decoded (:func:`read_xray`)."""
+    return to_square(read_xray(path, max_side=size, max_pixels=max_pixels), size, resize)
 
 
 def batches_ahead(items: Sequence[T], work: Callable[[T], R], batch_size: int, workers: int,
@@ -308,6 +401,8 @@ def warn_lungs_not_found(paths: Sequence[str], total: int, cfg: DataConfig) -> N
 
 def _cache_key(root: Path, records: list[Record], cfg: DataConfig, lung_masker: LungMasker | None = None) -> str:
     h = hashlib.sha256(f"v{CACHE_VERSION}|{cfg.size}|{cfg.resize}".encode())
+    if cfg.max_pixels != MAX_PIXELS:  # another limit reads other images (the default keeps earlier caches)
+        h.update(f"|max_pixels{cfg.max_pixels}".encode())
     if cfg.uses_lungs:  # another segmenter (its identity) or setting gives other images
         h.update(f"|lungs|{cfg.lung_crop}|{cfg.lung_crop_margin}|{cfg.lung_mask}|{lung_masker.identity}"
                  f"|{LUNG_CROP_DETAIL}|{MIN_LUNG_FRACTION}".encode())
@@ -328,7 +423,8 @@ def _build_cache(root: Path, records: list[Record], cfg: DataConfig, npy: Path, 
 
     def work(r: Record):
         try:
-            return decode_to_square(root / r.path, cfg.decode_size, cfg.resize), file_sha256(root / r.path)
+            return (decode_to_square(root / r.path, cfg.decode_size, cfg.resize, cfg.max_pixels),
+                    file_sha256(root / r.path))
         except (UnreadableImage, OSError) as e:
             return None, str(e)
 
@@ -387,6 +483,7 @@ def load_dataset(data: str | Path, cfg: DataConfig, split: str | None = None,
             cache.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"{cache}: cannot create the image cache ({e.strerror}); set data.cache_dir") from e
+        remove_stale_temporaries(cache)  # of builds that were killed
         if not quiet:
             print(f"decoding {len(records)} images from {data} into the cache {npy}"
                   + (f" ({cfg.lung_settings}, masks of {cfg.lungseg_run})" if cfg.uses_lungs else ""), file=sys.stderr)
@@ -398,6 +495,11 @@ def load_dataset(data: str | Path, cfg: DataConfig, split: str | None = None,
         warn_lungs_not_found(no_lungs, len(info["kept"]), cfg)
     records = [records[i] for i in info["kept"]]
     _report_skipped(skipped, data, quiet)
+    missing_ids = sum(r.missing_id for r in records)
+    if missing_ids and not quiet:
+        warn(f"{missing_ids} of {len(records)} manifest rows have no patient id (group_id/patient_id empty, nan, "
+             "None or null); each of those images is its own group (unless data.group_pattern or near-duplicates "
+             "join it)")
 
     counts = Counter(r.label for r in records)
     for c in required if required is not None else cfg.classes:
@@ -405,7 +507,7 @@ def load_dataset(data: str | Path, cfg: DataConfig, split: str | None = None,
             raise UserError(f"{data}: no readable image of class '{c}'; add images under {data}/{c}/ "
                             f"or rows labelled {c} to the manifest (run `python cli.py inspect --data {data}`)")
     images = torch.from_numpy(np.load(npy, mmap_mode="c")).unsqueeze(1)
-    grouping = group_records(records, images, cfg, quiet)
+    grouping = group_records(records, images, cfg, quiet) | ({"missing_ids": missing_ids} if missing_ids else {})
     if split is not None:
         splits = [split] * len(records)
     else:  # a manifest's splits are kept (a patient's other rows follow them); the rest are split here

@@ -8,6 +8,8 @@ by a percentile window.
 """
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -15,14 +17,16 @@ import numpy as np
 from PIL import Image, ImageOps
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"}
-Image.MAX_IMAGE_PIXELS = 400_000_000  # 20,000² radiographs are real; decoding is bounded below
+Image.MAX_IMAGE_PIXELS = 400_000_000  # Pillow's own refusal; data.max_pixels may let through up to this
+MAX_PIXELS = 100_000_000  # default limit of pixels per image (data.max_pixels), checked from the header:
+                          # 10,000² at most, several times a digital radiograph's 3,000 × 3,500
 
 
 class UnreadableImage(Exception):
     """The file is not an image this reader can decode; the message says why."""
 
 
-def read_xray(path: str | Path, max_side: int | None = None) -> np.ndarray:
+def read_xray(path: str | Path, max_side: int | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode ``path`` into a ``uint8 (H, W)`` array.
 
     Args:
@@ -30,16 +34,20 @@ def read_xray(path: str | Path, max_side: int | None = None) -> np.ndarray:
         max_side: when given, the image may come back reduced, its shorter side no smaller than
             this (fast and memory-light for huge files): JPEGs are decoded at a reduced scale,
             other formats are box-reduced right after decoding.
+        max_pixels: an image of more pixels (width × height, read from its header) is not decoded,
+            so memory per image stays bounded.
     Raises:
         UnreadableImage: with a short reason.
     """
     path = Path(path)
+    _require_regular_file(path)
     if path.suffix.lower() in (".dcm", ".dicom"):
-        return _read_dicom(path)
+        return _read_dicom(path, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's EXIF and decompression chatter
-            with Image.open(path) as im:
+            with Image.open(path) as im:  # reads the header only
+                _require_pixels(im.width, im.height, max_pixels)
                 if max_side and im.format == "JPEG":
                     im.draft("L", (max_side, max_side))
                 im = ImageOps.exif_transpose(im)
@@ -52,6 +60,36 @@ def read_xray(path: str | Path, max_side: int | None = None) -> np.ndarray:
         raise UnreadableImage("not an image file (unknown or empty content)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UnreadableImage(f"damaged or unsupported image ({str(e).splitlines()[0][:120]})") from None
+
+
+def _require_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise UnreadableImage(f"too many pixels ({width}×{height} = {width * height / 1e6:.0f} M, more than "
+                              f"data.max_pixels = {max_pixels / 1e6:g} M); raise data.max_pixels to read it")
+
+
+def _require_regular_file(path: Path) -> None:
+    """Only regular files (or links to them) are read: opening a FIFO would wait for a writer forever, a
+    device could be read without end."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UnreadableImage("file not found") from None
+    except PermissionError:
+        raise UnreadableImage("permission denied") from None
+    except OSError as e:
+        raise UnreadableImage(f"cannot be read ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        raise UnreadableImage(f"not a regular file ({file_kind(mode)}); only image files are read")
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file of ``st_mode`` ``mode`` is, in words."""
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "not a plain file"
 
 
 def _to_gray_u8(im: Image.Image, max_side: int | None = None) -> np.ndarray:
@@ -84,7 +122,7 @@ def window_to_u8(x: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndar
     return (np.clip((x - lo) / (hi - lo), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def _read_dicom(path: Path) -> np.ndarray:
+def _read_dicom(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """DICOM as a viewer shows it: first frame; modality LUT (sequence or rescale slope/intercept), then
     the first VOI LUT (sequence, or window LINEAR / LINEAR_EXACT / SIGMOID), stretched to 0-255 over the
     range it reaches; without a VOI, the percentile window. MONOCHROME1 inverted; colour to luminance."""
@@ -98,6 +136,7 @@ def _read_dicom(path: Path) -> np.ndarray:
         syntax = ds.file_meta.get("TransferSyntaxUID")
     except Exception as e:  # pydicom raises many types for damaged files
         raise UnreadableImage(f"damaged or unsupported DICOM ({_first_line(e)})") from None
+    _require_pixels(int(ds.get("Columns") or 0), int(ds.get("Rows") or 0), max_pixels)
     try:
         x = ds.pixel_array
     except Exception as e:

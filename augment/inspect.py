@@ -111,7 +111,9 @@ def format_report(r: dict) -> str:
                                                      ("near_duplicates", "near-duplicates"),
                                                      ("one_per_image", "one per image (no patient information)")))
                  + f" images; {g.get('near_duplicate_pairs', 0)} near-duplicate pair(s)"
-                 + (f"; {g['pattern_unmatched']} path(s) the pattern did not match" if g.get("pattern_unmatched") else ""))
+                 + (f"; {g['pattern_unmatched']} path(s) the pattern did not match" if g.get("pattern_unmatched") else "")
+                 + (f"; {g['missing_ids']} manifest row(s) without a patient id (empty, nan, None or null), each its "
+                    "own group" if g.get("missing_ids") else ""))
     if r["no_patient_information"]:
         lines.append("warning: the data carries no patient information (no group_id/patient_id, no data.group_pattern, "
                      "no near-duplicates found): every image is its own group, so films of one patient can land in "

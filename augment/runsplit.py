@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .data import XrayDataset, discover, warn, write_csv
+from .data import XrayDataset, csv_rows, discover, warn, write_csv
 from .errors import UserError
 from .runtime import recorded_data
 
@@ -44,7 +44,7 @@ def read_split(path: str | Path) -> list[dict] | None:
         return None
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+            rows = csv_rows(f)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{path}: cannot read ({e}); it is written by classify-train and gan-train, "
                         "restore it from the run") from e

@@ -10,6 +10,7 @@ import os
 import pickle
 import platform
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .config import save_config
+from .config import config_from_dict, edited_keys, load_config, save_config
 from .errors import UserError
 
 
@@ -84,9 +85,10 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch's own file writer reports a full disk as a RuntimeError
         tmp.unlink(missing_ok=True)
-        raise UserError(f"{path}: could not write checkpoint ({e.strerror or e}); free disk space or choose another --out") from e
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines() or [type(e).__name__])[0][:160]
+        raise UserError(f"{path}: could not write checkpoint ({reason}); free disk space or choose another --out") from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -149,6 +151,44 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
                         "output folder") from e
     finally:
         tmp.unlink(missing_ok=True)
+
+
+TEMPORARY = re.compile(r"\.(?:tmp|part)(\d+)(?:\.\w+)?$")  # how writes here name their temporary files
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Remove the temporary files (``*.tmp<pid>``, ``*.tmp<pid>.npy``, ``*.part<pid>.npy``, ...) that processes
+    no longer running left in ``folder`` (killed while writing); those of running processes stay. Returns the
+    files removed."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        found = TEMPORARY.search(path.name)
+        if found and not process_alive(int(found.group(1))) and path.is_file():
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:
+                pass  # another process removed it, or it is not ours to remove
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    except (OverflowError, ValueError):
+        return False  # no such pid can exist
+    return True
 
 
 # ---------------------------------------------------------------- losses
@@ -307,10 +347,12 @@ def new_run_dir(out: str | Path, kind: str) -> Path:
             n += 1
 
 
-def latest_run(out: str | Path, kind: str, marker: str = "run.json") -> Path | None:
-    """The newest run folder of ``kind`` under ``out`` that holds ``marker``, or None."""
+def latest_run(out: str | Path, kind: str, marker: str = "run.json", holding: tuple[str, ...] = ()) -> Path | None:
+    """The newest run folder of ``kind`` under ``out`` that holds ``marker`` and, when ``holding`` names files,
+    one of them (a checkpoint: a run that failed before writing one is not "the latest run"), or None."""
     base = Path(out) / kind
-    runs = [p for p in base.glob("*") if (p / marker).exists()] if base.is_dir() else []
+    runs = [p for p in base.glob("*") if (p / marker).exists()
+            and (not holding or any((p / name).is_file() for name in holding))] if base.is_dir() else []
     return max(runs, key=_run_order, default=None)
 
 
@@ -318,10 +360,10 @@ def resolve_run_file(checkpoint: str | Path | None, out: str | Path, kind: str, 
                      marker: str = "run.json") -> Path:
     """The file a command reads from a run: ``checkpoint`` itself when it is a file; the first of ``names``
     in it when it is a run folder; with None, that file of the latest run of ``kind`` under ``out`` that
-    holds ``marker``. Anything else is a one-line :class:`UserError` saying what to pass."""
+    holds ``marker`` and one of ``names``. Anything else is a one-line :class:`UserError` saying what to pass."""
     wanted = " or ".join(names)
     if checkpoint is None:
-        checkpoint = latest_run(out, kind, marker)
+        checkpoint = latest_run(out, kind, marker, holding=names)
         if checkpoint is None:
             command = {"gan": "gan-train", "classifier": "classify-train"}.get(kind, "the training command")
             raise UserError(f"{Path(out) / kind}: no {kind} run with {wanted} yet; run `python cli.py {command}` "
@@ -341,6 +383,25 @@ def _run_order(run: Path) -> tuple[list[str], int]:
     """``<date>-<time>-10`` is newer than ``<date>-<time>-9``."""
     parts = run.name.split("-")
     return parts[:2], int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 0
+
+
+def resumed_config(cls: type, ckpt: dict, path: Path):
+    """The config checkpoint ``path`` was saved with (its run's ``config.yaml`` when it stores none, as
+    checkpoints of earlier versions may), warning in one line when that file was edited since."""
+    if "config" not in ckpt:
+        return load_config(cls, path.parent / "config.yaml")
+    cfg = config_from_dict(cls, ckpt["config"], path)
+    warn_edited_config(cfg, path.parent / "config.yaml")
+    return cfg
+
+
+def warn_edited_config(cfg: Any, file: Path) -> None:
+    """One warning line naming what ``file`` (a run's ``config.yaml``) says otherwise than ``cfg``, the config
+    a resumed run goes on with."""
+    diff = edited_keys(cfg, file)
+    if diff:
+        print(f"warning: {file}: edited since the run started ({diff}); resuming with the config stored in "
+              "the checkpoint, as the run began", file=sys.stderr)
 
 
 def write_run_info(run_dir: str | Path, cfg: Any, seed: int, data_fingerprint: str = "", **extra) -> None:

@@ -13,14 +13,13 @@ from augment.runtime import load_checkpoint
 from .model import Classifier, create_model
 
 CHECKPOINTS = ("best.pt", "last.pt")  # what a run folder gives, in order of preference
+CLASSIFIER_KEYS = {"model", "model_args", "classes", "input_size", "config"}  # what every classifier checkpoint holds
 
 
 def load_classifier(path: Path, device: torch.device) -> tuple[Classifier, dict]:
     """The model of checkpoint ``path`` on ``device`` in eval mode, and the checkpoint's metadata
     (``classes``, ``input_size``, ``config`` ...)."""
-    ckpt = load_checkpoint(path)
-    if not isinstance(ckpt, dict) or "model_args" not in ckpt:
-        raise UserError(f"{path}: not a classifier checkpoint of this toolkit; give best.pt or last.pt of a classify-train run")
+    ckpt = require_classifier(load_checkpoint(path), path)
     model = create_model(pretrained="none", **ckpt["model_args"])
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
@@ -42,10 +41,18 @@ def data_config(ckpt: dict) -> DataConfig:
 def run_data_config(path: Path) -> DataConfig:
     """The data settings of checkpoint ``path``, read without loading its weights (memory-mapped), so a
     caller can build what the run's data needs (its lung segmenter) before loading the model."""
-    ckpt = load_checkpoint(path, mmap=True)
-    if not isinstance(ckpt, dict) or "config" not in ckpt:
-        raise UserError(f"{path}: not a classifier checkpoint of this toolkit; give best.pt or last.pt of a classify-train run")
-    return data_config(ckpt)
+    return data_config(require_classifier(load_checkpoint(path, mmap=True), path))
+
+
+def require_classifier(ckpt, path: Path) -> dict:
+    """``ckpt`` when it is a classifier checkpoint of this toolkit, else a one-line :class:`UserError` (a lung
+    segmenter's or a GAN's checkpoint also holds a model and a config, of other keys)."""
+    if not isinstance(ckpt, dict) or not CLASSIFIER_KEYS <= ckpt.keys():
+        other = ("a lung segmenter checkpoint (lungseg-train)" if isinstance(ckpt, dict) and "input" in ckpt else
+                 "a CycleGAN checkpoint (gan-train)" if isinstance(ckpt, dict) and "total_steps" in ckpt else
+                 "not a classifier checkpoint of this toolkit")
+        raise UserError(f"{path}: {other}; give best.pt or last.pt of a classify-train run")
+    return ckpt
 
 
 def run_lung_masker(ckpt: dict, path: Path, lung_masker: LungMasker | None) -> LungMasker | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from augment.bootstrap import bootstrap_weights, interval
-from augment.data import XrayDataset, load_dataset
+from augment.data import XrayDataset, load_dataset, warn
 from augment.lungmask import LungMasker
 from augment.runtime import json_safe, pick_device, resolve_run_file, write_text_atomic
 from augment.runsplit import EVALUATED_FILE, EvalSet, claim_report, evaluation_set, split_rows, write_split
@@ -95,14 +95,17 @@ def evaluation_figures(y: np.ndarray, prob: np.ndarray, classes: tuple[str, ...]
     rocs, prs = [], []
     for c, name in enumerate(classes):
         pos, score, pc = y == c, prob[:, c], metrics["per_class"][name]
+        if not pos.any():  # a class absent from the test set has no curve
+            continue
         fpr, tpr, _ = roc_curve(pos, score)
         precision, recall, pc["average_precision"] = pr_curve(pos, score)
         band = roc_band(pos, score, w, FPR_GRID, cfg.ci_level) if w is not None else None
         rocs.append(RocCurve(name, fpr, tpr, pc["auc"], pc["auc_ci"], band))
         prs.append(PrCurve(name, recall, precision, pc["average_precision"], float(pos.mean())))
     b = metrics.get("binary")
-    if b and b["operating_point"]:
-        op, roc = b["operating_point"], rocs[classes.index(b["positive_class"])]
+    roc = next((r for r in rocs if b and r.label == b["positive_class"]), None)  # none: no positive image
+    if b and b["operating_point"] and roc is not None:
+        op = b["operating_point"]
         roc.point = (1 - op["specificity"], op["sensitivity"])
         roc.point_label = (f"{b['positive_class']}: threshold {op['threshold']:.3f} chosen on validation for "
                            f"specificity ≥ {100 * b['specificity_target']:.0f} %\n(test sensitivity "
@@ -114,16 +117,18 @@ def evaluation_figures(y: np.ndarray, prob: np.ndarray, classes: tuple[str, ...]
 
 
 def load_evaluation(data: str | Path, path: Path, device, split_from_data: bool = False,
-                    quiet: bool = False, lung_masker: LungMasker | None = None
+                    quiet: bool = False, lung_masker: LungMasker | None = None, required: tuple[str, ...] | None = None
                     ) -> tuple[Classifier, dict, XrayDataset, EvalSet]:
     """The classifier of checkpoint ``path`` on ``device``, its metadata, ``data`` cached as the run
     was trained, and the images of it the run is evaluated on (:func:`augment.runsplit.evaluation_set`).
 
     The run's data config decides about lungs: a run trained with ``data.lung_crop`` or ``data.lung_mask``
     needs ``lung_masker``, the segmenter it was trained with (another is refused in one line); for a run
-    on whole images ``lung_masker`` is not used."""
+    on whole images ``lung_masker`` is not used. ``required``: the classes that must have a readable image
+    (default all; ``()`` for a test set holding only some)."""
     model, ckpt = load_classifier(path, device)
-    ds = load_dataset(data, data_config(ckpt), quiet=quiet, lung_masker=run_lung_masker(ckpt, path, lung_masker))
+    ds = load_dataset(data, data_config(ckpt), required=required, quiet=quiet,
+                      lung_masker=run_lung_masker(ckpt, path, lung_masker))
     return model, ckpt, ds, evaluation_set(ds, data, path.parent, split_from_data, quiet)
 
 
@@ -144,7 +149,7 @@ def evaluate(data: str | Path, checkpoint: str | Path | None = None, out: str | 
     cfg = cfg or EvalConfig()
     dev = pick_device(device)
     path = resolve_run_file(checkpoint, out, "classifier", CHECKPOINTS)
-    model, ckpt, ds, chosen = load_evaluation(data, path, dev, split_from_data, quiet, lung_masker)
+    model, ckpt, ds, chosen = load_evaluation(data, path, dev, split_from_data, quiet, lung_masker, required=())
     classes, size = tuple(ckpt["classes"]), ckpt["input_size"]
     split, idx = chosen.split, chosen.indices
     out_dir = path.parent / "eval" / chosen.folder
@@ -156,6 +161,10 @@ def evaluate(data: str | Path, checkpoint: str | Path | None = None, out: str | 
     groups = [ds.groups[i] for i in idx.tolist()]
     metrics = classification_metrics(y, prob, classes, cfg.bootstrap, cfg.ci_level, seed, groups)
     metrics |= {"checkpoint": str(path), "data": str(data), "split": split, "trained_epochs": ckpt.get("epoch")}
+    metrics["absent_classes"] = absent = [c for k, c in enumerate(classes) if not (y == k).any()]
+    if absent and not quiet:  # an external test set of some classes: evaluated on what is there
+        warn(f"{data}: no image of class {', '.join(absent)} among the {len(y)} evaluated; its sensitivity and AUC "
+             "are undefined, macro figures average the classes present, the confusion matrix keeps every class")
     if cfg.positive_class in classes:
         metrics["binary"] = {"positive_class": cfg.positive_class,
                              **binary_view(y, prob, classes.index(cfg.positive_class), cfg, seed, groups,

@@ -129,7 +129,9 @@ def classification_metrics(y: np.ndarray, prob: np.ndarray, classes: tuple[str, 
     """Accuracy, per-class precision/sensitivity/specificity/F1/AUC, macro averages and confusion matrix,
     with ``level`` bootstrap intervals (``rounds`` resamples of the groups, seeded) for all but the macro
     precision, sensitivity and specificity. ``y (N,)`` class indices, ``prob (N, K)`` class probabilities,
-    ``groups`` N group (patient) ids, None: each image its own group."""
+    ``groups`` N group (patient) ids, None: each image its own group. A class without images in ``y`` (an
+    external test set of some classes) has undefined sensitivity and AUC, and the macro figures average the
+    classes present; the confusion matrix keeps all ``K`` classes."""
     k, n = len(classes), len(y)
     pred = prob.argmax(1)
     w = np.ones((1, n))
@@ -147,8 +149,10 @@ def classification_metrics(y: np.ndarray, prob: np.ndarray, classes: tuple[str, 
         for m in ("precision", "sensitivity", "specificity", "f1"):
             per_class[name] |= {m: float(r[m][0, c]), f"{m}_ci": ci(r[m][:, c])}
         per_class[name] |= {"auc": float(auc[0, c]), "auc_ci": ci(auc[:, c])}
-    macro = {m: float(nanmean(r[m][0])) for m in ("precision", "sensitivity", "specificity", "f1")}
-    macro |= {"f1_ci": ci(nanmean(r["f1"])), "auc": float(nanmean(auc[0])), "auc_ci": ci(nanmean(auc))}
+    present = np.bincount(y, minlength=k)[:k] > 0  # macro figures average the classes the images hold
+    macro = {m: float(nanmean(r[m][0, present])) for m in ("precision", "sensitivity", "specificity", "f1")}
+    macro |= {"f1_ci": ci(nanmean(r["f1"][:, present])), "auc": float(nanmean(auc[0, present])),
+              "auc_ci": ci(nanmean(auc[:, present]))}
     return {
         "n": n, "n_groups": group_index(groups)[1] if groups is not None else n,
         "accuracy": float(r["accuracy"][0]), "accuracy_ci": ci(r["accuracy"]),

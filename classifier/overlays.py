@@ -2,7 +2,6 @@
 colour bar and the class and its probability on the image."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +9,9 @@ import torch
 
 from augment.data import decode_to_square, lung_view, warn_lungs_not_found
 from augment.errors import UserError
-from augment.imageio import UnreadableImage
+from augment.imageio import MAX_PIXELS, UnreadableImage
 from augment.lungmask import LungMasker
+from augment.outputs import display_name, output_path, safe_name
 
 from .cam import cam_method, faithfulness
 from .inference import to_input
@@ -23,7 +23,8 @@ def write_overlays(model: Classifier, images_u8: torch.Tensor, names: list[str],
                    size: int, device: torch.device, method: str, out_dir: Path, target_class: str | None = None,
                    batch_size: int = 16) -> tuple[list[Path], dict[str, float]]:
     """Overlays of uint8 images ``(N, 1, S, S)`` as ``out_dir/<name>_<class>_p<probability>.png`` (300 dpi),
-    in batches.
+    in batches; every file lies in ``out_dir`` itself, whatever ``names`` and ``classes`` hold
+    (:func:`augment.outputs.output_path`).
 
     Returns the written paths and the faithfulness of the maps (average drop, increase in confidence).
     """
@@ -42,24 +43,19 @@ def write_overlays(model: Classifier, images_u8: torch.Tensor, names: list[str],
                 c = int(tgt[i])
                 stem = f"{safe_name(Path(names[start + i]).stem)}_{safe_name(classes[c])}_p{prob[i, c]:.2f}"
                 fig = overlay_figure(gray[i], maps[i].cpu().numpy(), classes[c], float(prob[i, c]),
-                                     f"{Path(names[start + i]).name}: {cam.label}")
-                written += save_figure(fig, out_dir / stem, formats=("png",))
+                                     f"{display_name(Path(names[start + i]).name)}: {cam.label}")
+                written += save_figure(fig, output_path(out_dir, stem, flat=True), formats=("png",))
     return written, {"average_drop_pct": drops / max(n, 1), "increase_in_confidence_pct": increases / max(n, 1)}
 
 
-def safe_name(text: str) -> str:
-    """``text`` as a plain file-name part: letters, digits, ``.+-_``; no separators, no leading dot."""
-    return re.sub(r"[^\w.+-]", "_", text).lstrip(".") or "_"
-
-
-def read_images(paths: list[str | Path], size: int, resize: str = "crop") -> torch.Tensor:
+def read_images(paths: list[str | Path], size: int, resize: str = "crop", max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """uint8 ``(N, 1, size, size)`` of image files (any format the data stage reads)."""
     if not paths:
         raise UserError("no images given; name one or more X-ray files, e.g. python cli.py cam runs/demo-data/covid/covid_00000.png")
     out = []
     for p in paths:
         try:
-            out.append(decode_to_square(Path(p), size, resize))
+            out.append(decode_to_square(Path(p), size, resize, max_pixels))
         except (UnreadableImage, OSError) as e:
             raise UserError(f"{p}: cannot read this image ({e}); give PNG, JPEG, TIFF or DICOM files") from e
     return torch.from_numpy(np.stack(out)).unsqueeze(1)
@@ -77,7 +73,7 @@ def explain_files(paths: list[str | Path], checkpoint: str | Path | None = None,
     ckpt_path = resolve_run_file(checkpoint, out, "classifier", CHECKPOINTS)
     model, ckpt = load_classifier(ckpt_path, dev)
     data = data_config(ckpt)
-    images, faint = lung_view(read_images(list(paths), data.decode_size, data.resize), data,
+    images, faint = lung_view(read_images(list(paths), data.decode_size, data.resize, data.max_pixels), data,
                               run_lung_masker(ckpt, ckpt_path, lung_masker))
     warn_lungs_not_found([str(p) for p, f in zip(paths, faint.tolist()) if f], len(paths), data)
     written, _ = write_overlays(model, images, [str(p) for p in paths], tuple(ckpt["classes"]), ckpt["input_size"],

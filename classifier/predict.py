@@ -21,8 +21,9 @@ import torch
 
 from augment.data import batches_ahead, decode_to_square, lung_view, warn_lungs_not_found, write_csv
 from augment.errors import UserError
-from augment.imageio import IMAGE_SUFFIXES, UnreadableImage
+from augment.imageio import IMAGE_SUFFIXES, MAX_PIXELS, UnreadableImage
 from augment.lungmask import LungMasker
+from augment.outputs import safe_name
 from augment.runtime import pick_device, resolve_run_file
 
 from .checkpoint import CHECKPOINTS, data_config, load_classifier, precision, run_lung_masker
@@ -30,7 +31,7 @@ from .config import EvalConfig
 from .evaluate import validation_predictions
 from .inference import predict
 from .metrics import sensitivity_at_specificity
-from .overlays import safe_name, write_overlays
+from .overlays import write_overlays
 
 ARGMAX = "argmax"  # the threshold column when no validation threshold exists
 
@@ -43,7 +44,7 @@ def find_images(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
         raise UserError("no images given; name X-ray files or folders, e.g. python cli.py predict runs/demo-data")
     found = []
     for item in map(Path, inputs):
-        if item.is_file():
+        if item.exists() and not item.is_dir():  # a FIFO or device too: its row says it is not read
             found.append(item)
         elif item.is_dir():
             for dirpath, dirnames, filenames in os.walk(item):
@@ -51,12 +52,18 @@ def find_images(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
                 found += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
         else:
             raise UserError(f"{item}: no such file or folder; name X-ray files or folders that exist")
+    for p in found:  # predictions.csv is UTF-8: a name it cannot hold is refused before any work
+        try:
+            str(p).encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(f"{os.fsencode(p)!r}: file name is not valid UTF-8 and cannot be listed in "
+                            "predictions.csv; rename the file") from None
     not_image = "not an image suffix (" + ", ".join(sorted(IMAGE_SUFFIXES)) + ")"
     return [(p, "" if p.suffix.lower() in IMAGE_SUFFIXES else not_image) for p in found]
 
 
 def decoded_batches(files: list[tuple[Path, str]], size: int, resize: str, batch_size: int,
-                    workers: int) -> Iterator[list[np.ndarray | str]]:
+                    workers: int, max_pixels: int = MAX_PIXELS) -> Iterator[list[np.ndarray | str]]:
     """Batches of ``batch_size`` files in order, each file a ``uint8 (size, size)`` array or the reason
     it could not be read, decoded by ``workers`` threads a few batches ahead (:func:`augment.data.batches_ahead`)."""
     def decode(file: tuple[Path, str]) -> np.ndarray | str:
@@ -64,7 +71,7 @@ def decoded_batches(files: list[tuple[Path, str]], size: int, resize: str, batch
         if reason:
             return reason
         try:
-            return decode_to_square(path, size, resize)
+            return decode_to_square(path, size, resize, max_pixels)
         except (UnreadableImage, OSError) as e:
             return str(e) or type(e).__name__
 
@@ -137,7 +144,8 @@ def predict_files(inputs: Sequence[str | Path], checkpoint: str | Path | None = 
 
     from tqdm import tqdm
     rows, unreadable, no_lungs = [], 0, []
-    batches = decoded_batches(files, data.decode_size, data.resize, batch_size, workers or min(4, os.cpu_count() or 1))
+    batches = decoded_batches(files, data.decode_size, data.resize, batch_size, workers or min(4, os.cpu_count() or 1),
+                              data.max_pixels)
     with tqdm(total=len(files), desc="predicting", unit="img", disable=quiet, file=sys.stderr) as bar:
         for batch in batches:
             start = len(rows)

@@ -59,6 +59,9 @@ def markdown_report(m: dict, classes: tuple[str, ...]) -> str:
              f"{m['n_groups']} patients (groups), {m['bootstrap_rounds']} resamples: all images of a patient are drawn "
              f"together, so the intervals allow for images of one patient being alike.\n\nAccuracy: **{_ci(m['accuracy'], m['accuracy_ci'])}**\n",
              "\n".join(rows), "\n## Confusion matrix\n", "\n".join(conf)]
+    if m.get("absent_classes"):
+        parts.insert(1, f"No image of class {', '.join(m['absent_classes'])} in this set: their sensitivity and AUC "
+                        "are undefined (n/a), the macro figures average the classes present.\n")
     if "binary" in m:
         b, op = m["binary"], m["binary"]["operating_point"]
         chosen = (f"; the threshold was chosen on {op['validation']['n_positive']} positive and "

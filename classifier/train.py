@@ -19,11 +19,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from augment.balance import keep_training_patients
-from augment.config import config_to_dict, load_config
+from augment.config import config_to_dict
 from augment.data import XrayDataset, load_dataset, write_csv
 from augment.errors import UserError
 from augment.gpu import build_augment, epoch_batches, image_sets
 from augment.lungmask import LungMasker
+from augment.runtime import resumed_config
 from augment.runtime import (Dist, GracefulStop, LossMeter, all_ranks, autocast, broadcast_buffers, close_distributed,
                              init_distributed, json_safe, load_checkpoint, new_run_dir, pick_device,
                              refuse_other_layout, resolve_run_file, rng_state, save_checkpoint, seed_everything,
@@ -146,10 +147,10 @@ class Trainer:
         if resume is not None:
             path = resolve_run_file(resume, out, "classifier", ("last.pt",))
             ckpt = load_checkpoint(path)
-            if not isinstance(ckpt, dict) or "optimizer" not in ckpt:
+            if not isinstance(ckpt, dict) or "optimizer" not in ckpt or "classes" not in ckpt:
                 raise UserError(f"{path}: not a classifier training checkpoint; give a classifier run folder")
             refuse_other_layout(path, ckpt.get("layout", 0), RESUME_LAYOUT, "classify-train")
-            cfg = load_config(ClassifierConfig, path.parent / "config.yaml")
+            cfg = resumed_config(ClassifierConfig, ckpt, path)  # not config.yaml, which a hand may have edited
             seed = ckpt["seed"]
             lung_masker = run_lung_masker(ckpt, path, lung_masker)
         if cfg.data.uses_lungs:  # the run's config names its segmenter for commands run from other folders
@@ -168,6 +169,10 @@ class Trainer:
             syn = keep_training_patients(ds, syn, synthetic)
         if len(ds.indices("val")) == 0:
             raise UserError(f"{data}: no validation images; give the manifest a split column or more images per class")
+        untrained = [c for c in ds.classes if len(ds.indices("train", c)) == 0 and not (syn and len(syn.indices(label=c)))]
+        if untrained:  # the model would have an output it never learned
+            raise UserError(f"{data}: no training image of class {', '.join(map(repr, untrained))} (only validation or "
+                            "test images); put some of its patients in the train split or drop it from data.classes")
         self.classes = ds.classes
         fingerprint = ds.fingerprint + (f"+{syn.fingerprint}" if syn else "")
         if ckpt is not None and ckpt["data_fingerprint"] != fingerprint:

@@ -66,9 +66,11 @@ def read_gan_checkpoint(path: Path, resume: bool = False, mmap: bool = False) ->
     """The checkpoint dict (loaded with ``weights_only``; with ``mmap`` its tensors are read from disk
     only when used) and its run's config. ``resume`` refuses a layout other than the current one."""
     state = load_checkpoint(path, mmap=mmap)
-    if not isinstance(state, dict) or "config" not in state or "model" not in state:
-        raise UserError(f"{path}: not a GAN checkpoint of this toolkit (no config/model); pass one written "
-                        "by `python cli.py gan-train`")
+    if not isinstance(state, dict) or "config" not in state or "generators" not in (state.get("model") or {}):
+        what = ("a classifier checkpoint (classify-train)" if isinstance(state, dict) and "classes" in state else
+                "a lung segmenter checkpoint (lungseg-train)" if isinstance(state, dict) and "input" in state else
+                "not a GAN checkpoint of this toolkit (no config and generators)")
+        raise UserError(f"{path}: {what}; pass a run folder or checkpoint.pt written by `python cli.py gan-train`")
     values = state["config"]
     layout = state.get("layout", 1 if "ranks" in state else 0)
     if resume:

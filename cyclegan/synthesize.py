@@ -19,6 +19,7 @@ from augment.data import load_dataset, write_csv
 from augment.errors import UserError
 from augment.gpu import DeviceImages, build_augment
 from augment.lungmask import LungMasker
+from augment.outputs import output_path
 from augment.runtime import pick_device, resolve_run_file
 from augment.runsplit import SPLIT_FILE, changes, read_split
 
@@ -104,7 +105,8 @@ def synthesize(n: int, data: str | Path, out: str | Path = "runs", checkpoint: s
                     x[chosen] = torch.cat([film, mask], 1)
                 pngs, ready = _to_host((translate_films(generator, x, cfg) * 255 + 0.5).to(torch.uint8))
                 names = [f"{t.domain_b}/syn_{start + i:05d}.png" for i in range(len(pngs))]
-                writing.append([pool.submit(_write_png, dest / name, png, ready) for name, png in zip(names, pngs)])
+                writing.append([pool.submit(_write_png, output_path(dest, name), png, ready)
+                                for name, png in zip(names, pngs)])
                 if len(writing) > IN_FLIGHT:
                     _wait(writing.popleft())  # a writer's error is raised here
                 for name, pick in zip(names, picks[start:start + batch_size].tolist()):

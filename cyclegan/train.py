@@ -24,6 +24,7 @@ from augment.data import load_dataset
 from augment.errors import UserError
 from augment.gpu import DeviceImages, StreamedImages, image_sets
 from augment.lungmask import LungMasker
+from augment.runtime import warn_edited_config
 from augment.runtime import (Dist, GracefulStop, LossMeter, all_ranks, close_distributed, init_distributed,
                              new_run_dir, pick_device, resolve_run_file, rng_state, seed_everything, set_rng_state,
                              stop_agreed, tensorboard_writer, write_run_info)
@@ -86,6 +87,8 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile, lung_masker) -> Gan
         ckpt_path = resolve_run_file(resume, out, "gan", (CHECKPOINT_NAME,), CHECKPOINT_NAME)
         checkpoint, cfg = read_gan_checkpoint(ckpt_path, resume=True)
         seed, run_dir = checkpoint["seed"], ckpt_path.parent
+        if dist.is_main:
+            warn_edited_config(cfg, run_dir / "config.yaml")
     cfg = cfg or GanConfig()
     t = cfg.train
     if t.cuda_graph and dist.world_size > 1:

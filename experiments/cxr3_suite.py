@@ -53,7 +53,6 @@ first, 1 when a unit failed (its log says why; the others still ran), 130 when s
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import io
 import json
@@ -82,7 +81,7 @@ from PIL import Image  # noqa: E402
 
 from augment.ablation import mean_interval, write_tstr_manifest  # noqa: E402
 from augment.balance import Policy, balance  # noqa: E402
-from augment.data import DataConfig, decode_to_square  # noqa: E402
+from augment.data import DataConfig, csv_rows, decode_to_square  # noqa: E402
 from augment.errors import UserError  # noqa: E402
 from augment.runsplit import SPLIT_FILE, read_split  # noqa: E402
 from augment.runtime import git_commit, json_safe, latest_run, write_bytes_atomic, write_text_atomic  # noqa: E402
@@ -641,7 +640,7 @@ def translation_grid(synthetic: Path, gan_run: Path, dest: Path, n: int = 16) ->
     rows of four source | translation pairs."""
     data = yaml.safe_load((gan_run / "config.yaml").read_text())["data"]
     with open(synthetic / "manifest.csv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))[:n]
+        rows = csv_rows(f)[:n]
     size, gap = data["size"], 4
     pairs = [np.hstack([decode_to_square(Path(r["source_image"]), size, data["resize"]),
                         np.full((size, 1), 255, np.uint8),

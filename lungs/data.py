@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from augment.data import SPLITS, file_sha256, grouped_split, square_box, to_square, warn
+from augment.data import SPLITS, csv_rows, file_sha256, grouped_split, patient_id, square_box, to_square, warn
 from augment.errors import UserError
 from augment.imageio import IMAGE_SUFFIXES, UnreadableImage, read_xray
+from augment.runtime import remove_stale_temporaries
 
 from .config import LungDataConfig
 
@@ -123,7 +124,7 @@ def discover_pairs(data: str | Path) -> tuple[Path, list[Pair]]:
 def _read_manifest(path: Path) -> list[Pair]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
+            rows = csv_rows(f)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{path}: cannot read manifest ({e}); it must be a UTF-8 CSV with columns image,mask") from e
     header = set(rows[0]) if rows else set()
@@ -131,7 +132,7 @@ def _read_manifest(path: Path) -> list[Pair]:
     if not {column, "mask"} <= header:
         raise UserError(f"{path}: a lung manifest needs the columns image (or path) and mask (optional: split, "
                         "group_id or patient_id, source); phantoms with masks: python cli.py phantoms --masks")
-    pairs = []
+    pairs, missing = [], 0
     for line, row in enumerate(rows, start=2):
         image, mask = (row.get(column) or "").strip(), (row.get("mask") or "").strip()
         split = (row.get("split") or "").strip() or None
@@ -141,10 +142,14 @@ def _read_manifest(path: Path) -> list[Pair]:
                                 "does not exist; fix the row or add the file")
         if split is not None and split not in SPLITS:
             raise UserError(f"{path}, line {line}: unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-        group = (row.get("group_id") or row.get("patient_id") or "").strip() or image
-        pairs.append(Pair(image, mask, group, split, (row.get("source") or "").strip()))
+        group = patient_id(row)
+        missing += not group
+        pairs.append(Pair(image, mask, group or image, split, (row.get("source") or "").strip()))
     if not pairs:
         raise UserError(f"{path}: the manifest lists no image")
+    if missing and {"group_id", "patient_id"} & header:
+        warn(f"{path}: {missing} of {len(pairs)} rows have no patient id (group_id/patient_id empty, nan, None or "
+             "null); each of those images is its own group")
     return pairs
 
 
@@ -228,6 +233,7 @@ def _build_cache(root: Path, pairs: list[Pair], cfg: LungDataConfig, cache: Path
                 kept.append(i)
                 hashes.append(digest)
     cache.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(cache.parent)  # of builds that were killed
     tmp = cache.with_name(f".{cache.stem}.tmp{os.getpid()}.npz")
     try:
         empty = np.zeros((0, cfg.size, cfg.size), np.uint8)

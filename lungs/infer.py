@@ -2,7 +2,6 @@
 and as files (:func:`segment_files`: binary mask PNGs at each image's own size and contour overlays)."""
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
@@ -13,9 +12,10 @@ from PIL import Image
 from skimage.morphology import dilation, disk
 from skimage.segmentation import find_boundaries
 
-from augment.data import DataConfig, file_sha256, to_square, warn, write_csv
+from augment.data import DataConfig, csv_rows, file_sha256, to_square, warn, write_csv
 from augment.errors import UserError
 from augment.imageio import IMAGE_SUFFIXES, UnreadableImage, read_xray
+from augment.outputs import confined_outputs, output_path
 from augment.runtime import latest_run, load_checkpoint, pick_device, resolve_run_file
 
 from .data import discover_pairs, from_square
@@ -107,7 +107,8 @@ def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def input_files(images: list[Path], data: Path | None) -> list[tuple[Path, str]]:
     """``(file, output name)`` of the images to segment: the given files (named by stem), or ``data``'s:
     a lung or classifier manifest's images, ``images/`` of a pair folder, or every image file under it
-    (named by their path less suffix)."""
+    (named by their path less suffix, relative to the data root once both are normalised: a ``..`` that
+    leads out of it names a folder ``_``; :func:`augment.outputs.output_path` confines the outputs)."""
     if images:
         names = {}
         for path in images:
@@ -128,18 +129,19 @@ def input_files(images: list[Path], data: Path | None) -> list[tuple[Path, str]]
         files = [root / name for name in names]
     elif data.is_dir():
         root = data
-        files = sorted(p for p in data.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in data.rglob("*") if not p.is_dir() and p.suffix.lower() in IMAGE_SUFFIXES)
     else:
         raise UserError(f"{data}: no such folder or manifest")
     if not files:
         raise UserError(f"{data}: no image file to segment ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return [(f, f.relative_to(root).with_suffix("").as_posix() if f.is_relative_to(root) else f.stem) for f in files]
+    top = os.path.abspath(root)
+    return [(f, Path(os.path.relpath(os.path.abspath(f), top)).with_suffix("").as_posix()) for f in files]
 
 
 def _manifest_images(manifest: Path) -> tuple[Path, list[str]]:
     """The image column (``image`` or ``path``) of a manifest."""
     with open(manifest, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.DictReader(f))
+        rows = csv_rows(f)
     column = "image" if rows and "image" in rows[0] else "path"
     if not rows or column not in rows[0]:
         raise UserError(f"{manifest}: needs a column image or path listing the images to segment")
@@ -150,11 +152,15 @@ def segment_files(files: list[tuple[Path, str]], checkpoint: str | Path | None, 
                   out: str | Path = "runs", overwrite: bool = False, device: str = "auto") -> Path:
     """Write ``<dest>/mask/<name>.png`` (0/255 at the image's own size), ``<dest>/overlay/<name>.png`` (the
     lung outline over the X-ray) and ``<dest>/masks.csv`` for each ``(file, name)``; ``dest`` defaults to
-    ``<run>/masks``. Refuses to replace files unless ``overwrite``; unreadable images are skipped with a
-    warning and counted. Returns ``dest``."""
+    ``<run>/masks``. Every output lies inside ``dest`` (:func:`augment.outputs.output_path`), and two inputs
+    writing one output, or an output that is an input, are refused before anything is written. Refuses to
+    replace files unless ``overwrite``; unreadable images are skipped with a warning and counted. Returns
+    ``dest``."""
     path = checkpoint_file(checkpoint, out)
     dest = Path(dest) if dest else path.parent / "masks"
-    targets = [(f, dest / "mask" / f"{name}.png", dest / "overlay" / f"{name}.png") for f, name in files]
+    targets = [(f, output_path(dest / "mask", name, ".png"), output_path(dest / "overlay", name, ".png"))
+               for f, name in files]
+    confined_outputs([f for f, _, _ in targets for _ in "mo"], [p for _, m, o in targets for p in (m, o)])
     existing = [p for _, m, o in targets for p in (m, o) if p.exists()] + [dest / "masks.csv"] * (dest / "masks.csv").exists()
     if existing and not overwrite:
         raise UserError(f"{dest}: already holds {len(existing)} output file(s) (e.g. {existing[0]}); "

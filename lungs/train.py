@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from augment.config import config_to_dict, load_config
+from augment.config import config_to_dict
 from augment.data import warn, write_csv
 from augment.errors import UserError
 from augment.gpu import build_augment, epoch_batches
+from augment.runtime import resumed_config
 from augment.runtime import (Dist, GracefulStop, LossMeter, autocast, load_checkpoint, new_run_dir, pick_device,
                              recorded_data, refuse_other_layout, rng_state, save_checkpoint, seed_everything,
                              set_rng_state, stop_agreed, tensorboard_writer, write_run_info, write_text_atomic)
@@ -79,10 +80,10 @@ def train_lungseg(cfg: LungsegConfig | None, data: str | Path | None, out: str |
     if resume is not None:
         ckpt_path = checkpoint_file(resume, out)
         ckpt = load_checkpoint(ckpt_path)
-        if not isinstance(ckpt, dict) or "optimizer" not in ckpt:
+        if not isinstance(ckpt, dict) or "optimizer" not in ckpt or "input" not in ckpt:
             raise UserError(f"{ckpt_path}: not a lungseg-train checkpoint; give a run folder of lungseg-train")
         refuse_other_layout(ckpt_path, ckpt.get("layout", 0), RESUME_LAYOUT, "lungseg-train")
-        cfg, seed, run_dir = load_config(LungsegConfig, ckpt_path.parent / "config.yaml"), ckpt["seed"], ckpt_path.parent
+        cfg, seed, run_dir = resumed_config(LungsegConfig, ckpt, ckpt_path), ckpt["seed"], ckpt_path.parent
         data = data or recorded_data(run_dir)
         if data is None:
             raise UserError(f"{run_dir}: its run.json does not say which data the run was trained on; pass --data")

@@ -36,10 +36,10 @@ def test_failed_save_keeps_the_old_checkpoint(tmp_path, monkeypatch, error):
         f.write(b"partial")
         raise error
     monkeypatch.setattr(torch, "save", half_write)
-    with pytest.raises(UserError if isinstance(error, OSError) else type(error)) as e:
-        save_checkpoint({"step": 2}, path)
-    if isinstance(error, OSError):
-        assert "No space left on device" in str(e.value) and "last.pt" in str(e.value)
+    with pytest.raises(UserError if isinstance(error, (OSError, RuntimeError)) else type(error)) as e:
+        save_checkpoint({"step": 2}, path)  # torch's writer reports a full disk as a RuntimeError
+    if isinstance(error, (OSError, RuntimeError)):
+        assert str(error.args[-1]) in str(e.value) and "last.pt" in str(e.value)
     monkeypatch.undo()
     assert load_checkpoint(path) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
