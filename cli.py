@@ -260,9 +260,11 @@ def lung_masker_of_runs(runs: list[Path | None], out: Path, device: str, names: 
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model (default: train.compile).")
 @click.option("--preset", type=click.Choice(["cpu"]),
               help="A named configuration instead of --config: cpu = configs/classify-train-cpu.yaml (minutes on a CPU).")
+@click.option("--budget", help="Wall-clock budget such as 10m or 600s: the epochs are chosen from the speed measured "
+                               "on this machine so the run ends within it (train.time_budget).")
 @click.argument("backbones", nargs=-1)
 def classify_train(data, config, out, device, seed, set_, backbone, several, pretrained, synthetic, resume, compile_,
-                   preset, backbones):
+                   preset, budget, backbones):
     """Train a classifier: head then fine-tuning (pretrained) or from scratch, early stopping on val macro-F1.
     With --backbones NAME NAME ..., one per backbone, then a comparison of them."""
     from augment.config import load_config
@@ -271,9 +273,9 @@ def classify_train(data, config, out, device, seed, set_, backbone, several, pre
     from classifier.train import Trainer
     from lungs import masker_for
     if resume is not None and (config is not None or set_ or backbone or several or pretrained
-                               or compile_ is not None or preset):
-        raise UserError(f"--resume {resume}: a resumed run keeps its own config; drop --config, --preset, --set, "
-                        "--backbone, --backbones, --pretrained and --compile")
+                               or compile_ is not None or preset or budget):
+        raise UserError(f"--resume {resume}: a resumed run keeps its own config and plan; drop --config, --preset, "
+                        "--set, --backbone, --backbones, --pretrained, --compile and --budget")
     if preset:
         if config is not None:
             raise UserError(f"--preset {preset} and --config {config}: give one of them")
@@ -291,6 +293,7 @@ def classify_train(data, config, out, device, seed, set_, backbone, several, pre
             click.echo(f"adding the latest synthetic images, {synthetic}, to the training split", err=True)
     flags = [f"model.backbone={backbone}"] * bool(backbone) + [f"model.pretrained={pretrained}"] * bool(pretrained)
     flags += [f"train.compile={str(compile_).lower()}"] * (compile_ is not None)
+    flags += [f"train.time_budget={budget}"] * bool(budget)
     cfg = load_config(ClassifierConfig, config, [*set_, *flags])
     lung_masker = lung_masker_of_runs([resume], out, device, ("last.pt",)) if resume else masker_for(cfg.data, device)
     if names:

@@ -62,6 +62,22 @@ class TrainConfig:
     device_cache_share: float = 0.5   # GPU memory share the image cache may take; beyond, batches stream from the host
     log_every: int = 20               # steps between logged losses
     tensorboard: bool = True
+    time_budget: str = ""             # e.g. "10m", "600s", "1.5h": epochs (and the schedule) chosen from the first
+                                      # steps' measured speed so the whole run, validation included, ends in time
+
+    def budget_seconds(self) -> float | None:
+        """``time_budget`` in seconds, None when unset."""
+        if not self.time_budget:
+            return None
+        number, unit = self.time_budget[:-1], self.time_budget[-1]
+        scale = {"s": 1, "m": 60, "h": 3600}.get(unit)
+        try:
+            value = float(number) * scale if scale else float(self.time_budget)
+        except ValueError:
+            value = None
+        if value is None or not (0 < value < float("inf")):
+            raise ValueError(f"train.time_budget is a duration such as 600s, 10m or 1.5h, got {self.time_budget!r}")
+        return value
 
     def check(self):
         if self.epochs < 1 or self.batch_size < 1:
@@ -75,6 +91,7 @@ class TrainConfig:
                self.warmup_epochs_unnormalised) < 0:
             raise ValueError("train.lr, finetune_lr_factor, mixup, cutmix, warmup_epochs and "
                              "warmup_epochs_unnormalised must be >= 0")
+        self.budget_seconds()
 
 
 @dataclass

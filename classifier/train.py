@@ -4,6 +4,7 @@ augmented on the device, early stopping on validation macro-F1 and exact resume.
 ``history.csv`` of every epoch and the best epoch's validation metrics in ``best_metrics.json``."""
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import json
@@ -42,6 +43,8 @@ from .plots import RocCurve, confusion_figure, roc_figure
 
 HISTORY_FILE = "history.csv"
 RESUME_LAYOUT = 1
+PLAN_STEPS = 6        # training steps timed (after one warm-up step) to plan a train.time_budget
+BUDGET_SHARE = 0.9    # of the budget left the planned epochs may take: the rest for checkpoints and slower steps
 """What ``last.pt`` holds and how the run draws its augmentation. 0 (no ``layout`` key): kornia's random
 crop and affine. 1: the one-warp augmentation of :mod:`augment.gpu`. Only the current layout resumes."""
 
@@ -141,6 +144,7 @@ class Trainer:
     def __init__(self, cfg: ClassifierConfig, data: str | Path, out: str | Path = "runs",
                  synthetic: str | Path | None = None, resume: str | Path | None = None,
                  device: str = "auto", seed: int = 0, quiet: bool = False, lung_masker: LungMasker | None = None):
+        self.started = time.monotonic()  # train.time_budget counts from here
         self.dist: Dist = init_distributed(device)
         self.device = pick_device(device, self.dist.local_rank)
         ckpt = None
@@ -209,13 +213,16 @@ class Trainer:
         self.epoch_loss = torch.zeros((), device=self.device)  # sum of this epoch's step losses, on the device
         self.epoch_seconds = 0.0  # time this epoch took before a resume
 
+        budget = cfg.train.budget_seconds()
+        self.budget_plan = self._plan_budget(budget) if budget and ckpt is None else None
+        cfg = self.cfg  # with the planned epochs
         if ckpt is not None:
             self.run_dir = path.parent
             self._restore(ckpt)
         else:
             self.run_dir = self._make_run_dir(out)
             if main:
-                write_run_info(self.run_dir, cfg, seed, fingerprint, classes=list(self.classes),
+                write_run_info(self.run_dir, cfg, seed, fingerprint, classes=list(self.classes), budget=self.budget_plan,
                                data=str(Path(data).resolve()), synthetic=str(synthetic) if synthetic else None,
                                n_synthetic=self.n_synthetic, world_size=self.dist.world_size, device=str(self.device),
                                lung_masker=self.lung_masker,
@@ -226,6 +233,49 @@ class Trainer:
         self.tensorboard = main and cfg.train.tensorboard
         self.writer = tensorboard_writer(self.run_dir, self.tensorboard)
         self.history = read_history(self.run_dir / HISTORY_FILE, self.epoch) if main else []
+
+    def _plan_budget(self, budget: float) -> dict:
+        """Set ``train.epochs`` (and so the schedule's length) to what fits ``budget`` seconds from the start: the
+        speed of :data:`PLAN_STEPS` training steps of the last phase (the whole network) and of one validation is
+        measured, then the weights, optimiser state, EMA and RNG are put back, so the run trains as an unmeasured
+        run of that many epochs would. Returns the plan and the figures it came from."""
+        saved = copy.deepcopy((self.model.state_dict(), self.optimizer.state_dict(),
+                               self.ema.state_dict() if self.ema else None))
+        rng = rng_state()
+        net = self._enter_phase(self.phases[-1])
+        net.train()
+        batches = self.train_data.batches(self._batches(0))
+        n = min(PLAN_STEPS, len(batches))
+        float(self.train_step(net, batches[0], 0))  # warm-up: allocations, kernel choice
+        start = time.monotonic()
+        for i in range(1, n):
+            loss = self.train_step(net, batches[i], i)
+        if n > 1:
+            float(loss)  # waits for the device
+        step_s = (time.monotonic() - start) / max(n - 1, 1)
+        start = time.monotonic()
+        self.validate()
+        val_s = time.monotonic() - start
+        self.model.load_state_dict(saved[0])
+        self.optimizer.load_state_dict(saved[1])
+        if self.ema:
+            self.ema.load_state_dict(saved[2])
+        set_rng_state(rng)
+        epoch_s = len(batches) * step_s + val_s
+        left = budget - (time.monotonic() - self.started)
+        epochs = torch.tensor(max(1, int(left * BUDGET_SHARE / epoch_s)))
+        if self.dist.world_size > 1:  # every rank trains the same epochs
+            torch.distributed.all_reduce(epochs, op=torch.distributed.ReduceOp.MIN)
+        t = self.cfg.train
+        train = dataclasses.replace(t, epochs=int(epochs), head_epochs=min(t.head_epochs, int(epochs)))
+        self.cfg = dataclasses.replace(self.cfg, train=train)
+        self.phases = phases(self.cfg)
+        plan = {"budget_s": budget, "epochs": int(epochs), "step_s": round(step_s, 4), "validation_s": round(val_s, 3),
+                "steps_per_epoch": len(batches), "seconds_left_when_planned": round(left, 1), "share_planned": BUDGET_SHARE}
+        if self.dist.is_main and not self.quiet:
+            print(f"classify-train: train.time_budget {t.time_budget}: {step_s:.3f} s per step and {val_s:.1f} s per "
+                  f"validation measured here, so {int(epochs)} epochs of {len(batches)} steps", file=sys.stderr)
+        return plan
 
     def _make_run_dir(self, out) -> Path:
         run = [str(new_run_dir(out, "classifier")) if self.dist.is_main else None]

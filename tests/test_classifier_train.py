@@ -325,3 +325,45 @@ def test_backbones_without_normalisation_warm_up_longer_from_scratch(name, pretr
     cfg = load_config(ClassifierConfig, None, [f"model.backbone={name}", f"model.pretrained={pretrained}",
                                                "train.warmup_epochs=2", "train.warmup_epochs_unnormalised=12"])
     assert warmup_epochs(cfg, create_model(name, 3)) == warmup
+
+
+class TickingClock:
+    """Stands in for the ``time`` module of classifier.train: each ``monotonic()`` is half a second later."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += 0.5
+        return self.now
+
+
+def test_a_time_budget_plans_the_epochs_and_trains_as_that_many_epochs_would(tmp_path, data, monkeypatch):
+    """The first steps and a validation are timed (here on a clock of known ticks), the epochs that fit the budget
+    are chosen, the weights and RNG are put back: an interrupted and resumed budgeted run ends bit for bit as a
+    run given that many epochs, and its schedule ends at its last step."""
+    monkeypatch.setattr(sys.modules["classifier.train"], "time", TickingClock())
+    step = sigint_at_call(monkeypatch, Trainer, "train_step", 3 + 4)  # the 3 timed steps, then mid second epoch
+    budgeted = train(tiny_cfg(tmp_path, "train.time_budget=10s", "train.patience=100"), data, tmp_path / "b",
+                     device="cpu", quiet=True)
+    monkeypatch.setattr(Trainer, "train_step", step)
+    plan = json.loads((budgeted / "run.json").read_text())["budget"]
+    epoch_s = plan["steps_per_epoch"] * plan["step_s"] + plan["validation_s"]
+    assert plan["epochs"] == int(plan["seconds_left_when_planned"] * 0.9 / epoch_s) > 2
+    assert load_checkpoint(budgeted / "last.pt")["epoch"] == 1  # stopped in the second epoch
+    train(None, data, tmp_path / "ignored", resume=budgeted, device="cpu", quiet=True)  # no second plan
+    monkeypatch.undo()
+    plain = train(tiny_cfg(tmp_path, f"train.epochs={plan['epochs']}", "train.patience=100"), data, tmp_path / "p",
+                  device="cpu", quiet=True)
+    a, b = load_checkpoint(budgeted / "last.pt"), load_checkpoint(plain / "last.pt")
+    assert a["epoch"] == b["epoch"] == plan["epochs"] and a["config"]["train"]["epochs"] == plan["epochs"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    with open(budgeted / "history.csv", newline="") as f:
+        lr = [float(row["lr"]) for row in csv.DictReader(f)]
+    assert len(lr) == plan["epochs"] and lr[-1] < 0.03 * max(lr)  # the cosine ran its whole length (floor 0.01)
+
+
+def test_a_time_budget_that_is_no_duration_is_a_config_error(tmp_path):
+    with pytest.raises(UserError, match="train.time_budget is a duration such as 600s, 10m or 1.5h"):
+        tiny_cfg(tmp_path, "train.time_budget=soon")
