@@ -21,7 +21,7 @@ from .inference import predict
 from .model import Classifier
 from .metrics import classification_metrics, pr_curve, roc_band, roc_curve, transferred_threshold, weighted_auc
 from .overlays import write_overlays
-from .plots import FPR_GRID, PrCurve, RocCurve, confusion_figure, pr_figure, roc_figure, save_figure
+from .plots import FPR_GRID, PrCurve, RocCurve, confusion_figure, pr_figure, reliability_figure, roc_figure, save_figure
 from .report import key_table, markdown_report
 
 
@@ -86,7 +86,7 @@ def per_source(y, prob, sources, classes, cfg: EvalConfig, seed: int, groups) ->
 
 def evaluation_figures(y: np.ndarray, prob: np.ndarray, classes: tuple[str, ...], metrics: dict, cfg: EvalConfig,
                        seed: int, groups, context: str) -> dict:
-    """The ``roc``, ``pr`` and ``confusion`` figures of labels ``y (N,)`` and probabilities ``prob (N, K)``,
+    """The ``roc``, ``pr``, ``confusion`` and ``reliability`` figures of labels ``y (N,)`` and probabilities ``prob (N, K)``,
     titled with ``context``; adds each class's average precision to ``metrics["per_class"]``.
 
     The ROC bands resample the same groups with the same seed as the metrics' intervals; the operating
@@ -113,7 +113,9 @@ def evaluation_figures(y: np.ndarray, prob: np.ndarray, classes: tuple[str, ...]
     return {"roc": roc_figure(rocs, f"ROC, each class vs the rest\n{context}",
                               f"{100 * cfg.ci_level:.0f} % pointwise bootstrap band (patients)"),
             "pr": pr_figure(prs, f"Precision-recall, each class vs the rest\n{context}"),
-            "confusion": confusion_figure(metrics["confusion"], classes, f"Confusion matrix\n{context}")}
+            "confusion": confusion_figure(metrics["confusion"], classes, f"Confusion matrix\n{context}"),
+            "reliability": reliability_figure(**metrics["calibration"]["bins"], ece=metrics["calibration"]["ece"],
+                                              title=f"Reliability of the highest probability\n{context}")}
 
 
 def load_evaluation(data: str | Path, path: Path, device, split_from_data: bool = False,

@@ -124,10 +124,29 @@ def nanmean(values: np.ndarray) -> np.ndarray:
         return np.where(defined, values, 0).sum(-1) / defined.sum(-1)
 
 
+def calibration(y: np.ndarray, prob: np.ndarray, w: np.ndarray, bins: int = 15) -> dict[str, np.ndarray]:
+    """How far the probabilities can be trusted, for each row of resampling weights ``w (R, N)``: the expected
+    calibration error of the top class (Guo et al. 2017: ``bins`` equal-width bins of the highest probability,
+    the weighted mean gap between its mean and the accuracy in each bin) ``ece (R,)``, the multiclass Brier score
+    (mean squared distance of ``prob (N, K)`` to the one-hot label, Brier 1950) ``brier (R,)``, and the first
+    row's bins: ``confidence``, ``accuracy`` and ``count (bins,)`` (NaN where a bin is empty)."""
+    confidence, correct = prob.max(1), (prob.argmax(1) == y).astype(np.float64)
+    onehot = np.eye(prob.shape[1])[y]
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    member = np.eye(bins)[which]                                            # (N, bins)
+    count = w @ member                                                      # (R, bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = (w @ (member * confidence[:, None])) / count
+        accuracy = (w @ (member * correct[:, None])) / count
+    gap = np.where(count > 0, np.abs(mean_conf - accuracy), 0.0)
+    return {"ece": (count * gap).sum(1) / w.sum(1), "brier": w @ ((prob - onehot) ** 2).sum(1) / w.sum(1),
+            "confidence": mean_conf[0], "accuracy": accuracy[0], "count": count[0]}
+
+
 def classification_metrics(y: np.ndarray, prob: np.ndarray, classes: tuple[str, ...], rounds: int = 1000,
                            level: float = 0.95, seed: int = 0, groups=None) -> dict:
-    """Accuracy, per-class precision/sensitivity/specificity/F1/AUC, macro averages and confusion matrix,
-    with ``level`` bootstrap intervals (``rounds`` resamples of the groups, seeded) for all but the macro
+    """Accuracy, per-class precision/sensitivity/specificity/F1/AUC, macro averages, confusion matrix and
+    :func:`calibration` (expected calibration error, Brier score, reliability bins), with ``level`` bootstrap intervals (``rounds`` resamples of the groups, seeded) for all but the macro
     precision, sensitivity and specificity. ``y (N,)`` class indices, ``prob (N, K)`` class probabilities,
     ``groups`` N group (patient) ids, None: each image its own group. A class without images in ``y`` (an
     external test set of some classes) has undefined sensitivity and AUC, and the macro figures average the
@@ -149,6 +168,7 @@ def classification_metrics(y: np.ndarray, prob: np.ndarray, classes: tuple[str, 
         for m in ("precision", "sensitivity", "specificity", "f1"):
             per_class[name] |= {m: float(r[m][0, c]), f"{m}_ci": ci(r[m][:, c])}
         per_class[name] |= {"auc": float(auc[0, c]), "auc_ci": ci(auc[:, c])}
+    cal = calibration(y, prob, w)
     present = np.bincount(y, minlength=k)[:k] > 0  # macro figures average the classes the images hold
     macro = {m: float(nanmean(r[m][0, present])) for m in ("precision", "sensitivity", "specificity", "f1")}
     macro |= {"f1_ci": ci(nanmean(r["f1"][:, present])), "auc": float(nanmean(auc[0, present])),
@@ -158,5 +178,8 @@ def classification_metrics(y: np.ndarray, prob: np.ndarray, classes: tuple[str, 
         "accuracy": float(r["accuracy"][0]), "accuracy_ci": ci(r["accuracy"]),
         "macro": macro, "per_class": per_class,
         "confusion": confusion_counts(y, pred, k, np.ones((1, n)))[0].astype(int).tolist(),
+        "calibration": {"ece": float(cal["ece"][0]), "ece_ci": ci(cal["ece"]), "brier": float(cal["brier"][0]),
+                        "brier_ci": ci(cal["brier"]), "bins": {key: [None if np.isnan(v) else float(v) for v in cal[key]]
+                                                              for key in ("confidence", "accuracy", "count")}},
         "ci_level": level, "bootstrap_rounds": rounds,
     }

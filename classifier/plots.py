@@ -141,6 +141,21 @@ def overlay_figure(gray: np.ndarray, cam: np.ndarray, class_name: str, prob: flo
     return fig
 
 
+def reliability_figure(confidence: Sequence, accuracy: Sequence, count: Sequence, ece: float, title: str) -> Figure:
+    """The reliability diagram: accuracy against mean top-class probability in each bin (empty bins left out),
+    with the diagonal of perfect calibration; the bins' share of images as bars underneath."""
+    fig, ax = _square_axes(title, "mean highest probability in the bin", "accuracy in the bin")
+    keep = [i for i, c in enumerate(count) if c]
+    total = sum(count)
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    ax.bar([(i + 0.5) / len(count) for i in keep], [count[i] / total for i in keep], width=1 / len(count),
+           color="lightgrey", label="share of images")
+    ax.plot([confidence[i] for i in keep], [accuracy[i] for i in keep], "o-", color=colour(0),
+            label=f"this model (ECE {100 * ece:.1f} %)")
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
 def save_figure(fig: Figure, stem: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
     """Write ``fig`` as ``<stem>.png`` (300 dpi) and ``<stem>.pdf`` (vector), each atomically."""
     written = []

@@ -62,6 +62,12 @@ def markdown_report(m: dict, classes: tuple[str, ...]) -> str:
     if m.get("absent_classes"):
         parts.insert(1, f"No image of class {', '.join(m['absent_classes'])} in this set: their sensitivity and AUC "
                         "are undefined (n/a), the macro figures average the classes present.\n")
+    if "calibration" in m:
+        c = m["calibration"]
+        parts.append(f"\n## Calibration\n\nExpected calibration error of the highest probability (15 bins): "
+                     f"**{_ci(c['ece'], c['ece_ci'])}**; Brier score {c['brier']:.3f}"
+                     + (f" [{c['brier_ci'][0]:.3f}, {c['brier_ci'][1]:.3f}]" if c["brier_ci"] else "")
+                     + " (0 is perfect; always 1/3 scores 0.667 with three classes). Reliability diagram: `reliability.png`.")
     if "binary" in m:
         b, op = m["binary"], m["binary"]["operating_point"]
         chosen = (f"; the threshold was chosen on {op['validation']['n_positive']} positive and "

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from augment.bootstrap import bootstrap_weights, interval
-from classifier.metrics import (classification_metrics, confusion_counts, pr_curve, rates, rates_at_threshold, roc_curve,
+from classifier.metrics import (calibration, classification_metrics, confusion_counts, pr_curve, rates,
+                                rates_at_threshold, roc_curve,
                                 sensitivity_at_specificity, transferred_threshold, weighted_auc)
 from conftest import tiny_classifier_config
 
@@ -203,3 +204,30 @@ def test_best_checkpoint_keeps_validation_predictions_and_evaluate_chooses_the_t
     m = evaluate(data, run, tmp_path, EvalConfig(bootstrap=20), device="cpu", quiet=True)
     assert m["binary"]["operating_point"] is None
     assert "holds no validation predictions" in (run / "eval" / "report.md").read_text()
+
+
+def test_calibration_of_a_calibrated_and_of_an_over_confident_model():
+    """Labels drawn from the probabilities themselves: ECE near 0. The same labels scored with sharpened
+    probabilities (the top class pushed to 0.99): ECE near the gap between 0.99 and the true accuracy."""
+    rng = np.random.default_rng(0)
+    prob = rng.dirichlet([2, 2, 2], size=20000)
+    y = np.array([rng.choice(3, p=p) for p in prob])
+    w = np.ones((1, len(y)))
+    calibrated = calibration(y, prob, w)
+    assert calibrated["ece"][0] < 0.02
+    sharp = np.full_like(prob, 0.005)
+    sharp[np.arange(len(y)), prob.argmax(1)] = 0.99
+    over = calibration(y, sharp, w)
+    true_accuracy = (prob.argmax(1) == y).mean()
+    assert abs(over["ece"][0] - (0.99 - true_accuracy)) < 0.01 and over["ece"][0] > 0.2
+    assert over["count"].sum() == len(y) and np.nansum(over["count"][:-1]) == 0  # all in the top bin
+    m = classification_metrics(y[:300], sharp[:300], ("a", "b", "c"), rounds=50)
+    lo, hi = m["calibration"]["ece_ci"]
+    assert lo <= m["calibration"]["ece"] <= hi
+
+
+def test_brier_score_by_hand():
+    prob = np.array([[0.7, 0.2, 0.1], [1 / 3, 1 / 3, 1 / 3]])
+    y = np.array([0, 2])
+    brier = calibration(y, prob, np.ones((1, 2)))["brier"][0]
+    assert brier == pytest.approx(((0.3 ** 2 + 0.2 ** 2 + 0.1 ** 2) + 6 / 9) / 2)
