@@ -54,12 +54,28 @@ def common_options(f):
                      help="YAML file overriding the defaults (default: configs/<command>.yaml if present)."),
         click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True,
                      help="Folder under which run folders are made."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--set", "set_", multiple=True, metavar="KEY=VALUE",
                      help="Override one config value, e.g. --set train.lr=1e-4 (repeatable)."),
     ]
     return functools.reduce(lambda g, option: option(g), reversed(options), f)
+
+
+def print_config_option(f):
+    return click.option("--print-config", is_flag=True,
+                        help="Print the resolved config (what the run would write as config.yaml) and exit.")(f)
+
+
+def show_config(cfg, asked: bool, resume: Path | None) -> None:
+    """With ``--print-config``: print ``cfg`` as ``config.yaml`` would hold it and exit."""
+    if not asked:
+        return
+    if resume is not None:
+        raise UserError(f"--print-config shows a new run's config; a resumed run's is {resume}/config.yaml")
+    from augment.config import config_text
+    click.echo(config_text(cfg), nl=False)
+    sys.exit(0)
 
 
 def resolve_inputs(command: str, data: Path | None, config: Path | None, out: Path) -> tuple[Path, Path | None, bool]:
@@ -143,7 +159,8 @@ def augment_command(data, config, out, device, seed, set_, synthetic, policy, de
               help="torch.compile the networks: minutes of compiling, once per machine and set-up (the code is kept "
                    "in <out>/cache/), faster steps on a GPU.")
 @click.option("--steps", type=click.IntRange(1), help="Total training steps (overrides train.epochs).")
-def gan_train(data, config, out, device, seed, set_, resume, compile_, steps):
+@print_config_option
+def gan_train(data, config, out, device, seed, set_, resume, compile_, steps, print_config):
     """Train a CycleGAN between two classes (default normal ↔ covid) on the training split."""
     from augment.config import load_config
     from cyclegan import GanConfig, train_gan
@@ -151,6 +168,7 @@ def gan_train(data, config, out, device, seed, set_, resume, compile_, steps):
         raise UserError(f"--resume {resume}: a resumed run keeps its own config; drop --config, --set and --steps")
     data, config, _ = resolve_inputs("gan-train", data, config, out)
     cfg = None if resume else load_config(GanConfig, config, [*set_, *([f"train.steps={steps}"] if steps else [])])
+    show_config(cfg, print_config, resume)
     masker = gan_lung_masker(cfg or gan_run_config(resume, out), device, out)
     result = train_gan(cfg, data, out, device, seed, resume, compile_, masker)
     if result.interrupted:
@@ -262,9 +280,10 @@ def lung_masker_of_runs(runs: list[Path | None], out: Path, device: str, names: 
               help="A named configuration instead of --config: cpu = configs/classify-train-cpu.yaml (minutes on a CPU).")
 @click.option("--budget", help="Wall-clock budget such as 10m or 600s: the epochs are chosen from the speed measured "
                                "on this machine so the run ends within it (train.time_budget).")
+@print_config_option
 @click.argument("backbones", nargs=-1)
 def classify_train(data, config, out, device, seed, set_, backbone, several, pretrained, synthetic, resume, compile_,
-                   preset, budget, backbones):
+                   preset, budget, print_config, backbones):
     """Train a classifier: head then fine-tuning (pretrained) or from scratch, early stopping on val macro-F1.
     With --backbones NAME NAME ..., one per backbone, then a comparison of them."""
     from augment.config import load_config
@@ -295,6 +314,7 @@ def classify_train(data, config, out, device, seed, set_, backbone, several, pre
     flags += [f"train.compile={str(compile_).lower()}"] * (compile_ is not None)
     flags += [f"train.time_budget={budget}"] * bool(budget)
     cfg = load_config(ClassifierConfig, config, [*set_, *flags])
+    show_config(cfg, print_config, resume)
     lung_masker = lung_masker_of_runs([resume], out, device, ("last.pt",)) if resume else masker_for(cfg.data, device)
     if names:
         from classifier.compare import compare, train_backbones
@@ -355,7 +375,7 @@ def compare_command(data, config, out, device, seed, set_, runs, dest, overwrite
 @click.option("--method", type=click.Choice(["cam", "gradcam", "gradcampp"]), default="gradcampp", show_default=True)
 @click.option("--target-class", help="Explain this class (default: the predicted one).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 def cam(images, checkpoint, method, target_class, out, device):
     """Heat-map overlays (CAM, Grad-CAM, Grad-CAM++) on X-ray IMAGES, written to <run>/cam/<method>
     (a run trained on lung-cropped or lung-masked images sees, and shows, them cropped and masked alike)."""
@@ -377,7 +397,7 @@ def cam(images, checkpoint, method, target_class, out, device):
 @click.option("--overwrite", is_flag=True, help="Replace an earlier predictions.csv in --dest.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 def predict_command(images, checkpoint, dest, cam, method, overwrite, batch_size, out, device):
     """Score X-ray IMAGES (files or folders, recursed) with a classifier: predictions.csv with each file's
     class, class probabilities and the covid threshold chosen on validation; unreadable files listed."""
@@ -394,7 +414,8 @@ def predict_command(images, checkpoint, dest, cam, method, overwrite, batch_size
 @click.option("--resume", type=click.Path(path_type=Path),
               help="Continue a lungseg run from its folder or checkpoint.pt, with that run's config and seed.")
 @click.option("--epochs", type=click.IntRange(1), help="Training epochs (overrides train.epochs).")
-def lungseg_train(data, config, out, device, seed, set_, resume, epochs):
+@print_config_option
+def lungseg_train(data, config, out, device, seed, set_, resume, epochs, print_config):
     """Train a U-Net lung segmenter on image/mask pairs; Dice and IoU per source on the test split.
 
     --data: a manifest (image,mask[,split,group_id|patient_id,source]) or a folder of images/ + masks/
@@ -412,6 +433,7 @@ def lungseg_train(data, config, out, device, seed, set_, resume, epochs):
     elif config is None and (CONFIGS / "lungseg-train.yaml").exists():
         config = CONFIGS / "lungseg-train.yaml"
     cfg = None if resume else load_config(LungsegConfig, config, [*set_, *([f"train.epochs={epochs}"] if epochs else [])])
+    show_config(cfg, print_config, resume)
     result = train_lungseg(cfg, data, out, device, seed, resume)
     if result.interrupted:
         sys.exit(INTERRUPTED)
@@ -427,7 +449,7 @@ def lungseg_train(data, config, out, device, seed, set_, resume, epochs):
 @click.option("--dest", type=click.Path(path_type=Path), help="Output folder (default: <run>/masks).")
 @click.option("--overwrite", is_flag=True, help="Replace masks and overlays written before.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 def lungseg(images, data, checkpoint, dest, overwrite, out, device):
     """Lung masks (binary PNGs at each image's own size) and contour overlays of X-ray IMAGES or --data."""
     from lungs import segment_files
@@ -454,7 +476,7 @@ def lungseg(images, data, checkpoint, dest, overwrite, out, device):
 @click.option("--examples", type=click.IntRange(0), default=3, show_default=True, help="Example overlays per class.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier audit in --dest.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def audit_command(checkpoint, lungs, data, dest, method, folds, examples, overwrite, out, device, seed):
     """Is the classifier looking at the lungs? Its CAMs inside the lung masks, a probe of the image source in
@@ -593,7 +615,7 @@ def ablation_stages(gan_cfg, clf_cfg, dest: Path, device: str, lung_masker=None)
 
 @cli.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.pass_context
 def demo(ctx, out, device):
     """The whole chain on the built-in demo data: inspect, gan-train, synthesize, augment, classify-train,

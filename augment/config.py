@@ -159,8 +159,13 @@ def config_to_dict(cfg: Any) -> dict:
     return plain(dataclasses.asdict(cfg))
 
 
+def config_text(cfg: Any) -> str:
+    """The YAML text of a config, as ``config.yaml`` holds it."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
 def save_config(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    Path(path).write_text(config_text(cfg))
 
 
 def _merge(cfg: Any, data: dict, prefix: str) -> Any:

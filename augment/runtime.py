@@ -28,14 +28,23 @@ from .errors import UserError
 
 # ---------------------------------------------------------------- device, precision, seeds
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` takes the GPU when one is visible; ``cuda`` without one is a user error."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--device {name}: choose auto, cpu or cuda")
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+    """``auto`` takes the GPU when one is visible; ``cuda`` takes GPU ``local_rank`` (under torchrun, this process's),
+    ``cuda:N`` GPU N, ``mps`` Apple's GPU. One that is not there is a user error."""
+    kind, _, index = name.partition(":")
+    if kind not in ("auto", "cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+        raise UserError(f"--device {name}: choose auto, cpu, cuda, cuda:N (a GPU's index) or mps")
+    if kind == "mps":
+        if not torch.backends.mps.is_available():
+            raise UserError("--device mps: no Apple GPU (MPS) is available; use --device cpu or --device auto")
+        return torch.device("mps")
+    if kind == "cpu" or (kind == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is visible; use --device cpu or --device auto")
-    return torch.device("cuda", local_rank)
+        raise UserError(f"--device {name}: no CUDA GPU is visible; use --device cpu or --device auto")
+    gpu = int(index) if index else local_rank
+    if gpu >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0")
+    return torch.device("cuda", gpu)
 
 
 def autocast(device: torch.device, enabled: bool = True, cpu: bool = False):

@@ -145,3 +145,29 @@ def test_saved_config_loads_back_identically(tmp_path):
     save_config(cfg, tmp_path / "config.yaml")
     assert yaml.safe_load((tmp_path / "config.yaml").read_text()) == config_to_dict(cfg)
     assert load_config(Top, tmp_path / "config.yaml") == cfg
+
+
+@pytest.mark.parametrize("command", ["gan-train", "classify-train", "lungseg-train"])
+def test_print_config_prints_what_the_run_writes_as_config_yaml(tmp_path, command):
+    """--print-config exits 0 with the resolved config, and a run with the same options writes the same text."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    from augment.phantoms import write_phantoms
+    data = write_phantoms(tmp_path / "data", 12, 32, seed=0, masks=command == "lungseg-train")
+    sets = {"gan-train": ["data.size=32", "model.ngf=4", "model.ndf=4", "model.n_blocks=1", "train.steps=1",
+                          "train.tensorboard=false"],
+            "classify-train": ["data.size=32", "model.backbone=shallow", "model.width=4", "model.input_size=32",
+                               "train.epochs=1", "train.tensorboard=false"],
+            "lungseg-train": ["data.size=32", "model.width=4", "model.depth=2", "train.epochs=1",
+                              "train.tensorboard=false", "eval.bootstrap=10"]}[command]
+    args = [sys.executable, str(ROOT / "cli.py"), command, "--data", str(data), "--out", str(tmp_path / "runs"),
+            "--device", "cpu", "--set", f"data.cache_dir={tmp_path / 'cache'}", *[x for s in sets for x in ("--set", s)]]
+    env = {"OMP_NUM_THREADS": "1", "PATH": ""}
+    printed = subprocess.run([*args, "--print-config"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert printed.returncode == 0, printed.stderr[-1500:]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").glob("*/*/config.yaml"))
+    done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-1500:]
+    [written] = (tmp_path / "runs").glob("*/*/config.yaml")
+    assert printed.stdout == written.read_text()

@@ -196,3 +196,20 @@ def test_bf16_autocast_on_the_cpu_only_when_asked_and_native():
         assert (x @ w).dtype == (torch.bfloat16 if cpu_bf16_native() else torch.float32)
     with autocast(cpu, enabled=False, cpu=True):
         assert (x @ w).dtype == torch.float32
+
+
+def test_device_names_cuda_n_and_mps_and_their_errors():
+    from augment.runtime import pick_device
+    assert pick_device("cpu") == torch.device("cpu")
+    for bad in ("gpu", "cuda:x", "cpu:1", "mps:0"):
+        with pytest.raises(UserError, match="choose auto, cpu, cuda, cuda:N"):
+            pick_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="--device cuda:1: no CUDA GPU is visible"):
+            pick_device("cuda:1")
+    elif torch.cuda.device_count() == 1:
+        with pytest.raises(UserError, match="has 1 GPU"):
+            pick_device("cuda:1")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(UserError, match="--device mps: no Apple GPU"):
+            pick_device("mps")
