@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from augment.errors import UserError
+from augment.errors import UserError, cli_command
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 INTERRUPTED = 130  # exit status of a training stopped by Ctrl-C or SIGTERM (after saving), so chains stop
@@ -129,7 +129,7 @@ def augment_command(data, config, out, device, seed, set_, synthetic, policy, de
     summary = balance(data, synthetic, Policy.parse(policy), dest, cfg.data, seed, overwrite)
     for c, n in summary.items():
         click.echo(f"{c:>12}: {n['real_train']} real training images + {n['synthetic']} synthetic")
-    click.echo(f"wrote {dest}; train on it with: python cli.py classify-train --data {dest}")
+    click.echo(f"wrote {dest}; train on it with: {cli_command()} classify-train --data {dest}")
     return dest
 
 
@@ -304,7 +304,7 @@ def classify_train(data, config, out, device, seed, set_, backbone, several, pre
     run = trainer.run()
     if trainer.stopped:
         sys.exit(INTERRUPTED)
-    click.echo(f"{run}\nevaluate with: python cli.py evaluate --checkpoint {run}")
+    click.echo(f"{run}\nevaluate with: {cli_command()} evaluate --checkpoint {run}")
     return run
 
 
@@ -411,7 +411,7 @@ def lungseg_train(data, config, out, device, seed, set_, resume, epochs):
     result = train_lungseg(cfg, data, out, device, seed, resume)
     if result.interrupted:
         sys.exit(INTERRUPTED)
-    click.echo(f"{result.run_dir}\nsegment with: python cli.py lungseg --checkpoint {result.run_dir} IMAGES...")
+    click.echo(f"{result.run_dir}\nsegment with: {cli_command()} lungseg --checkpoint {result.run_dir} IMAGES...")
     return result.run_dir
 
 

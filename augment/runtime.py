@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .config import save_config
-from .errors import UserError
+from .errors import UserError, cli_command
 
 
 # ---------------------------------------------------------------- device, precision, seeds
@@ -324,7 +324,7 @@ def resolve_run_file(checkpoint: str | Path | None, out: str | Path, kind: str, 
         checkpoint = latest_run(out, kind, marker)
         if checkpoint is None:
             command = {"gan": "gan-train", "classifier": "classify-train"}.get(kind, "the training command")
-            raise UserError(f"{Path(out) / kind}: no {kind} run with {wanted} yet; run `python cli.py {command}` "
+            raise UserError(f"{Path(out) / kind}: no {kind} run with {wanted} yet; run `{cli_command()} {command}` "
                             "first or pass --checkpoint")
     path = Path(checkpoint)
     if path.is_dir():

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from augment.data import decode_to_square, lung_view, warn_lungs_not_found
-from augment.errors import UserError
+from augment.errors import UserError, cli_command
 from augment.imageio import UnreadableImage
 from augment.lungmask import LungMasker
 
@@ -55,7 +55,7 @@ def safe_name(text: str) -> str:
 def read_images(paths: list[str | Path], size: int, resize: str = "crop") -> torch.Tensor:
     """uint8 ``(N, 1, size, size)`` of image files (any format the data stage reads)."""
     if not paths:
-        raise UserError("no images given; name one or more X-ray files, e.g. python cli.py cam runs/demo-data/covid/covid_00000.png")
+        raise UserError(f"no images given; name one or more X-ray files, e.g. {cli_command()} cam runs/demo-data/covid/covid_00000.png")
     out = []
     for p in paths:
         try:

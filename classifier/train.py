@@ -21,7 +21,7 @@ from tqdm import tqdm
 from augment.balance import keep_training_patients
 from augment.config import config_to_dict, load_config
 from augment.data import XrayDataset, load_dataset, write_csv
-from augment.errors import UserError
+from augment.errors import UserError, cli_command
 from augment.gpu import build_augment, epoch_batches, image_sets
 from augment.lungmask import LungMasker
 from augment.runtime import (Dist, GracefulStop, LossMeter, all_ranks, autocast, broadcast_buffers, close_distributed,
@@ -397,7 +397,7 @@ class Trainer:
                     self.save("last.pt")
                     if main:
                         print(f"stopped at epoch {self.epoch + 1}, step {self.batch}; saved {self.run_dir / 'last.pt'}. "
-                              f"Resume with: python cli.py classify-train --resume {self.run_dir} "
+                              f"Resume with: {cli_command()} classify-train --resume {self.run_dir} "
                               "(and the same --data/--synthetic)", file=sys.stderr)
                     return self.run_dir
         finally:

@@ -11,7 +11,7 @@ import yaml
 
 from augment.config import load_config
 from augment.data import file_sha256
-from augment.errors import UserError
+from augment.errors import UserError, cli_command
 from augment.runtime import load_checkpoint, refuse_other_layout, save_checkpoint, write_text_atomic
 
 from .config import GanConfig
@@ -68,7 +68,7 @@ def read_gan_checkpoint(path: Path, resume: bool = False, mmap: bool = False) ->
     state = load_checkpoint(path, mmap=mmap)
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise UserError(f"{path}: not a GAN checkpoint of this toolkit (no config/model); pass one written "
-                        "by `python cli.py gan-train`")
+                        f"by `{cli_command()} gan-train`")
     values = state["config"]
     layout = state.get("layout", 1 if "ranks" in state else 0)
     if resume:

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from augment.config import config_to_dict, load_config
 from augment.data import warn, write_csv
-from augment.errors import UserError
+from augment.errors import UserError, cli_command
 from augment.gpu import build_augment, epoch_batches
 from augment.runtime import (Dist, GracefulStop, LossMeter, autocast, load_checkpoint, new_run_dir, pick_device,
                              recorded_data, refuse_other_layout, rng_state, save_checkpoint, seed_everything,
@@ -176,7 +176,7 @@ def train_lungseg(cfg: LungsegConfig | None, data: str | Path | None, out: str |
                 break
     if interrupted:
         print(f"stopped at step {step} of {total}; saved {ckpt_path}\n"
-              f"resume with: python cli.py lungseg-train --resume {run_dir}")
+              f"resume with: {cli_command()} lungseg-train --resume {run_dir}")
         return LungsegResult(run_dir, step, model, True, None)
     metrics = report(model, ds, cfg, dev, run_dir, quiet)
     return LungsegResult(run_dir, step, model, False, metrics)
