@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .config import save_config
+from .config import config_source, save_config
 from .errors import UserError, cli_command
 
 
@@ -344,11 +344,15 @@ def _run_order(run: Path) -> tuple[list[str], int]:
 
 
 def write_run_info(run_dir: str | Path, cfg: Any, seed: int, data_fingerprint: str = "", **extra) -> None:
-    """``config.yaml`` (the resolved config) and ``run.json`` (what it takes to reproduce the run)."""
+    """``config.yaml`` (the resolved config) and ``run.json`` (what it takes to reproduce the run, with the
+    config file the config was read from, ``null`` for the defaults in code, and the ``--set`` overrides)."""
     run_dir = Path(run_dir)
     save_config(cfg, run_dir / "config.yaml")
+    source = config_source(cfg)
     info = {
         "command": sys.argv,
+        "config_file": source["file"],
+        "config_overrides": source["overrides"],
         "started": _dt.datetime.now().isoformat(timespec="seconds"),
         "seed": seed,
         "data_fingerprint": data_fingerprint,

@@ -167,6 +167,7 @@ def test_write_run_info(tmp_path):
     assert info["versions"]["torch"] == torch.__version__ and info["versions"]["python"]
     for key in ("command", "started", "git_commit", "hostname", "gpu"):
         assert key in info
+    assert info["config_file"] is None and info["config_overrides"] == []  # built in code, not read from a file
 
 
 def test_graceful_stop_turns_sigint_into_a_request():
