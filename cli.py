@@ -42,8 +42,22 @@ class Toolkit(click.Group):
             sys.exit(2)
 
 
+def print_version(ctx, param, value):
+    """``--version``: the release, the Python and the folder the toolkit runs from (a source checkout,
+    or site-packages when installed)."""
+    if not value or ctx.resilient_parsing:
+        return
+    import platform
+    from augment.about import toolkit_version
+    click.echo(f"cxrgan {toolkit_version()} (Python {platform.python_version()}, running from "
+               f"{Path(__file__).resolve().parent})")
+    ctx.exit()
+
+
 @click.group(cls=Toolkit, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=print_version,
+              help="Show the version and where the toolkit runs from, and exit.")
 def cli(debug):
     """GAN-augmented chest X-ray classification: CycleGAN synthesis, balanced training sets,
     classifiers with clinical metrics and class activation maps."""

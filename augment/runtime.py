@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .about import source_checkout, toolkit_version
 from .config import config_source, save_config
 from .errors import UserError, cli_command
 
@@ -375,7 +376,7 @@ def recorded_data(run_dir: str | Path) -> Path | None:
 
 
 def package_versions() -> dict:
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    versions = {"cxrgan": toolkit_version(), "python": platform.python_version(), "torch": torch.__version__}
     for name in ("torchvision", "numpy", "skimage"):
         try:
             versions[name] = __import__(name).__version__
@@ -385,8 +386,13 @@ def package_versions() -> dict:
 
 
 def git_commit() -> str | None:
+    """The commit of the source checkout the toolkit runs from; None as installed (a wheel in a
+    virtual environment inside some other repository must not record that repository's commit)."""
+    root = source_checkout()
+    if root is None:
+        return None
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=5)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):

@@ -1,10 +1,11 @@
 """The toolkit as installed: shipped configs (one source of defaults, read through importlib.resources),
-the command that hints name, and the licence metadata."""
+the command that hints name, --version, and the licence metadata. .ci/installed.sh checks a built wheel."""
 from __future__ import annotations
 
 import configparser
 import fnmatch
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -109,6 +110,15 @@ def test_hints_name_the_command_that_was_typed(monkeypatch):
     assert augment.errors.cli_command() == "python '../my code/cli.py'"  # as typed, quoted for the shell
     monkeypatch.setattr(sys, "argv", ["-c"])
     assert augment.errors.cli_command() == "cxrgan"  # a Python user of the packages
+
+
+def test_version_names_the_release_and_where_it_runs_from():
+    version = setup_cfg()["metadata"]["version"]
+    r = CliRunner().invoke(cli, ["--version"])
+    assert r.exit_code == 0 and r.output.startswith(f"cxrgan {version} ") and str(ROOT) in r.output
+    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "--version"], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT.parent)
+    assert out.returncode == 0 and out.stdout.startswith(f"cxrgan {version} "), out.stderr
 
 
 def test_license_and_citation_match_the_metadata():

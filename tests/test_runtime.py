@@ -168,6 +168,7 @@ def test_write_run_info(tmp_path):
     for key in ("command", "started", "git_commit", "hostname", "gpu"):
         assert key in info
     assert info["config_file"] is None and info["config_overrides"] == []  # built in code, not read from a file
+    assert info["versions"]["cxrgan"] == runtime.toolkit_version() != "unknown"
 
 
 def test_graceful_stop_turns_sigint_into_a_request():
