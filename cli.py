@@ -58,9 +58,14 @@ def print_version(ctx, param, value):
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=print_version,
               help="Show the version and where the toolkit runs from, and exit.")
-def cli(debug):
+@click.option("--offline", is_flag=True,
+              help="Never download (ImageNet weights): sets CXRGAN_OFFLINE=1; HF_HUB_OFFLINE=1 does the same.")
+def cli(debug, offline):
     """GAN-augmented chest X-ray classification: CycleGAN synthesis, balanced training sets,
     classifiers with clinical metrics and class activation maps."""
+    if offline:
+        import os
+        os.environ["CXRGAN_OFFLINE"] = "1"  # read where weights are fetched, and by torchrun's workers alike
 
 
 def common_options(f):
@@ -279,7 +284,8 @@ def lung_masker_of_runs(runs: list[Path | None], out: Path, device: str, names: 
 @click.option("--backbones", "several", is_flag=True,
               help="Train each backbone named after the options (--backbones vgg16 resnet50 efficientnet_b0) with the "
                    "same data, split, seed and config, then compare them.")
-@click.option("--pretrained", help="none, imagenet or a state dict path; overrides model.pretrained.")
+@click.option("--pretrained", help="none, imagenet (downloaded once into the cache unless --offline) or a state "
+                                   "dict path; overrides model.pretrained.")
 @click.option("--synthetic", type=click.Path(path_type=Path), help="Folder written by synthesize: added to the training split only.")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue a classifier run folder (or its last.pt) exactly.")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model (default: train.compile).")
@@ -333,6 +339,18 @@ def classify_train(data, config, out, device, seed, set_, backbone, several, pre
         sys.exit(INTERRUPTED)
     click.echo(f"{run}\nevaluate with: {cli_command()} evaluate --checkpoint {run}")
     return run
+
+
+@cli.command("fetch-weights")
+@click.argument("backbones", nargs=-1, required=True)
+def fetch_weights_command(backbones):
+    """Download the ImageNet weights of BACKBONES (torchvision names, timm:<model>) to where --pretrained
+    imagenet reads them offline ($TORCH_HOME/hub/checkpoints); copy that folder to a machine without internet."""
+    from classifier.weights import checkpoints_dir, fetch_weights
+    for name, path in fetch_weights(backbones):
+        click.echo(f"{name}: {path}")
+    click.echo(f"for a machine without internet, copy {checkpoints_dir()} to its $TORCH_HOME/hub/checkpoints "
+               "(default ~/.cache/torch/hub/checkpoints)")
 
 
 @cli.command()
