@@ -73,8 +73,9 @@ def common_options(f):
     options = [
         click.option("--data", type=click.Path(path_type=Path),
                      help="Folder of class subfolders or a manifest CSV (default: ./data, else the built-in demo data)."),
-        click.option("--config", type=click.Path(path_type=Path),
-                     help="YAML file overriding the defaults (default: the shipped configs/<command>.yaml, where there is one)."),
+        click.option("--config", type=click.Path(path_type=Path), callback=shipped_if_missing,
+                     help="YAML file overriding the defaults (default: the shipped configs/<command>.yaml, where there "
+                          "is one; configs/NAME.yaml not found here: the shipped one)."),
         click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True,
                      help="Folder under which run folders are made."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
@@ -83,6 +84,12 @@ def common_options(f):
                      help="Override one config value, e.g. --set train.lr=1e-4 (repeatable)."),
     ]
     return functools.reduce(lambda g, option: option(g), reversed(options), f)
+
+
+def shipped_if_missing(ctx, param, value):
+    """``--config configs/NAME.yaml`` with no such file here reads the shipped one (:func:`augment.config.local_or_shipped`)."""
+    from augment.config import local_or_shipped
+    return local_or_shipped(value)
 
 
 def default_config(command: str, demo: bool):
@@ -517,7 +524,7 @@ def audit_command(checkpoint, lungs, data, dest, method, folds, examples, overwr
               help="Keep only this share of the minority's training patients, for the GAN and the classifiers.")
 @click.option("--policy", default="match-majority", show_default=True,
               help="How many synthetic images join: match-majority, ratio:R or count:N.")
-@click.option("--gan-config", type=click.Path(path_type=Path),
+@click.option("--gan-config", type=click.Path(path_type=Path), callback=shipped_if_missing,
               help="YAML for the CycleGAN (default: the defaults in code; demo: configs/gan-train-demo.yaml).")
 @click.option("--gan-set", multiple=True, metavar="KEY=VALUE", help="Override one CycleGAN config value (repeatable).")
 @click.option("--dest", type=click.Path(path_type=Path),

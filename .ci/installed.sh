@@ -64,15 +64,16 @@ from classifier.config import ClassifierConfig
 from cyclegan import GanConfig
 from lungs import LungsegConfig
 classes = {"classify-train": ClassifierConfig, "gan-train": GanConfig, "lungseg-train": LungsegConfig}
-named = {name: classes[command] for command, pair in cli.DEFAULT_CONFIGS.items() for name in pair if name}
-named.update({name: ClassifierConfig for name in cli.PRESETS.values()})
-for name, cls in named.items():  # every config a command can name is in the wheel and loads
+repo_configs = {p.name for p in (repo / "configs").glob("*.yaml")}
+named = {name for pair in cli.DEFAULT_CONFIGS.values() for name in pair if name} | set(cli.PRESETS.values())
+shipped = {p.name for p in shipped_configs().iterdir() if p.name.endswith(".yaml")}
+if shipped != repo_configs or not named <= shipped:
+    sys.exit(f"installed.sh: FAILED: the wheel ships {sorted(shipped)}, configs/ holds {sorted(repo_configs)}, "
+             f"the commands name {sorted(named)}")
+for name in sorted(shipped):  # each loads from the wheel, against the dataclasses of the command it is named for
+    [cls] = [c for command, c in classes.items() if name.startswith(command)]
     cfg = load_config(cls, shipped_config(name))
     assert Path(config_source(cfg)["file"]).is_relative_to(venv), config_source(cfg)
-repo_configs = {p.name for p in (repo / "configs").glob("*.yaml")}
-shipped = {p.name for p in shipped_configs().iterdir() if p.name.endswith(".yaml")}
-if shipped != repo_configs:
-    sys.exit(f"installed.sh: FAILED: the wheel ships {sorted(shipped)}, configs/ holds {sorted(repo_configs)}")
 EOF
 version="$("$VENV/bin/cxrgan" --version)"
 case "$version" in

@@ -49,6 +49,19 @@ def shipped_configs() -> Traversable:
         return Path(__file__).resolve().parent.parent / "configs"
 
 
+def local_or_shipped(path: str | Path | None) -> Path | Traversable | None:
+    """``path`` as given, except ``configs/<name>`` where there is no such file here: then the shipped config
+    of that name, if the toolkit ships one, so commands written against the repository
+    (``--config configs/gan-train-cpu.yaml``) work as installed, from any folder."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.exists() or path.parent != Path("configs"):
+        return path
+    shipped = shipped_configs() / path.name
+    return shipped if shipped.is_file() else path
+
+
 def config_source(cfg: Any) -> dict:
     """``{"file": ..., "overrides": [...]}``: the YAML file (None: the defaults in code) and the
     ``key=value`` overrides :func:`load_config` resolved ``cfg`` from; both empty for a config built in code."""

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 import augment.config
 import augment.errors
-from augment.config import config_source, load_config, shipped_config, shipped_configs
+from augment.config import config_source, load_config, local_or_shipped, shipped_config, shipped_configs
 from augment.errors import UserError
 from augment.phantoms import write_phantoms
 from classifier.config import ClassifierConfig
@@ -33,30 +33,48 @@ def setup_cfg() -> configparser.ConfigParser:
     return parser
 
 
-def named_configs() -> dict[str, type]:
-    """Every config file the CLI can name (defaults of commands and their demos, presets) -> its class."""
-    names = {name: CONFIG_CLASSES[command] for command, pair in DEFAULT_CONFIGS.items() for name in pair if name}
-    names.update({name: ClassifierConfig for name in PRESETS.values()})
-    return names
+def named_configs() -> set[str]:
+    """Every config file the CLI names itself (defaults of commands and their demos, presets)."""
+    return {name for pair in DEFAULT_CONFIGS.values() for name in pair if name} | set(PRESETS.values())
 
 
-def test_every_config_in_configs_is_named_by_the_cli_and_every_name_is_shipped():
-    """No orphan YAML that nothing reads, no command that names a file the package lacks."""
-    in_repo = {p.name for p in (ROOT / "configs").glob("*.yaml")}
+def config_class(name: str) -> type:
+    """The config class of ``configs/<name>``, by the command its name starts with."""
+    [command] = [c for c in CONFIG_CLASSES if name.startswith(c)]
+    return CONFIG_CLASSES[command]
+
+
+REPO_CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
+
+
+def test_every_config_is_shipped_and_every_name_the_cli_uses_is_among_them():
     shipped = {p.name for p in shipped_configs().iterdir() if p.name.endswith(".yaml")}
-    assert in_repo == shipped == set(named_configs())
+    assert set(REPO_CONFIGS) == shipped and named_configs() <= shipped
 
 
-@pytest.mark.parametrize("name", sorted(named_configs()))
+@pytest.mark.parametrize("name", REPO_CONFIGS)
 def test_shipped_config_is_the_repository_file_and_only_overrides_keys_the_code_has(name):
     """The file a command reads is configs/<name> itself (one source, whether run from the checkout or
-    installed), and every key it sets exists in the dataclasses (a renamed field would fail here, not at a
-    user's run)."""
+    installed), named for a command, and every key it sets exists in that command's dataclasses (a renamed
+    field fails here, not at a user's run)."""
     path = shipped_config(name)
     assert path.read_bytes() == (ROOT / "configs" / name).read_bytes()
-    cfg = load_config(named_configs()[name], path)
+    cfg = load_config(config_class(name), path)
     assert config_source(cfg) == {"file": str(path), "overrides": []}
-    assert cfg == load_config(named_configs()[name], ROOT / "configs" / name)
+    assert cfg == load_config(config_class(name), ROOT / "configs" / name)
+
+
+def test_config_under_configs_that_is_not_here_is_the_shipped_one(tmp_path, monkeypatch):
+    """Commands written against the repository (--config configs/classify-train-cpu.yaml) work from any folder."""
+    monkeypatch.chdir(tmp_path)
+    assert local_or_shipped(Path("configs/classify-train-cpu.yaml")) == shipped_config("classify-train-cpu.yaml")
+    assert local_or_shipped(Path("configs/none.yaml")) == Path("configs/none.yaml")  # not shipped: as given
+    assert local_or_shipped(Path("other/classify-train-cpu.yaml")) == Path("other/classify-train-cpu.yaml")
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "classify-train-cpu.yaml").write_text("train:\n  epochs: 1\n")
+    assert local_or_shipped(Path("configs/classify-train-cpu.yaml")) == Path("configs/classify-train-cpu.yaml")
+    r = CliRunner().invoke(cli, ["evaluate", "--config", "configs/missing.yaml", "--data", str(tmp_path)])
+    assert r.exit_code == 2 and "configs/missing.yaml: cannot read config file" in r.output
 
 
 def test_setup_cfg_installs_configs_as_package_data_of_cxrgan_configs():
@@ -68,7 +86,7 @@ def test_setup_cfg_installs_configs_as_package_data_of_cxrgan_configs():
     found = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"configs", "tests"}
     assert found <= set(packages) and augment.config.SHIPPED_PACKAGE in packages
     patterns = setup_cfg()["options.package_data"][augment.config.SHIPPED_PACKAGE].split()
-    for name in named_configs():
+    for name in REPO_CONFIGS:
         assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
 
 
