@@ -15,10 +15,15 @@ from pathlib import Path
 
 import click
 
-from augment.errors import UserError
+from augment.errors import UserError, cli_command
 from augment.outputs import display_name
 
-CONFIGS = Path(__file__).resolve().parent / "configs"
+# The shipped config (configs/, installed as the package cxrgan_configs) a command reads when --config is not
+# given: (without, with the demo data); None: the defaults in code. A name here that is not shipped is an error.
+DEFAULT_CONFIGS = {"classify-train": ("classify-train.yaml", "classify-train-demo.yaml"),
+                   "gan-train": (None, "gan-train-demo.yaml"),
+                   "lungseg-train": ("lungseg-train.yaml", "lungseg-train-demo.yaml")}
+PRESETS = {"cpu": "classify-train-cpu.yaml"}  # classify-train --preset NAME
 INTERRUPTED = 130  # exit status of a training stopped by Ctrl-C or SIGTERM (after saving), so chains stop
 
 
@@ -38,11 +43,30 @@ class Toolkit(click.Group):
             sys.exit(2)
 
 
+def print_version(ctx, param, value):
+    """``--version``: the release, the Python and the folder the toolkit runs from (a source checkout,
+    or site-packages when installed)."""
+    if not value or ctx.resilient_parsing:
+        return
+    import platform
+    from augment.about import toolkit_version
+    click.echo(f"cxrgan {toolkit_version()} (Python {platform.python_version()}, running from "
+               f"{Path(__file__).resolve().parent})")
+    ctx.exit()
+
+
 @click.group(cls=Toolkit, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-def cli(debug):
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=print_version,
+              help="Show the version and where the toolkit runs from, and exit.")
+@click.option("--offline", is_flag=True,
+              help="Never download (ImageNet weights): sets CXRGAN_OFFLINE=1; HF_HUB_OFFLINE=1 does the same.")
+def cli(debug, offline):
     """GAN-augmented chest X-ray classification: CycleGAN synthesis, balanced training sets,
     classifiers with clinical metrics and class activation maps."""
+    if offline:
+        import os
+        os.environ["CXRGAN_OFFLINE"] = "1"  # read where weights are fetched, and by torchrun's workers alike
 
 
 def common_options(f):
@@ -50,8 +74,9 @@ def common_options(f):
     options = [
         click.option("--data", type=click.Path(path_type=Path),
                      help="Folder of class subfolders or a manifest CSV (default: ./data, else the built-in demo data)."),
-        click.option("--config", type=click.Path(path_type=Path),
-                     help="YAML file overriding the defaults (default: configs/<command>.yaml if present)."),
+        click.option("--config", type=click.Path(path_type=Path), callback=shipped_if_missing,
+                     help="YAML file overriding the defaults (default: the shipped configs/<command>.yaml, where there "
+                          "is one; configs/NAME.yaml not found here: the shipped one)."),
         click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True,
                      help="Folder under which run folders are made."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
@@ -78,20 +103,33 @@ def show_config(cfg, asked: bool, resume: Path | None) -> None:
     sys.exit(0)
 
 
+def shipped_if_missing(ctx, param, value):
+    """``--config configs/NAME.yaml`` with no such file here reads the shipped one (:func:`augment.config.local_or_shipped`)."""
+    from augment.config import local_or_shipped
+    return local_or_shipped(value)
+
+
+def default_config(command: str, demo: bool):
+    """The shipped config ``command`` reads without ``--config`` (:data:`DEFAULT_CONFIGS`), or None."""
+    from augment.config import shipped_config
+    name = DEFAULT_CONFIGS.get(command, (None, None))[demo]
+    return shipped_config(name) if name else None
+
+
 def resolve_inputs(command: str, data: Path | None, config: Path | None, out: Path) -> tuple[Path, Path | None, bool]:
     """``(data, config, is_demo)`` for a command: without ``--data`` and no ``./data``, the built-in
-    demo data and ``configs/<command>-demo.yaml``; otherwise ``configs/<command>.yaml`` if present."""
+    demo data and the shipped ``configs/<command>-demo.yaml``; otherwise ``configs/<command>.yaml`` where
+    :data:`DEFAULT_CONFIGS` names one."""
     from augment.phantoms import demo_data
     is_demo = data is None and not Path("data").is_dir()
     if data is None:
         data = demo_data(out) if is_demo else Path("data")
     if config is None:
-        candidate = CONFIGS / f"{command}{'-demo' if is_demo else ''}.yaml"
-        config = candidate if candidate.exists() else None
+        config = default_config(command, is_demo)
     if is_demo:
         click.echo(f"No --data given and no ./data folder: using the built-in demo data (procedural phantoms) "
-                   f"in {data}" + (f" with the small demo configuration {config.relative_to(CONFIGS.parent)}"
-                                   if config else "") + ". Give --data DIR to use your own images.", err=True)
+                   f"in {data}" + (f" with the small demo configuration {config}" if config else "")
+                   + ". Give --data DIR to use your own images.", err=True)
     return data, config, is_demo
 
 
@@ -146,7 +184,7 @@ def augment_command(data, config, out, device, seed, set_, synthetic, policy, de
     summary = balance(data, synthetic, Policy.parse(policy), dest, cfg.data, seed, overwrite)
     for c, n in summary.items():
         click.echo(f"{c:>12}: {n['real_train']} real training images + {n['synthetic']} synthetic")
-    click.echo(f"wrote {dest}; train on it with: python cli.py classify-train --data {dest}")
+    click.echo(f"wrote {dest}; train on it with: {cli_command()} classify-train --data {dest}")
     return dest
 
 
@@ -272,11 +310,12 @@ def lung_masker_of_runs(runs: list[Path | None], out: Path, device: str, names: 
 @click.option("--backbones", "several", is_flag=True,
               help="Train each backbone named after the options (--backbones vgg16 resnet50 efficientnet_b0) with the "
                    "same data, split, seed and config, then compare them.")
-@click.option("--pretrained", help="none, imagenet or a state dict path; overrides model.pretrained.")
+@click.option("--pretrained", help="none, imagenet (downloaded once into the cache unless --offline) or a state "
+                                   "dict path; overrides model.pretrained.")
 @click.option("--synthetic", type=click.Path(path_type=Path), help="Folder written by synthesize: added to the training split only.")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue a classifier run folder (or its last.pt) exactly.")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model (default: train.compile).")
-@click.option("--preset", type=click.Choice(["cpu"]),
+@click.option("--preset", type=click.Choice(list(PRESETS)),
               help="A named configuration instead of --config: cpu = configs/classify-train-cpu.yaml (minutes on a CPU).")
 @click.option("--budget", help="Wall-clock budget such as 10m or 600s: the epochs are chosen from the speed measured "
                                "on this machine so the run ends within it (train.time_budget).")
@@ -298,7 +337,8 @@ def classify_train(data, config, out, device, seed, set_, backbone, several, pre
     if preset:
         if config is not None:
             raise UserError(f"--preset {preset} and --config {config}: give one of them")
-        config = CONFIGS / f"classify-train-{preset}.yaml"
+        from augment.config import shipped_config
+        config = shipped_config(PRESETS[preset])
     names = [b.strip() for name in backbones for b in name.split(",") if b.strip()]
     if names and not several:
         raise UserError(f"unexpected argument {backbones[0]!r}; to train several backbones write --backbones "
@@ -328,8 +368,20 @@ def classify_train(data, config, out, device, seed, set_, backbone, several, pre
     run = trainer.run()
     if trainer.stopped:
         sys.exit(INTERRUPTED)
-    click.echo(f"{run}\nevaluate with: python cli.py evaluate --checkpoint {run}")
+    click.echo(f"{run}\nevaluate with: {cli_command()} evaluate --checkpoint {run}")
     return run
+
+
+@cli.command("fetch-weights")
+@click.argument("backbones", nargs=-1, required=True)
+def fetch_weights_command(backbones):
+    """Download the ImageNet weights of BACKBONES (torchvision names, timm:<model>) to where --pretrained
+    imagenet reads them offline ($TORCH_HOME/hub/checkpoints); copy that folder to a machine without internet."""
+    from classifier.weights import checkpoints_dir, fetch_weights
+    for name, path in fetch_weights(backbones):
+        click.echo(f"{name}: {path}")
+    click.echo(f"for a machine without internet, copy {checkpoints_dir()} to its $TORCH_HOME/hub/checkpoints "
+               "(default ~/.cache/torch/hub/checkpoints)")
 
 
 @cli.command()
@@ -427,17 +479,17 @@ def lungseg_train(data, config, out, device, seed, set_, resume, epochs, print_c
         raise UserError(f"--resume {resume}: a resumed run keeps its own config; drop --config, --set and --epochs")
     if data is None and resume is None:
         data = demo_lung_data(out)
-        config = config or CONFIGS / "lungseg-train-demo.yaml"
+        config = config or default_config("lungseg-train", True)
         click.echo(f"No --data given: using the lung-mask phantoms in {data} with {config.name}. "
                    "Give --data DIR to use your own images and masks.", err=True)
-    elif config is None and (CONFIGS / "lungseg-train.yaml").exists():
-        config = CONFIGS / "lungseg-train.yaml"
+    elif config is None and resume is None:
+        config = default_config("lungseg-train", False)
     cfg = None if resume else load_config(LungsegConfig, config, [*set_, *([f"train.epochs={epochs}"] if epochs else [])])
     show_config(cfg, print_config, resume)
     result = train_lungseg(cfg, data, out, device, seed, resume)
     if result.interrupted:
         sys.exit(INTERRUPTED)
-    click.echo(f"{result.run_dir}\nsegment with: python cli.py lungseg --checkpoint {result.run_dir} IMAGES...")
+    click.echo(f"{result.run_dir}\nsegment with: {cli_command()} lungseg --checkpoint {result.run_dir} IMAGES...")
     return result.run_dir
 
 
@@ -498,8 +550,8 @@ def audit_command(checkpoint, lungs, data, dest, method, folds, examples, overwr
               help="Keep only this share of the minority's training patients, for the GAN and the classifiers.")
 @click.option("--policy", default="match-majority", show_default=True,
               help="How many synthetic images join: match-majority, ratio:R or count:N.")
-@click.option("--gan-config", type=click.Path(path_type=Path),
-              help="YAML for the CycleGAN (default: configs/gan-train.yaml, demo: gan-train-demo.yaml).")
+@click.option("--gan-config", type=click.Path(path_type=Path), callback=shipped_if_missing,
+              help="YAML for the CycleGAN (default: the defaults in code; demo: configs/gan-train-demo.yaml).")
 @click.option("--gan-set", multiple=True, metavar="KEY=VALUE", help="Override one CycleGAN config value (repeatable).")
 @click.option("--dest", type=click.Path(path_type=Path),
               help="Experiment folder (default: <out>/ablation/<backbone>[-f<fraction>][-gan-per-seed]); "
@@ -516,8 +568,7 @@ def ablation(data, config, out, device, seed, set_, backbone, seeds, gan_per_see
     from lungs import masker_for
     data, config, is_demo = resolve_inputs("classify-train", data, config, out)
     clf_cfg = load_config(ClassifierConfig, config, [*set_, *[f"model.backbone={backbone}"] * bool(backbone)])
-    default_gan = CONFIGS / f"gan-train{'-demo' if is_demo else ''}.yaml"
-    gan_cfg = load_config(GanConfig, gan_config or (default_gan if default_gan.exists() else None), gan_set)
+    gan_cfg = load_config(GanConfig, gan_config or default_config("gan-train", is_demo), gan_set)
     if minority != gan_cfg.train.domain_b:
         raise UserError(f"--minority {minority}: the CycleGAN translates into {gan_cfg.train.domain_b!r}; "
                         f"add --gan-set train.domain_b={minority}")
@@ -626,7 +677,7 @@ def demo(ctx, out, device):
     from augment.phantoms import demo_data, demo_lung_data
     start = time.perf_counter()
     data = demo_data(out)
-    clf_config, gan_config = CONFIGS / "classify-train-demo.yaml", CONFIGS / "gan-train-demo.yaml"
+    clf_config, gan_config = default_config("classify-train", True), default_config("gan-train", True)
     ctx.invoke(inspect, data=data, out=out)
     gan_run = ctx.invoke(gan_train, data=data, config=gan_config, out=out, device=device)
     synthetic = ctx.invoke(synthesize_command, data=data, out=out, device=device, n=200)
@@ -642,7 +693,7 @@ def demo(ctx, out, device):
     comparison = ctx.invoke(compare_command, runs=[run, Path(classic)], data=data, config=clf_config, out=out,
                             device=device)
     lung_data = demo_lung_data(out)
-    lung_run = ctx.invoke(lungseg_train, data=lung_data, config=CONFIGS / "lungseg-train-demo.yaml", out=out,
+    lung_run = ctx.invoke(lungseg_train, data=lung_data, config=default_config("lungseg-train", True), out=out,
                           device=device)
     lung_masks = ctx.invoke(lungseg, images=[lung_data / "covid" / "covid_00001.png"], checkpoint=lung_run,
                             out=out, device=device)

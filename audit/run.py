@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from augment.data import warn, write_csv
-from augment.errors import UserError
+from augment.errors import UserError, cli_command
 from augment.lungmask import apply_lung_mask
 from augment.runtime import json_safe, pick_device, recorded_data, resolve_run_file, write_text_atomic
 from classifier.cam import BaseCAM, cam_method
@@ -148,7 +148,7 @@ def run_audit(checkpoint: str | Path | None = None, lungs: str | Path | None = N
     empty = int((area == 0).sum())
     if empty and not quiet:
         warn(f"the lung segmenter found no lung in {empty} of {len(y)} images; their CAM mass counts as outside "
-             f"the lungs. Check its masks on these data: python cli.py lungseg --checkpoint {segmenter.path} --data {data}")
+             f"the lungs. Check its masks on these data: {cli_command()} lungseg --checkpoint {segmenter.path} --data {data}")
 
     result = {"checkpoint": str(path), "data": str(data), "split": chosen.split, "n": len(y),
               "n_groups": len(set(groups)), "classes": list(classes), "method": explainer.label,

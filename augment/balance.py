@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .data import DataConfig, XrayDataset, csv_rows, discover, load_dataset, warn, write_csv
-from .errors import UserError
+from .errors import UserError, cli_command
 
 COLUMNS = ["path", "label", "split", "group_id", "source", "origin", "source_image", "checkpoint_sha256"]
 
@@ -69,7 +69,7 @@ def balance(data: str | Path, synthetic: str | Path, policy: Policy, dest: str |
     real = load_dataset(data, cfg)
     syn_root, syn_records, _ = discover(synthetic, cfg.classes)
     if not syn_records:
-        raise UserError(f"{synthetic}: no synthetic images found; run `python cli.py synthesize` first")
+        raise UserError(f"{synthetic}: no synthetic images found; run `{cli_command()} synthesize` first")
     meta = _manifest_rows(syn_root / "manifest.csv")
     pool = [syn_records[i] for i in training_patients(real, [r.group for r in syn_records],
                                                       [r.path for r in syn_records], synthetic)]

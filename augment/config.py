@@ -9,6 +9,7 @@ Every mistake becomes a one-line :class:`UserError` that lists the valid choices
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 import reprlib
 import types
@@ -20,19 +21,67 @@ import yaml
 
 from .errors import UserError
 
+if typing.TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
 C = TypeVar("C")
+SHIPPED_PACKAGE = "cxrgan_configs"  # the repository's configs/ folder, as installed (setup.cfg package_dir)
+_SOURCE = "_config_source"  # attribute of a loaded config: the file and overrides it was resolved from
 
 
-def load_config(cls: type[C], path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> C:
-    """Defaults of ``cls``, then the YAML file at ``path``, then each ``key=value`` override."""
+def shipped_config(name: str) -> Traversable:
+    """The config file ``name`` (``classify-train.yaml``) shipped with the toolkit: the repository's
+    ``configs/`` folder, installed as the package data of ``cxrgan_configs`` and read with
+    :mod:`importlib.resources`, so an installed toolkit and a source checkout read the same file. A file
+    that is not there is a :class:`UserError` (a broken installation), never a silent fall back to the
+    defaults in code."""
+    path = shipped_configs() / name
+    if not path.is_file():
+        raise UserError(f"{path}: the shipped config {name} is missing from this installation of cxrgan; "
+                        "reinstall it (pip install --force-reinstall cxrgan) or give --config FILE")
+    return path
+
+
+def shipped_configs() -> Traversable:
+    """The folder of the shipped configs: the package ``cxrgan_configs`` where the toolkit is installed
+    (also editable), else, in a source checkout that was never installed, ``configs/`` beside this package."""
+    try:
+        return importlib.resources.files(SHIPPED_PACKAGE)
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "configs"
+
+
+def local_or_shipped(path: str | Path | None) -> Path | Traversable | None:
+    """``path`` as given, except ``configs/<name>`` where there is no such file here: then the shipped config
+    of that name, if the toolkit ships one, so commands written against the repository
+    (``--config configs/gan-train-cpu.yaml``) work as installed, from any folder."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.exists() or path.parent != Path("configs"):
+        return path
+    shipped = shipped_configs() / path.name
+    return shipped if shipped.is_file() else path
+
+
+def config_source(cfg: Any) -> dict:
+    """``{"file": ..., "overrides": [...]}``: the YAML file (None: the defaults in code) and the
+    ``key=value`` overrides :func:`load_config` resolved ``cfg`` from; both empty for a config built in code."""
+    return dict(getattr(cfg, _SOURCE, None) or {"file": None, "overrides": []})
+
+
+def load_config(cls: type[C], path: str | Path | Traversable | None = None, overrides: typing.Iterable[str] = ()) -> C:
+    """Defaults of ``cls``, then the YAML file at ``path``, then each ``key=value`` override. The
+    result remembers its file and overrides (:func:`config_source`) for the run's ``run.json``."""
     cfg = cls()
+    overrides = list(overrides)
     if path is not None:
-        path = Path(path)
+        path = Path(path) if isinstance(path, str) else path
         try:
             if path.stat().st_size > MAX_CONFIG_BYTES:
                 raise UserError(f"{path}: {path.stat().st_size} bytes is too large for a config file (at most "
                                 f"{MAX_CONFIG_BYTES}); a config overrides a few keys")
-            data = yaml.safe_load(path.read_text())
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except OSError as e:
             raise UserError(f"{path}: cannot read config file ({e.strerror})") from e
         except UnicodeDecodeError as e:
@@ -59,6 +108,8 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: typing.
             nested = {part: nested}
         cfg = _merge(cfg, nested, "")
     check_config(cfg)
+    where = None if path is None else str(path.resolve() if isinstance(path, Path) else path)
+    setattr(cfg, _SOURCE, {"file": where, "overrides": overrides})
     return cfg
 
 

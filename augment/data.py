@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import UserError
+from .errors import UserError, cli_command
 from .groups import check_pattern, near_duplicate_pairs, pattern_groups, union_find
 from .imageio import IMAGE_SUFFIXES, MAX_PIXELS, UnreadableImage, file_kind, read_xray
 from .lungmask import MIN_LUNG_FRACTION, LungMasker, crop_and_mask
@@ -95,7 +95,7 @@ class DataConfig:
                              f"got {self.lung_crop_margin}")
         if self.uses_lungs and not self.lungseg_run:
             raise ValueError(f"{self.lung_settings} need data.lungseg_run, a lungseg-train run folder or checkpoint "
-                             "(train one with `python cli.py lungseg-train`)")
+                             f"(train one with `{cli_command()} lungseg-train`)")
 
 
 @dataclass
@@ -396,7 +396,7 @@ def warn_lungs_not_found(paths: Sequence[str], total: int, cfg: DataConfig) -> N
         shown = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
         warn(f"{len(paths)} of {total} images have lungs over less than {MIN_LUNG_FRACTION:.0%} of them in the "
              f"masks of {cfg.lungseg_run}, so they were " + ("kept uncropped" if cfg.lung_crop else "masked as found")
-             + f" ({shown}); look at the masks with `python cli.py lungseg --checkpoint {cfg.lungseg_run} IMAGES`")
+             + f" ({shown}); look at the masks with `{cli_command()} lungseg --checkpoint {cfg.lungseg_run} IMAGES`")
 
 
 def _cache_key(root: Path, records: list[Record], cfg: DataConfig, lung_masker: LungMasker | None = None) -> str:
@@ -505,7 +505,7 @@ def load_dataset(data: str | Path, cfg: DataConfig, split: str | None = None,
     for c in required if required is not None else cfg.classes:
         if counts[c] == 0:
             raise UserError(f"{data}: no readable image of class '{c}'; add images under {data}/{c}/ "
-                            f"or rows labelled {c} to the manifest (run `python cli.py inspect --data {data}`)")
+                            f"or rows labelled {c} to the manifest (run `{cli_command()} inspect --data {data}`)")
     images = torch.from_numpy(np.load(npy, mmap_mode="c")).unsqueeze(1)
     grouping = group_records(records, images, cfg, quiet) | ({"missing_ids": missing_ids} if missing_ids else {})
     if split is not None:
@@ -564,7 +564,7 @@ def _report_skipped(skipped: dict[str, str], data, quiet: bool, show: int = 10) 
     for path, reason in list(skipped.items())[:show]:
         warn(f"skipped {path}: {reason}")
     if len(skipped) > show:
-        warn(f"... and {len(skipped) - show} more (`python cli.py inspect --data {data}` lists them all)")
+        warn(f"... and {len(skipped) - show} more (`{cli_command()} inspect --data {data}` lists them all)")
     by_reason = Counter(reason.split(" (")[0].split(";")[0] for reason in skipped.values())
     warn(f"skipped {len(skipped)} file(s): " + ", ".join(f"{n} {r}" for r, n in by_reason.most_common()))
 

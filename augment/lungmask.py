@@ -4,12 +4,15 @@ caller passes (a trained segmenter, wired by the CLI); this module imports no mo
 from __future__ import annotations
 
 import io
+import math
 import sys
 from pathlib import Path
 from typing import Literal, Protocol
 
+import kornia
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from .gpu import Resize
@@ -41,6 +44,51 @@ def apply_lung_mask(images: torch.Tensor, masks: torch.Tensor, mode: MaskMode) -
         raise ValueError(f"masks {tuple(masks.shape)} do not match images {tuple(images.shape)}")
     hide = masks if mode == "hide-lungs" else ~masks
     return images.masked_fill(hide, HIDDEN_VALUE)
+
+
+def feather_mask(mask: torch.Tensor, dilate_px: int, blur_sigma: float) -> torch.Tensor:
+    """A soft lung mask for blending: ``w * translated + (1 - w) * source`` changes the lungs and a margin
+    around them, fading out, and leaves everything farther away exactly as it was.
+
+    The mask is dilated by a disk of radius ``dilate_px`` (the binary mask filtered with the disk by
+    ``kornia.filters.filter2d`` and thresholded: exact, and one convolution whatever the radius), then blurred
+    by a Gaussian of ``blur_sigma`` (``kornia.filters.gaussian_blur2d``, window ±ceil(3σ), the image's edge
+    replicated, so lungs that touch the border stay whole there). The result is exactly 0 where the blur
+    window holds no pixel of the dilated mask (farther than ``dilate_px + ceil(3 * blur_sigma)`` from the
+    mask) and exactly 1 where it holds nothing else.
+
+    Args:
+        mask: ``(N, 1, H, W)``, bool or numbers (lung where at least 0.5, as a bilinearly warped mask is).
+        dilate_px: radius of the dilation in pixels, a whole number ``>= 0``.
+        blur_sigma: standard deviation of the Gaussian in pixels, ``>= 0`` (0: the dilated mask as 0 and 1).
+
+    Returns:
+        ``(N, 1, H, W)`` in [0, 1]; float32, or the mask's own floating dtype.
+    """
+    if mask.dim() != 4 or mask.shape[1] != 1:
+        raise ValueError(f"mask must be (N, 1, H, W), got {tuple(mask.shape)}")
+    if dilate_px < 0 or blur_sigma < 0 or dilate_px != int(dilate_px):
+        raise ValueError(f"dilate_px must be a whole number >= 0 and blur_sigma >= 0, got {dilate_px} and {blur_sigma}")
+    dtype = mask.dtype if mask.is_floating_point() else torch.float32
+    weight = (mask.to(dtype) >= 0.5).to(dtype)
+    if dilate_px:
+        r = torch.arange(-int(dilate_px), int(dilate_px) + 1, device=mask.device)
+        disk = ((r[:, None] ** 2 + r[None, :] ** 2) <= dilate_px ** 2).to(dtype)
+        weight = (kornia.filters.filter2d(weight, disk[None], border_type="constant") > 0.5).to(dtype)
+    if not blur_sigma:
+        return weight
+    size = 2 * math.ceil(3 * blur_sigma) + 1
+    soft = kornia.filters.gaussian_blur2d(weight, (size, size), (blur_sigma, blur_sigma), border_type="replicate")
+    touched = _square_max(weight, size) > 0.5    # the blur window holds a pixel of the dilated mask
+    filled = _square_max(-weight, size) < -0.5   # ... and nothing else
+    return torch.where(filled, 1.0, torch.where(touched, soft.clamp(0, 1), 0.0)).to(dtype)
+
+
+def _square_max(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The maximum of ``x`` ``(N, 1, H, W)`` over the part inside the image of each pixel's ``size`` × ``size``
+    window, as a row pass then a column pass."""
+    x = F.max_pool2d(x, (1, size), stride=1, padding=(0, size // 2))
+    return F.max_pool2d(x, (size, 1), stride=1, padding=(size // 2, 0))
 
 
 def lung_box(mask: np.ndarray, margin: float) -> tuple[int, int, int, int] | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .data import XrayDataset, csv_rows, discover, warn, write_csv
-from .errors import UserError
+from .errors import UserError, cli_command
 from .runtime import recorded_data
 
 SPLIT_FILE = "split.csv"
@@ -102,7 +102,7 @@ def evaluation_set(ds: XrayDataset, data: str | Path, run_dir: str | Path, split
     chosen = _choose(ds, data, Path(run_dir), split_from_data, quiet)
     if len(chosen.indices) == 0:
         raise UserError(f"{data}: no readable image to evaluate in its {chosen.split} split; "
-                        f"run `python cli.py inspect --data {data}`")
+                        f"run `{cli_command()} inspect --data {data}`")
     return chosen
 
 

@@ -22,8 +22,9 @@ from typing import Any
 
 import torch
 
-from .config import config_from_dict, edited_keys, load_config, save_config
-from .errors import UserError
+from .about import source_checkout, toolkit_version
+from .config import config_from_dict, config_source, edited_keys, load_config, save_config
+from .errors import UserError, cli_command
 
 
 # ---------------------------------------------------------------- device, precision, seeds
@@ -375,7 +376,7 @@ def resolve_run_file(checkpoint: str | Path | None, out: str | Path, kind: str, 
         checkpoint = latest_run(out, kind, marker, holding=names)
         if checkpoint is None:
             command = {"gan": "gan-train", "classifier": "classify-train"}.get(kind, "the training command")
-            raise UserError(f"{Path(out) / kind}: no {kind} run with {wanted} yet; run `python cli.py {command}` "
+            raise UserError(f"{Path(out) / kind}: no {kind} run with {wanted} yet; run `{cli_command()} {command}` "
                             "first or pass --checkpoint")
     path = Path(checkpoint)
     if path.is_dir():
@@ -414,11 +415,15 @@ def warn_edited_config(cfg: Any, file: Path) -> None:
 
 
 def write_run_info(run_dir: str | Path, cfg: Any, seed: int, data_fingerprint: str = "", **extra) -> None:
-    """``config.yaml`` (the resolved config) and ``run.json`` (what it takes to reproduce the run)."""
+    """``config.yaml`` (the resolved config) and ``run.json`` (what it takes to reproduce the run, with the
+    config file the config was read from, ``null`` for the defaults in code, and the ``--set`` overrides)."""
     run_dir = Path(run_dir)
     save_config(cfg, run_dir / "config.yaml")
+    source = config_source(cfg)
     info = {
         "command": sys.argv,
+        "config_file": source["file"],
+        "config_overrides": source["overrides"],
         "started": _dt.datetime.now().isoformat(timespec="seconds"),
         "seed": seed,
         "data_fingerprint": data_fingerprint,
@@ -441,7 +446,7 @@ def recorded_data(run_dir: str | Path) -> Path | None:
 
 
 def package_versions() -> dict:
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    versions = {"cxrgan": toolkit_version(), "python": platform.python_version(), "torch": torch.__version__}
     for name in ("torchvision", "numpy", "skimage"):
         try:
             versions[name] = __import__(name).__version__
@@ -451,8 +456,13 @@ def package_versions() -> dict:
 
 
 def git_commit() -> str | None:
+    """The commit of the source checkout the toolkit runs from; None as installed (a wheel in a
+    virtual environment inside some other repository must not record that repository's commit)."""
+    root = source_checkout()
+    if root is None:
+        return None
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=5)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):

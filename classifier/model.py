@@ -46,8 +46,9 @@ def create_model(name: str, num_classes: int, in_chans: int = 1, pretrained: str
     Args:
         name: a registered backbone (``list_backbones()``), any torchvision classification model or
             ``timm:<model>`` (any timm model with a convolutional ``forward_features``; needs timm).
-        pretrained: ``none`` (random init), ``imagenet`` (a local file under ``$TORCH_HOME``, never
-            downloaded; the first convolution's RGB kernels summed for gray input) or a path to a state dict.
+        pretrained: ``none`` (random init), ``imagenet`` (torchvision's or timm's file, downloaded into its
+            cache under ``$TORCH_HOME`` (timm: its own cache) unless offline, see :mod:`classifier.weights`; the
+            first convolution's RGB kernels summed for gray input) or a path to a state dict.
         head: ``linear`` (pooling + linear), ``lstm`` or ``gru`` (feature map as a sequence).
         width: channels of the first block of the ``shallow`` CNN.
     """

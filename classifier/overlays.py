@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from augment.data import decode_to_square, lung_view, warn_lungs_not_found
-from augment.errors import UserError
+from augment.errors import UserError, cli_command
 from augment.imageio import MAX_PIXELS, UnreadableImage
 from augment.lungmask import LungMasker
 from augment.outputs import display_name, output_path, safe_name
@@ -51,7 +51,7 @@ def write_overlays(model: Classifier, images_u8: torch.Tensor, names: list[str],
 def read_images(paths: list[str | Path], size: int, resize: str = "crop", max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """uint8 ``(N, 1, size, size)`` of image files (any format the data stage reads)."""
     if not paths:
-        raise UserError("no images given; name one or more X-ray files, e.g. python cli.py cam runs/demo-data/covid/covid_00000.png")
+        raise UserError(f"no images given; name one or more X-ray files, e.g. {cli_command()} cam runs/demo-data/covid/covid_00000.png")
     out = []
     for p in paths:
         try:

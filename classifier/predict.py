@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from augment.data import batches_ahead, decode_to_square, lung_view, warn_lungs_not_found, write_csv
-from augment.errors import UserError
+from augment.errors import UserError, cli_command
 from augment.imageio import IMAGE_SUFFIXES, MAX_PIXELS, UnreadableImage
 from augment.lungmask import LungMasker
 from augment.outputs import safe_name
@@ -41,7 +41,7 @@ def find_images(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
     files and folders left out); ``reason`` is "" for an image suffix, else why it is not read. A named
     path that does not exist is a :class:`UserError`."""
     if not inputs:
-        raise UserError("no images given; name X-ray files or folders, e.g. python cli.py predict runs/demo-data")
+        raise UserError(f"no images given; name X-ray files or folders, e.g. {cli_command()} predict runs/demo-data")
     found = []
     for item in map(Path, inputs):
         if item.exists() and not item.is_dir():  # a FIFO or device too: its row says it is not read

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from augment.balance import keep_training_patients
 from augment.config import config_to_dict
 from augment.data import XrayDataset, load_dataset, write_csv
-from augment.errors import UserError
+from augment.errors import UserError, cli_command
 from augment.gpu import build_augment, epoch_batches, image_sets
 from augment.lungmask import LungMasker
 from augment.runtime import resumed_config
@@ -452,7 +452,7 @@ class Trainer:
                     self.save("last.pt")
                     if main:
                         print(f"stopped at epoch {self.epoch + 1}, step {self.batch}; saved {self.run_dir / 'last.pt'}. "
-                              f"Resume with: python cli.py classify-train --resume {self.run_dir} "
+                              f"Resume with: {cli_command()} classify-train --resume {self.run_dir} "
                               "(and the same --data/--synthetic)", file=sys.stderr)
                     return self.run_dir
         finally:

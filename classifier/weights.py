@@ -1,19 +1,24 @@
-"""Pretrained weights: ImageNet files from ``$TORCH_HOME`` (torchvision's, or timm's under
-``hub/checkpoints/timm/``; never downloaded here) or a local state dict, adapted to grayscale by summing
-the RGB kernels of the first convolution."""
+"""Pretrained weights: ImageNet weights through the ecosystem's own channels (torchvision's weights API and
+``torch.hub``'s cache under ``$TORCH_HOME/hub/checkpoints``; timm's own download and cache for ``timm:``
+models), refused when the network is off (``--offline``, ``CXRGAN_OFFLINE=1``, ``HF_HUB_OFFLINE=1``), or a
+local state dict; the RGB kernels of the first convolution are summed for gray input."""
 from __future__ import annotations
 
 import os
 import re
+import urllib.error
 from pathlib import Path
+from typing import Iterable
 
 import torch
 import torch.nn as nn
 
-from augment.errors import UserError
-from augment.runtime import load_checkpoint
+from augment.errors import UserError, cli_command
+from augment.runtime import load_checkpoint, save_checkpoint
 
-from .backbones import TIMM_PREFIX, import_timm
+from .backbones import TIMM_PREFIX, get_spec, import_timm
+
+OFFLINE_VARIABLES = ("CXRGAN_OFFLINE", "HF_HUB_OFFLINE")  # either set to 1 (true, yes, on): no downloads
 
 
 def adapt_tensor(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
@@ -27,58 +32,138 @@ def adapt_tensor(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     return total.expand(-1, dst.shape[1], -1, -1) / dst.shape[1]
 
 
-def imagenet_file(name: str) -> Path:
-    """Where torchvision looks for ``name``'s default ImageNet weights: ``$TORCH_HOME/hub/checkpoints``."""
+def offline() -> str | None:
+    """The variable that forbids downloads (``--offline`` sets ``CXRGAN_OFFLINE=1``; Hugging Face's
+    ``HF_HUB_OFFLINE`` counts too), or None when the network may be used."""
+    return next((name for name in OFFLINE_VARIABLES
+                 if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")), None)
+
+
+def checkpoints_dir() -> Path:
+    """``torch.hub``'s cache of weight files: ``$TORCH_HOME/hub/checkpoints`` (``~/.cache/torch`` by default)."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def torchvision_weights(name: str):
+    """The default ImageNet weights entry (``torchvision.models.Weights``) of torchvision model ``name``."""
     from torchvision.models import get_model_weights
     try:
-        weights = get_model_weights(name).DEFAULT
+        return get_model_weights(name).DEFAULT
     except (ValueError, KeyError) as e:
         raise UserError(f"backbone '{name}' has no ImageNet weights in torchvision; use --pretrained none") from e
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
 
 
-def imagenet_state_dict(name: str) -> dict:
-    """The ImageNet state dict of torchvision model ``name``, read from the local hub cache only."""
-    from torchvision.models import get_model_weights
-    path = imagenet_file(name)
-    if not path.is_file():
-        url = get_model_weights(name).DEFAULT.url
-        raise UserError(f"{path}: ImageNet weights for {name} are not there; download {url} to that path "
-                        "(or set $TORCH_HOME), or use --pretrained none")
-    state = get_model_weights(name).DEFAULT.get_state_dict(progress=False, weights_only=True)
+def imagenet_file(name: str) -> Path:
+    """Where torchvision keeps ``name``'s default ImageNet weights: ``$TORCH_HOME/hub/checkpoints/<file of its URL>``."""
+    return checkpoints_dir() / os.path.basename(torchvision_weights(name).url)
+
+
+def imagenet_state_dict(name: str, progress: bool = True) -> dict:
+    """The ImageNet state dict of torchvision model ``name``: the cached file, else downloaded from the URL
+    torchvision's weights API gives into ``torch.hub``'s cache (its hash checked), unless :func:`offline`."""
+    url, path = torchvision_weights(name).url, imagenet_file(name)
+    if not path.is_file() and offline():
+        raise UserError(f"{path}: ImageNet weights for {name} are not there and {offline()}=1 forbids downloading "
+                        f"them; fetch them on a machine with internet (`{cli_command()} fetch-weights {name}`) and "
+                        f"copy them to that path, or download {url} there (or set $TORCH_HOME), or use --pretrained none")
+    state = download_state_dict(url, progress)
     if name.startswith("densenet"):  # old-style keys 'norm.1' -> 'norm1', as torchvision's own loader does
         pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
         state = {(pattern.sub(r"\1\2", k) if pattern.match(k) else k): v for k, v in state.items()}
     return state
 
 
-def timm_imagenet_file(name: str) -> Path:
-    """Where the ImageNet weights of ``timm:<model>`` are read from:
-    ``$TORCH_HOME/hub/checkpoints/timm/<model>.safetensors`` (or ``.pth``); a missing file is a
-    :class:`UserError` saying where to put which file."""
+def download_state_dict(url: str, progress: bool = True) -> dict:
+    """``torch.hub.load_state_dict_from_url``: the file of ``url`` in ``torch.hub``'s cache, downloaded there
+    first when missing (with a progress bar, the hash in its name checked; a failed download leaves nothing),
+    loaded as tensors only. Failures are one-line :class:`UserError` s."""
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=progress, check_hash=True,
+                                                  weights_only=True)
+    except urllib.error.URLError as e:  # also HTTP errors
+        raise UserError(f"{url}: could not download ({e.reason}); check the connection, or fetch the file on a machine "
+                        f"with internet and copy it to {checkpoints_dir()}, or use --pretrained none") from e
+    except OSError as e:  # time-outs, a full disk
+        raise UserError(f"{url}: could not download into {checkpoints_dir()} ({e.strerror or e}); check the connection "
+                        "and the free disk space, or use --pretrained none") from e
+    except RuntimeError as e:  # a hash that does not match, a damaged file
+        raise UserError(f"{url}: {str(e).splitlines()[0]}; the download was damaged or is not these weights: "
+                        "try again, or use --pretrained none") from e
+
+
+def timm_folder() -> Path:
+    """Where this toolkit keeps timm ImageNet weights for use offline: ``$TORCH_HOME/hub/checkpoints/timm``."""
+    return checkpoints_dir() / "timm"
+
+
+def timm_local_file(name: str) -> Path | None:
+    """``$TORCH_HOME/hub/checkpoints/timm/<model>.safetensors`` (or ``.pth``) of ``timm:<model>``, if there."""
     model = name[len(TIMM_PREFIX):]
-    folder = Path(torch.hub.get_dir()) / "checkpoints" / "timm"
-    for path in (folder / f"{model}.safetensors", folder / f"{model}.pth"):
-        if path.is_file():
-            return path
-    cfg = import_timm(name).models.get_pretrained_cfg(model)
-    hub = getattr(cfg, "hf_hub_id", None) if cfg else None
-    where = f"download model.safetensors of https://huggingface.co/{hub} to that path" if hub else \
-        "timm lists no ImageNet weights for it; put a state dict there"
-    raise UserError(f"{folder / (model + '.safetensors')}: ImageNet weights for {name} are not there; {where} "
-                    "(or set $TORCH_HOME), or use --pretrained none")
+    return next((p for p in (timm_folder() / f"{model}.safetensors", timm_folder() / f"{model}.pth") if p.is_file()), None)
+
+
+def timm_imagenet_weights(name: str) -> tuple[dict, str]:
+    """The ImageNet state dict of ``timm:<model>`` (without its classifier) and where it came from: the local
+    file of :func:`timm_local_file`, else through timm's own download and cache (Hugging Face hub or URL)
+    unless :func:`offline`. A model timm lists no weights for, or a failed download, is a :class:`UserError`."""
+    path = timm_local_file(name)
+    if path is not None:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            return load_file(str(path)), str(path)
+        return load_checkpoint(path), str(path)
+    model = name[len(TIMM_PREFIX):]
+    timm = import_timm(name)
+    cfg = timm.models.get_pretrained_cfg(model)
+    hub, url = (cfg.hf_hub_id, cfg.url) if cfg else (None, None)
+    target = timm_folder() / f"{model}.safetensors"
+    if not (hub or url):
+        raise UserError(f"{target}: timm lists no ImageNet weights for {name}; put a state dict there, "
+                        "or use --pretrained none")
+    if offline():
+        where = f"model.safetensors of https://huggingface.co/{hub}" if hub else url
+        raise UserError(f"{target}: ImageNet weights for {name} are not there and {offline()}=1 forbids downloading "
+                        f"them; fetch them on a machine with internet (`{cli_command()} fetch-weights {name}`) and "
+                        f"copy them to {timm_folder()}, or download {where} to that path (or set $TORCH_HOME), "
+                        "or use --pretrained none")
+    try:
+        state = timm.create_model(model, pretrained=True, num_classes=0).state_dict()
+    except Exception as e:  # timm's sources raise many kinds: URLError, OSError, huggingface_hub's HTTP errors
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"timm could not fetch the ImageNet weights of {name} from {hub or url} ({reason}); check the "
+                        f"connection, or put a state dict at {target}, or use --pretrained none") from e
+    return state, f"timm:{hub or url}"
 
 
 def imagenet_weights(name: str) -> tuple[dict, str]:
-    """The ImageNet state dict of backbone ``name`` (torchvision or ``timm:``) from local files only,
-    and the file it came from."""
+    """The ImageNet state dict of backbone ``name`` (torchvision or ``timm:``), downloaded into the cache when
+    it is not there and the network may be used, and the file or source it came from."""
     if not name.startswith(TIMM_PREFIX):
         return imagenet_state_dict(name), str(imagenet_file(name))
-    path = timm_imagenet_file(name)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path)), str(path)
-    return load_checkpoint(path), str(path)
+    return timm_imagenet_weights(name)
+
+
+def fetch_weights(names: Iterable[str]) -> list[tuple[str, Path]]:
+    """Stage the ImageNet weights of each backbone in ``names`` where ``--pretrained imagenet`` reads them
+    without a network: torchvision's in ``torch.hub``'s cache, timm's as ``timm/<model>.pth`` beside them. Copy
+    ``$TORCH_HOME/hub/checkpoints`` to an air-gapped machine afterwards. Returns ``(name, file)`` pairs."""
+    if offline():
+        raise UserError(f"fetch-weights downloads, and {offline()}=1 forbids it; run it on a machine with internet")
+    staged = []
+    for name in names:
+        if get_spec(name).source == "own":
+            raise UserError(f"backbone '{name}' has no ImageNet weights; it trains from scratch")
+        if not name.startswith(TIMM_PREFIX):
+            imagenet_state_dict(name)
+            staged.append((name, imagenet_file(name)))
+        elif (path := timm_local_file(name)) is not None:
+            staged.append((name, path))
+        else:
+            state, _ = timm_imagenet_weights(name)
+            path = timm_folder() / f"{name[len(TIMM_PREFIX):]}.pth"
+            save_checkpoint(state, path)
+            staged.append((name, path))
+    return staged
 
 
 def load_into(module: nn.Module, state: dict, source: str, required: set[str] | None = None) -> None:

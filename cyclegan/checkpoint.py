@@ -11,7 +11,7 @@ import yaml
 
 from augment.config import load_config
 from augment.data import file_sha256
-from augment.errors import UserError
+from augment.errors import UserError, cli_command
 from augment.runtime import load_checkpoint, refuse_other_layout, save_checkpoint, write_text_atomic
 
 from .config import GanConfig
@@ -70,7 +70,7 @@ def read_gan_checkpoint(path: Path, resume: bool = False, mmap: bool = False) ->
         what = ("a classifier checkpoint (classify-train)" if isinstance(state, dict) and "classes" in state else
                 "a lung segmenter checkpoint (lungseg-train)" if isinstance(state, dict) and "input" in state else
                 "not a GAN checkpoint of this toolkit (no config and generators)")
-        raise UserError(f"{path}: {what}; pass a run folder or checkpoint.pt written by `python cli.py gan-train`")
+        raise UserError(f"{path}: {what}; pass a run folder or checkpoint.pt written by `{cli_command()} gan-train`")
     values = state["config"]
     layout = state.get("layout", 1 if "ranks" in state else 0)
     if resume:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from augment.data import DataConfig
+from augment.errors import cli_command
 from augment.gpu import AugmentConfig
 
 
@@ -145,7 +146,7 @@ class GanConfig:
         if self.train.lung_constraint != "none" and not self.data.lungseg_run:
             raise ValueError(f"train.lung_constraint={self.train.lung_constraint} needs the lung masks of "
                              "data.lungseg_run, a lungseg-train run folder or checkpoint (train one with "
-                             "`python cli.py lungseg-train`)")
+                             f"`{cli_command()} lungseg-train`)")
         for name in (self.train.domain_a, self.train.domain_b):
             if name not in self.data.classes:
                 raise ValueError(f"train domain {name!r} is not one of data.classes ({', '.join(self.data.classes)})")

@@ -49,7 +49,7 @@ def measure_translation(sources: torch.Tensor, translated: torch.Tensor, real_b:
     real_f = in_batches(feature_fn, real_b, batch_size, device).double().numpy()
     fake_f = in_batches(feature_fn, translated, batch_size, device).double().numpy()
     kid, kid_std = kernel_inception_distance(real_f, fake_f)
-    ssim = ssim_pairs(sources, translated)
+    ssim = ssim_pairs(sources, translated, device)
     share = None
     if classify is not None:
         share = float(in_batches(classify, translated, batch_size, device).float().mean())

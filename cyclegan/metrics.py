@@ -8,6 +8,7 @@ comparable when computed with the same feature function, and never with publishe
 """
 from __future__ import annotations
 
+import kornia
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -90,12 +91,28 @@ def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, subsets: int =
     return float(np.mean(values)), float(np.std(values))
 
 
-def ssim_pairs(sources: torch.Tensor, outputs: torch.Tensor) -> np.ndarray:
+def ssim_pairs(sources: torch.Tensor, outputs: torch.Tensor, device: torch.device | str | None = None,
+               batch_size: int = 64) -> np.ndarray:
     """SSIM of each source with its translation; both ``(N, 1, H, W)`` in [0, 1] → ``(N,)``.
 
     Wang et al.'s definition: an 11×11 Gaussian window (σ 1.5), population (not sample) covariances,
     C1 = (0.01 L)², C2 = (0.03 L)² with L = 1, averaged over the positions where the window fits.
+    On a GPU (``device``, default the images' own) :func:`ssim_pairs_kornia` computes it there; on a CPU
+    scikit-image does, about ten times faster there than kornia's convolutions of one-channel images
+    (64 images of 256² on 2 cores: 0.3 s against 3.3 s). The two agree to 1e-6 (tests/test_ssim.py).
     """
+    device = torch.device(device) if device is not None else sources.device
+    if device.type == "cuda":
+        return ssim_pairs_kornia(sources, outputs, device, batch_size)
     src, out = sources[:, 0].float().cpu().numpy(), outputs[:, 0].float().cpu().numpy()
     return np.array([structural_similarity(s, o, data_range=1.0, gaussian_weights=True, sigma=1.5,
                                            use_sample_covariance=False) for s, o in zip(src, out)])
+
+
+def ssim_pairs_kornia(sources: torch.Tensor, outputs: torch.Tensor, device: torch.device | str = "cpu",
+                      batch_size: int = 64) -> np.ndarray:
+    """:func:`ssim_pairs` by ``kornia.metrics.ssim`` (11×11 window, its σ is 1.5; ``valid``: the positions
+    where the window fits) on ``device``, ``batch_size`` pairs at a time, in float32."""
+    values = [kornia.metrics.ssim(s.to(device).float(), o.to(device).float(), 11, max_val=1.0, padding="valid")
+              .mean(dim=(1, 2, 3)) for s, o in zip(sources.split(batch_size), outputs.split(batch_size))]
+    return torch.cat(values).double().cpu().numpy() if values else np.zeros(0)

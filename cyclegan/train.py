@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from augment.config import config_to_dict
 from augment.data import load_dataset
-from augment.errors import UserError
+from augment.errors import UserError, cli_command
 from augment.gpu import DeviceImages, StreamedImages, image_sets
 from augment.lungmask import LungMasker
 from augment.runtime import warn_edited_config
@@ -176,7 +176,7 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile, lung_masker) -> Gan
     if dist.is_main:
         if interrupted:
             print(f"stopped at step {step} of {total}; saved {ckpt_path}\n"
-                  f"resume with: python cli.py gan-train --resume {ckpt_path} --data {data}")
+                  f"resume with: {cli_command()} gan-train --resume {ckpt_path} --data {data}")
         else:
             print(f"trained {step} steps; checkpoint {ckpt_path}; TensorBoard: tensorboard --logdir {run_dir}")
     return GanTrainResult(run_dir, step, model, interrupted)

@@ -9,7 +9,7 @@ On a GPU machine whose commands have a time limit (each command below ends withi
 1. Copy the data next to the checkout into the git-ignored `.data/` (cxr3 and the lung pairs are for
    research use only: never commit them, delete the copies afterwards), with the usual-recipe script
    `usual_accuracy.py` that the accuracy baseline comes from. Every package the toolkit imports must be
-   installed (kornia is only needed by benchmarks/bench_data.py's comparison rows).
+   installed (`pip install -e .` installs them all).
 
        mkdir -p .data && cp -r CXR3_DIR LUNGSEG_DIR USUAL_ACCURACY_PY .data/
 

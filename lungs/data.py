@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from augment.data import SPLITS, csv_rows, file_sha256, grouped_split, patient_id, square_box, to_square, warn
-from augment.errors import UserError
+from augment.errors import UserError, cli_command
 from augment.imageio import IMAGE_SUFFIXES, UnreadableImage, read_xray
 from augment.runtime import remove_stale_temporaries
 
@@ -131,7 +131,7 @@ def _read_manifest(path: Path) -> list[Pair]:
     column = "image" if "image" in header else "path"
     if not {column, "mask"} <= header:
         raise UserError(f"{path}: a lung manifest needs the columns image (or path) and mask (optional: split, "
-                        "group_id or patient_id, source); phantoms with masks: python cli.py phantoms --masks")
+                        f"group_id or patient_id, source); phantoms with masks: {cli_command()} phantoms --masks")
     pairs, missing = [], 0
     for line, row in enumerate(rows, start=2):
         image, mask = (row.get(column) or "").strip(), (row.get("mask") or "").strip()

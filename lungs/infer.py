@@ -13,7 +13,7 @@ from skimage.morphology import dilation, disk
 from skimage.segmentation import find_boundaries
 
 from augment.data import DataConfig, csv_rows, file_sha256, to_square, warn, write_csv
-from augment.errors import UserError
+from augment.errors import UserError, cli_command
 from augment.imageio import IMAGE_SUFFIXES, UnreadableImage, read_xray
 from augment.outputs import confined_outputs, output_path
 from augment.runtime import latest_run, load_checkpoint, pick_device, resolve_run_file
@@ -29,7 +29,7 @@ def load_segmenter(path: str | Path, device: torch.device) -> tuple[UNet, dict]:
     """The U-Net of a ``lungseg-train`` checkpoint file, in eval mode on ``device``, and the checkpoint."""
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or "model_args" not in ckpt or "input" not in ckpt:
-        raise UserError(f"{path}: not a lung segmenter checkpoint; give a run folder of `python cli.py lungseg-train`")
+        raise UserError(f"{path}: not a lung segmenter checkpoint; give a run folder of `{cli_command()} lungseg-train`")
     model = UNet(**ckpt["model_args"])
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
@@ -78,7 +78,7 @@ def masker_for(data: DataConfig, device: str | torch.device = "auto") -> LungSeg
         return None
     if not Path(data.lungseg_run).exists():
         raise UserError(f"data.lungseg_run {data.lungseg_run}: no such lungseg run folder or checkpoint (needed by "
-                        f"{data.lung_settings}); train one with `python cli.py lungseg-train` or correct the path")
+                        f"{data.lung_settings}); train one with `{cli_command()} lungseg-train` or correct the path")
     return LungSegmenter(data.lungseg_run, device)
 
 
@@ -87,7 +87,7 @@ def checkpoint_file(checkpoint: str | Path | None, out: str | Path = "runs") -> 
     if checkpoint is None:
         checkpoint = latest_run(out, "lungseg", marker=CHECKPOINT_NAME)
         if checkpoint is None:
-            raise UserError(f"{Path(out) / 'lungseg'}: no lung segmenter run yet; run `python cli.py lungseg-train` "
+            raise UserError(f"{Path(out) / 'lungseg'}: no lung segmenter run yet; run `{cli_command()} lungseg-train` "
                             "first or pass --checkpoint")
     return resolve_run_file(checkpoint, out, "lungseg", (CHECKPOINT_NAME,))
 

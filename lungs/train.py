@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from augment.config import config_to_dict
 from augment.data import warn, write_csv
-from augment.errors import UserError
+from augment.errors import UserError, cli_command
 from augment.gpu import build_augment, epoch_batches
 from augment.runtime import resumed_config
 from augment.runtime import (Dist, GracefulStop, LossMeter, autocast, load_checkpoint, new_run_dir, pick_device,
@@ -177,7 +177,7 @@ def train_lungseg(cfg: LungsegConfig | None, data: str | Path | None, out: str |
                 break
     if interrupted:
         print(f"stopped at step {step} of {total}; saved {ckpt_path}\n"
-              f"resume with: python cli.py lungseg-train --resume {run_dir}")
+              f"resume with: {cli_command()} lungseg-train --resume {run_dir}")
         return LungsegResult(run_dir, step, model, True, None)
     metrics = report(model, ds, cfg, dev, run_dir, quiet)
     return LungsegResult(run_dir, step, model, False, metrics)

@@ -44,6 +44,8 @@ def test_unknown_names_are_user_errors():
 @pytest.fixture
 def torch_home(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for name in ("CXRGAN_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
     return tmp_path / "torch"
 
 
@@ -62,11 +64,13 @@ def test_imagenet_weights_come_from_torch_home_with_rgb_kernels_summed(torch_hom
     assert torch.allclose(model.backbone[0](g), reference.features[0](g.expand(-1, 3, -1, -1)), atol=1e-5)
 
 
-def test_missing_imagenet_file_says_which_file_to_put_where(torch_home):
+def test_missing_imagenet_file_offline_says_which_file_to_put_where(torch_home, monkeypatch):
+    monkeypatch.setenv("CXRGAN_OFFLINE", "1")  # downloads: tests/test_weights.py
     with pytest.raises(UserError) as e:
         create_model("resnet18", 3, pretrained="imagenet")
     msg = str(e.value)
     assert "\n" not in msg and "resnet18-f37072fd.pth" in msg and str(torch_home / "hub" / "checkpoints") in msg
+    assert "CXRGAN_OFFLINE=1 forbids" in msg and "cxrgan fetch-weights resnet18" in msg
     assert not (torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth").exists()  # nothing downloaded
 
 
@@ -143,14 +147,15 @@ def test_timm_state_dict_is_adapted_to_gray_and_its_classifier_ignored(tmp_path)
     assert torch.equal(model.backbone.model.layer4[0].conv2.weight, reference.layer4[0].conv2.weight)
 
 
-def test_timm_imagenet_without_a_local_file_refuses_and_says_where(torch_home):
+def test_timm_imagenet_without_a_local_file_offline_refuses_and_says_where(torch_home, monkeypatch):
     pytest.importorskip("timm")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError) as e:
         create_model("timm:resnet10t", 3, pretrained="imagenet")
     msg = str(e.value)
     assert "\n" not in msg
     assert str(torch_home / "hub" / "checkpoints" / "timm" / "resnet10t.safetensors") in msg
-    assert "huggingface.co/timm/resnet10t" in msg
+    assert "huggingface.co/timm/resnet10t" in msg and "HF_HUB_OFFLINE=1 forbids" in msg
     assert not (torch_home / "hub" / "checkpoints" / "timm").exists()  # nothing downloaded
 
 

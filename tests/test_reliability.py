@@ -168,7 +168,7 @@ def test_gan_train_killed_then_terminated_resumes_to_the_uninterrupted_weights(t
     log = (tmp_path / "term.log").read_text()
     stopped_at = load_checkpoint(ckpt)["step"]
     assert killed_at < stopped_at < 40 and f"stopped at step {stopped_at} of 40" in log
-    assert f"resume with: python cli.py gan-train --resume {ckpt}" in log
+    assert f"resume with: python {ROOT / 'cli.py'} gan-train --resume {ckpt}" in log  # the command as typed
 
     r = CliRunner().invoke(cli, ["gan-train", "--resume", str(ckpt), *common])  # in-process: no second start-up
     assert r.exit_code == 0, r.output

@@ -147,7 +147,7 @@ def test_resolve_run_file_takes_a_file_a_run_folder_or_the_latest_run(tmp_path):
     assert resolve_run_file(old / "last.pt", tmp_path, "classifier", names) == old / "last.pt"  # a file as given
     assert resolve_run_file(old, tmp_path, "classifier", names) == old / "best.pt"  # the first name present
     assert resolve_run_file(None, tmp_path, "classifier", names) == new / "last.pt"  # the latest run
-    with pytest.raises(UserError, match=r"gan: no gan run with checkpoint.pt yet; run `python cli.py gan-train` first or pass --checkpoint"):
+    with pytest.raises(UserError, match=r"gan: no gan run with checkpoint.pt yet; run `cxrgan gan-train` first or pass --checkpoint"):
         resolve_run_file(None, tmp_path, "gan", ("checkpoint.pt",), "checkpoint.pt")
     with pytest.raises(UserError, match=r"20260102-120000: no best.pt here; give a classifier run folder"):
         resolve_run_file(new, tmp_path, "classifier", ("best.pt",))
@@ -167,6 +167,8 @@ def test_write_run_info(tmp_path):
     assert info["versions"]["torch"] == torch.__version__ and info["versions"]["python"]
     for key in ("command", "started", "git_commit", "hostname", "gpu"):
         assert key in info
+    assert info["config_file"] is None and info["config_overrides"] == []  # built in code, not read from a file
+    assert info["versions"]["cxrgan"] == runtime.toolkit_version() != "unknown"
 
 
 def test_graceful_stop_turns_sigint_into_a_request():
