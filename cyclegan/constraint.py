@@ -4,7 +4,8 @@ A CycleGAN matches whatever separates its two domains; when the covid films come
 the normal ones, the cheapest match is the hospital's look (borders, text, collimation, windowing), not the
 disease (Cohen, Luck & Honari, MICCAI 2018). Three pieces stop that:
 
-- :func:`feather`: a lung mask grown a little and blurred into a weight in [0, 1], exactly 0 away from the lungs;
+- :func:`augment.lungmask.feather_mask`: a lung mask grown a little and blurred into a weight in [0, 1], exactly 0
+  away from the lungs;
 - :func:`blend`: the generator's output inside that weight, its input outside it (``composite``), so nothing
   outside the lungs can change;
 - :func:`lung_view`: what a discriminator sees: the square box around the lungs, with the intensity
@@ -22,27 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-LUNG_THRESHOLD = 0.5  # a (bilinearly warped) mask is lung where it is at least this
 BOX_MARGIN = 0.05     # the lung box grows by this share of its side on every side
-
-
-def feather(masks: torch.Tensor, dilate: int, sigma: float) -> torch.Tensor:
-    """Blend weights ``float (B, 1, H, W)`` in [0, 1] of lung masks ``(B, 1, H, W)`` (bool or float; lung where
-    at least :data:`LUNG_THRESHOLD`): the masks grown by ``dilate`` pixels (a square max filter), then blurred
-    by a Gaussian of ``sigma`` pixels cut at 3 sigma. The weight is exactly 0 more than ``dilate`` + 3 sigma
-    pixels away from the lungs, and 1 (to rounding) deep inside them."""
-    w = (masks.float() >= LUNG_THRESHOLD).float()
-    if dilate > 0:
-        w = F.max_pool2d(w, 2 * dilate + 1, stride=1, padding=dilate)
-    radius = math.ceil(3 * sigma)
-    if radius < 1:
-        return w
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=w.device)
-    g = torch.exp(-0.5 * (t / sigma) ** 2)
-    g = g / g.sum()
-    w = F.conv2d(F.pad(w, (radius, radius, 0, 0)), g.view(1, 1, 1, -1))
-    w = F.conv2d(F.pad(w, (0, 0, radius, radius)), g.view(1, 1, -1, 1))
-    return w.clamp_(0, 1)
 
 
 def blend(generated: torch.Tensor, source: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
@@ -79,7 +60,7 @@ def lung_box_theta(weight: torch.Tensor, margin: float = BOX_MARGIN) -> torch.Te
 
 def lung_view(images: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """What a lung-only discriminator sees of ``images (B, 1, H, W)`` (any range) with blend weights
-    ``weight (B, 1, H, W)`` (:func:`feather`): the intensity standardised to mean 0 and standard deviation 1
+    ``weight (B, 1, H, W)`` (:func:`augment.lungmask.feather_mask`): the intensity standardised to mean 0 and standard deviation 1
     inside the lungs (weighted by ``weight``), times ``weight`` (0 outside the lungs), cut to the square
     around the lungs and resized to ``(H, W)``. Differentiable in ``images``; float32 ``(B, 1, H, W)``."""
     x, w = images.float(), weight.float()

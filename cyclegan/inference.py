@@ -4,10 +4,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from augment.lungmask import feather_mask
 from augment.runtime import autocast
 
 from .config import GanConfig
-from .constraint import blend, feather
+from .constraint import blend
 
 
 def to_model_range(x: torch.Tensor) -> torch.Tensor:
@@ -46,7 +47,7 @@ def translate_films(generator: nn.Module, films: torch.Tensor, cfg: GanConfig) -
     out = translate(generator, x, t.bf16, t.channels_last, t.cpu_bf16)
     if t.lung_constraint == "none":
         return out
-    return blend(out, x, feather(films[:, 1:], *t.feathering(x.shape[-1])))
+    return blend(out, x, feather_mask(films[:, 1:], *t.feathering(x.shape[-1])))
 
 
 @torch.no_grad()

@@ -6,10 +6,11 @@ import itertools
 import torch
 from torch import nn
 
+from augment.lungmask import feather_mask
 from augment.runtime import autocast
 
 from .config import GanConfig
-from .constraint import diff_augment, feather, lung_view
+from .constraint import diff_augment, lung_view
 from .inference import memory_format
 from .losses import l1_loss, lsgan_loss
 from .networks import Discriminators, Generators
@@ -79,8 +80,8 @@ class CycleGAN:
         self.weight_a = self.weight_b = None
         if self.cfg.train.lung_constraint != "none":
             dilate, sigma = self.cfg.train.feathering(real_a.shape[-1])
-            self.weight_a = feather(masks_a.to(self.device), dilate, sigma)
-            self.weight_b = feather(masks_b.to(self.device), dilate, sigma)
+            self.weight_a = feather_mask(masks_a.to(self.device), dilate, sigma)
+            self.weight_b = feather_mask(masks_b.to(self.device), dilate, sigma)
 
     def forward(self) -> dict[str, torch.Tensor]:
         """Translations, reconstructions and (when weighted) identity maps, each ``(B, 1, H, W)``; blended with

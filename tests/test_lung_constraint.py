@@ -1,4 +1,4 @@
-"""Lung-constrained translation: feathered masks, the composite that leaves everything outside the lungs as it
+"""Lung-constrained translation: the composite that leaves everything outside the lungs as it
 was, discriminators that see only the lungs, DiffAugment, domains chosen by source, and the whole chain
 (gan-train → resume → synthesize → gan-eval) with exact phantom lung masks and with a trained segmenter."""
 import csv
@@ -17,7 +17,8 @@ from augment.data import load_dataset
 from augment.errors import UserError
 from augment.phantoms import write_phantoms
 from cyclegan import GanConfig, train_gan
-from cyclegan.constraint import diff_augment, feather, lung_view
+from augment.lungmask import feather_mask
+from cyclegan.constraint import diff_augment, lung_view
 from cyclegan.evaluate import evaluate_gan
 from cyclegan.model import CycleGAN
 from cyclegan.synthesize import synthesize
@@ -59,14 +60,6 @@ def square_mask(size=32, top=10, side=8) -> torch.Tensor:
     return mask
 
 
-def test_feathered_weight_is_one_deep_inside_and_exactly_zero_away_from_the_lungs():
-    w = feather(square_mask(), dilate=1, sigma=1.0)  # support: 1 px grown, then 3 px of blur
-    assert abs(w[0, 0, 14, 14] - 1) < 1e-6 and w[0, 0, 10, 10] > 0.5
-    assert (w[..., :6, :] == 0).all() and (w[..., 22:, :] == 0).all() and (w[..., :, 22:] == 0).all()
-    assert (w[..., 6:22, 6:22] > 0).all()  # the whole grown and blurred square
-    assert feather(torch.zeros(2, 1, 32, 32), 1, 1.0).sum() == 0
-
-
 def test_composite_translation_changes_no_pixel_outside_the_feathered_mask(tmp_path):
     cfg = lung_config(tmp_path)
     model = CycleGAN(cfg, torch.device("cpu"), total_steps=1)
@@ -85,7 +78,7 @@ def test_composite_translation_changes_no_pixel_outside_the_feathered_mask(tmp_p
 
 def test_the_lung_view_cannot_see_a_marker_outside_the_lungs_nor_the_windowing():
     x = torch.rand(1, 1, 32, 32)
-    w = feather(square_mask(), 1, 1.0)
+    w = feather_mask(square_mask(), 1, 1.0)
     marked = x.clone()
     marked[..., 0:5, 0:12] = 1.0  # burned-in text in a corner
     marked[..., 26:, 26:] = 0.0   # a collimation edge
@@ -140,7 +133,7 @@ def test_lung_constrained_gan_resumes_exactly_synthesizes_and_is_evaluated(tmp_p
     changed_inside = 0
     for row in rows:
         source = ds.images[by_path[row["source_image"]]]
-        outside = feather(masker(source[None]), *cfg.train.feathering(32))[0] == 0
+        outside = feather_mask(masker(source[None]), *cfg.train.feathering(32))[0] == 0
         out = torch.from_numpy(np.array(Image.open(dest / row["path"])))[None]
         assert torch.equal(out[outside], source[outside])  # bit for bit outside the feathered lungs
         changed_inside += int(not torch.equal(out[~outside], source[~outside]))
