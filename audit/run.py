@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from augment.data import warn, write_csv
 from augment.errors import UserError, cli_command
 from augment.lungmask import apply_lung_mask
+from augment.html import write_html_report
 from augment.runtime import json_safe, pick_device, recorded_data, resolve_run_file, write_text_atomic
 from classifier.cam import BaseCAM, cam_method
 from classifier.checkpoint import CHECKPOINTS, precision, run_data_config
@@ -182,10 +183,13 @@ def run_audit(checkpoint: str | Path | None = None, lungs: str | Path | None = N
                 (("cam_in_lungs", share), ("peak_in_lungs", peak), ("lung_area", area))}}
             for n, i in enumerate(idx.tolist())]
     write_csv(dest / IMAGES_FILE, rows, list(rows[0]))
-    write_text_atomic(dest / "audit.md", markdown_report(result))
+    report = markdown_report(result)
+    write_text_atomic(dest / "audit.md", report)
+    write_html_report(dest / "report.html", report, [dest / f"{name}.png" for name in result["figures"]],
+                      f"Audit of {dest.parent.name}")
     write_text_atomic(dest / AUDIT_FILE, json.dumps(json_safe(result), indent=2) + "\n")
     if not quiet:
         print(key_table(result))
-        print(f"wrote {AUDIT_FILE}, audit.md, {IMAGES_FILE}, {' and '.join(result['figures'])} (.png, .pdf) to {dest}",
+        print(f"wrote {AUDIT_FILE}, audit.md, report.html, {IMAGES_FILE}, {' and '.join(result['figures'])} (.png, .pdf) to {dest}",
               file=sys.stderr)
     return result | {"dest": dest}

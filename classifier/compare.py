@@ -25,6 +25,7 @@ import numpy as np
 
 from augment.errors import UserError
 from augment.lungmask import LungMasker
+from augment.html import write_html_report
 from augment.runtime import json_safe, new_run_dir, pick_device, resolve_run_file, write_text_atomic
 
 from .checkpoint import CHECKPOINTS, precision
@@ -194,10 +195,11 @@ def compare(runs: Sequence[str | Path], data: str | Path, out: str | Path = "run
                                    f"{data}"), dest / "roc")
     write_text_atomic(dest / "compare.json", json.dumps(json_safe(result), indent=2) + "\n")
     write_text_atomic(dest / "compare.md", markdown(result))
+    write_html_report(dest / "report.html", markdown(result), [dest / "roc.png"], f"Comparison of {len(runs)} runs")
     result["dest"] = str(dest)
     if not quiet:
         print(markdown(result).split("\n## Paired")[0].rstrip())
-        print(f"wrote compare.md, compare.json and roc.png/.pdf to {dest}", file=sys.stderr)
+        print(f"wrote compare.md, report.html, compare.json and roc.png/.pdf to {dest}", file=sys.stderr)
     return result
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from augment.bootstrap import bootstrap_weights, interval
 from augment.data import XrayDataset, load_dataset, warn
 from augment.lungmask import LungMasker
+from augment.html import write_html_report
 from augment.runtime import json_safe, pick_device, resolve_run_file, write_text_atomic
 from augment.runsplit import EVALUATED_FILE, EvalSet, claim_report, evaluation_set, split_rows, write_split
 
@@ -82,6 +83,9 @@ def per_source(y, prob, sources, classes, cfg: EvalConfig, seed: int, groups) ->
                                  "accuracy_ci": m["accuracy_ci"],
                                  "sensitivity": {c: m["per_class"][c]["sensitivity"] for c in classes}}
     return out
+
+
+FIGURES = ("roc", "pr", "confusion", "reliability")  # what evaluation_figures draws
 
 
 def evaluation_figures(y: np.ndarray, prob: np.ndarray, classes: tuple[str, ...], metrics: dict, cfg: EvalConfig,
@@ -187,10 +191,14 @@ def evaluate(data: str | Path, checkpoint: str | Path | None = None, out: str | 
         metrics["cam"] = {"method": cfg.cam_method, "images": len(written), **faith}
 
     write_text_atomic(out_dir / "metrics.json", json.dumps(json_safe(metrics), indent=2) + "\n")
-    write_text_atomic(out_dir / "report.md", markdown_report(metrics, classes))
+    report = markdown_report(metrics, classes)
+    write_text_atomic(out_dir / "report.md", report)
+    write_html_report(out_dir / "report.html", report, [out_dir / f"{name}.png" for name in FIGURES],
+                      f"Evaluation of {path.parent.name}, {metrics['split']} split")
     write_split(out_dir / EVALUATED_FILE, evaluated)
     if not quiet:
         print(key_table(metrics, classes))
-        print(f"wrote metrics.json, report.md, confusion, roc and pr (.png, .pdf), {EVALUATED_FILE} to {out_dir}",
+        print(f"wrote metrics.json, report.md, report.html, confusion, roc, pr and reliability (.png, .pdf), "
+              f"{EVALUATED_FILE} to {out_dir}",
               file=sys.stderr)
     return metrics

@@ -11,6 +11,7 @@ import torch
 
 from augment.data import XrayDataset, load_dataset
 from augment.lungmask import LungMasker
+from augment.html import write_html_report
 from augment.runtime import json_safe, pick_device, resolve_run_file, write_text_atomic
 
 from .checkpoint import CHECKPOINT_NAME, load_generator_ab
@@ -106,11 +107,13 @@ def evaluate_gan(data: str | Path, out: str | Path = "runs", checkpoint: str | P
                      None if masks is None else masks[rows_a][:GRID_FILMS], stem.with_suffix(".png"),
                      stem.with_suffix(".pdf"), titles=[dataset.paths[i] for i in rows_a[:GRID_FILMS].tolist()])
     write_text_atomic(stem.with_suffix(".json"), json.dumps(json_safe(result), indent=2) + "\n")
-    write_text_atomic(stem.with_suffix(".md"), f"# gan-eval of {path} (step {state['step']}, {split} split)\n\n"
-                      + diagnostics_markdown(result["diagnostics"]) + "\n")
+    report = (f"# gan-eval of {path} (step {state['step']}, {split} split)\n\n```\n{format_table(result)}\n```\n\n"
+              + diagnostics_markdown(result["diagnostics"]) + "\n")
+    write_text_atomic(stem.with_suffix(".md"), report)
+    write_html_report(stem.with_suffix(".html"), report, [stem.with_suffix(".png")], f"gan-eval of {path.parent.name}")
     print(format_table(result))
     print(diagnostics_markdown(result["diagnostics"]))
-    print(f"wrote {stem}.json, .md, .png and .pdf")
+    print(f"wrote {stem}.json, .md, .html, .png and .pdf")
     return result
 
 

@@ -135,3 +135,16 @@ def sigint_at_call(monkeypatch, owner, name: str, n: int):
 
     monkeypatch.setattr(owner, name, interrupted)
     return original
+
+
+def assert_self_contained_report(page: Path, markdown_file: Path, figures: list[str]) -> None:
+    """``page`` is a report.html that opens offline: every table of ``markdown_file`` is there, every one of
+    ``figures`` (PNG names) is embedded, and nothing is fetched from elsewhere."""
+    import re
+    text = page.read_text(encoding="utf-8")
+    tables = sum(1 for line in markdown_file.read_text(encoding="utf-8").splitlines() if re.match(r"\|\s*-", line)
+                 or re.match(r"\|-", line))
+    assert text.count("<table>") == tables and tables > 0
+    assert text.count("data:image/png;base64,") == len(figures)
+    assert all(f"<figcaption>{name}</figcaption>" in text for name in figures)
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)

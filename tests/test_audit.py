@@ -20,7 +20,7 @@ from augment.phantoms import write_phantoms
 from augment.probes import fit_softmax_regression, group_folds, probe_predictions
 from classifier.model import Classifier
 from cli import cli
-from conftest import tiny_classifier_config
+from conftest import assert_self_contained_report, tiny_classifier_config
 
 CLASSES = ("covid", "normal", "pneumonia")
 
@@ -217,6 +217,7 @@ def test_audit_writes_the_four_checks_and_refuses_to_overwrite(runs):
     for name in ("audit.json", "audit.md", "images.csv", "cam_in_lungs.png", "cam_in_lungs.pdf", "examples.png",
                  "examples.pdf"):
         assert (dest / name).is_file(), name
+    assert_self_contained_report(dest / "report.html", dest / "audit.md", ["cam_in_lungs.png", "examples.png"])
     result = json.loads((dest / "audit.json").read_text())
     test_rows = [r for r in csv.DictReader(open(classifier / "split.csv")) if r["split"] == "test"]
     assert result["split"] == "test" and result["n"] == len(test_rows) and result["method"] == "Grad-CAM++"

@@ -21,7 +21,7 @@ from classifier.evaluate import evaluate
 from classifier.overlays import explain_files
 from classifier.model import create_model
 from classifier.train import Trainer, train, warmup_epochs
-from conftest import sigint_at_call, tiny_classifier_config
+from conftest import assert_self_contained_report, sigint_at_call, tiny_classifier_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -217,8 +217,10 @@ def test_evaluate_and_cam_write_their_files(tmp_path, data, straight):
     run = straight
     m = evaluate(data, None, run.parents[1], EvalConfig(bootstrap=50), device="cpu", cam=1, quiet=True)
     out = run / "eval"
-    for name in ("metrics.json", "report.md", "confusion.png", "roc.png", "pr.png"):
+    for name in ("metrics.json", "report.md", "confusion.png", "roc.png", "pr.png", "reliability.png"):
         assert (out / name).is_file()
+    assert_self_contained_report(out / "report.html", out / "report.md",
+                                 ["roc.png", "pr.png", "confusion.png", "reliability.png"])
     splits = trainer_splits(data, tiny_cfg(tmp_path))
     assert m["split"] == ("test" if "test" in splits else "val")  # the test split when there is one
     assert m["n"] == splits.count(m["split"]) == sum(map(sum, m["confusion"]))

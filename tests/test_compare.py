@@ -12,6 +12,7 @@ from augment.errors import UserError
 from augment.phantoms import write_phantoms
 from classifier.compare import delong, delong_test, holm, mcnemar, midranks, shared_positions
 from cli import cli
+from conftest import assert_self_contained_report
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "classify-train-demo.yaml"
 
@@ -122,6 +123,7 @@ def test_backbones_train_then_compare_writes_the_table(tmp_path):
     n = result["n"]
     assert n == sum(map(sum, result["runs"][0]["metrics"]["confusion"])) and "note" not in result
     assert "| shallow |" in (dest / "compare.md").read_text() and (dest / "roc.png").is_file() and (dest / "roc.pdf").is_file()
+    assert_self_contained_report(dest / "report.html", dest / "compare.md", ["roc.png"])
     # the same runs by the compare command, into a folder that then refuses to be overwritten
     args = ["compare", *common, str(runs[0]), str(runs[1]), "--dest", str(tmp_path / "cmp")]
     assert runner.invoke(cli, args).exit_code == 0

@@ -22,7 +22,7 @@ from cyclegan.constraint import diff_augment, lung_view
 from cyclegan.evaluate import evaluate_gan
 from cyclegan.model import CycleGAN
 from cyclegan.synthesize import synthesize
-from conftest import ROOT, StopAfter
+from conftest import ROOT, StopAfter, assert_self_contained_report
 from test_cyclegan_train import all_weights, assert_same_state, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -196,5 +196,6 @@ def test_cli_chain_with_a_trained_segmenter(lung_run, lung_data, tmp_path):
     assert "SSIM" in printed and "Changes concentrate in the lungs" in printed
     [report] = (tmp_path / "runs" / "gan").glob("*/gan-eval-step3.json")
     assert {report.with_suffix(s).exists() for s in (".md", ".png", ".pdf")} == {True}
+    assert_self_contained_report(report.with_suffix(".html"), report.with_suffix(".md"), ["gan-eval-step3.png"])
     diagnostics = json.loads(report.read_text())["diagnostics"]
     assert diagnostics["lung_change"]["value"] > 1 and {"probes", "copies", "checkerboard"} <= set(diagnostics)
