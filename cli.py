@@ -460,6 +460,19 @@ def predict_command(images, checkpoint, dest, cam, method, overwrite, batch_size
     return result["csv"]
 
 
+@cli.command("export")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="Classifier run folder or checkpoint (default: latest run).")
+@click.option("--format", "fmt", type=click.Choice(["torchscript", "onnx"]), default="torchscript", show_default=True)
+@click.option("--dest", type=click.Path(path_type=Path), help="Output folder (default: <run>/export).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier export in --dest.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+def export_command(checkpoint, fmt, dest, overwrite, out):
+    """A classifier as one deployable file (preprocessing inside: uint8 films in, probabilities out) and its
+    model card (classes, input, validation threshold, data fingerprint, metrics)."""
+    from classifier.export import export_model
+    return export_model(checkpoint, out, fmt, dest, overwrite)
+
+
 # ---- lung segmentation commands ----
 @cli.command("lungseg-train")
 @common_options

@@ -163,3 +163,25 @@ def test_cli_writes_and_refuses_in_one_line(run, films, tmp_path):
         r = runner.invoke(cli, bad)
         assert r.exit_code == 2 and r.output.startswith("error: ") and message in r.output, r.output
         assert len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_the_exported_model_gives_the_probabilities_of_predict_without_the_toolkit(run, films, tmp_path):
+    """export writes a TorchScript file with the preprocessing inside; loaded by torch alone it gives the
+    probabilities predict wrote for the same files (to 1e-5), and its model card names classes and threshold."""
+    root, readable, _ = films
+    predict_files([root], run, dest=tmp_path / "p", device="cpu", quiet=True)
+    _, rows = read_rows(tmp_path / "p" / "predictions.csv")
+    by_path = {Path(r["path"]): r for r in rows}
+    r = CliRunner().invoke(cli, ["export", "--checkpoint", str(run), "--dest", str(tmp_path / "x")])
+    assert r.exit_code == 0, r.output
+    deployed = torch.jit.load(str(tmp_path / "x" / "model.pt"))
+    data = data_config(load_checkpoint(run / "best.pt"))
+    films_u8 = torch.from_numpy(np.stack([decode_to_square(p, data.size, data.resize) for p in readable])).unsqueeze(1)
+    with torch.no_grad():
+        got = deployed(films_u8).numpy()
+    wanted = np.array([[float(by_path[p][f"prob_{c}"]) for c in CLASSES] for p in readable])
+    assert np.allclose(got, wanted, atol=1e-5)
+    card = (tmp_path / "x" / "model_card.md").read_text()
+    assert "covid, normal, pneumonia" in card and "uint8" in card
+    again = CliRunner().invoke(cli, ["export", "--checkpoint", str(run), "--dest", str(tmp_path / "x")])
+    assert again.exit_code != 0 and "pass --overwrite" in again.output
