@@ -700,6 +700,8 @@ def demo(ctx, out, device):
     overlays = ctx.invoke(cam, images=[data / c / f"{c}_00001.png" for c in ("covid", "normal", "pneumonia")],
                           checkpoint=run, out=out, device=device)
     predictions = ctx.invoke(predict_command, images=[data / "covid"], checkpoint=run, out=out, device=device)
+    exported = ctx.invoke(export_command, checkpoint=run, out=out, overwrite=True)
+    translation = ctx.invoke(gan_eval, data=data, out=out, device=device, checkpoint=gan_run)
     experiment = ctx.invoke(ablation, data=data, config=clf_config, out=out, device=device, seeds=2,
                             gan_config=gan_config)
     classic = json.loads((experiment / "cells" / "classic-seed0.json").read_text())["run"]
@@ -714,7 +716,10 @@ def demo(ctx, out, device):
     written = [("demo data (phantoms)", data), ("CycleGAN run", gan_run), ("synthetic covid images", synthetic),
                ("balanced training manifest", manifest), ("classifier run", run),
                ("evaluation (metrics, report, plots, CAMs)", run / "eval"), ("CAM overlays", overlays[0].parent),
-               ("predictions on the covid folder", predictions), ("ablation table", experiment / "table.md"),
+               ("predictions on the covid folder", predictions), ("deployable model and model card", exported),
+               ("what the translation changed (gan-eval)",
+                Path(translation["checkpoint"]).parent / f"gan-eval-step{translation['step']}.html"),
+               ("ablation table", experiment / "table.md"),
                ("comparison with the ablation's classic run", Path(comparison) / "compare.md"),
                ("lung-mask phantoms", lung_data),
                ("lung segmenter run (metrics.json)", lung_run), ("lung masks and overlays", lung_masks),
