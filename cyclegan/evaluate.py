@@ -105,7 +105,7 @@ def evaluate_gan(data: str | Path, out: str | Path = "runs", checkpoint: str | P
     stem = path.parent / f"gan-eval-step{state['step']}"
     translation_grid(sources[:GRID_FILMS], translated[:GRID_FILMS],
                      None if masks is None else masks[rows_a][:GRID_FILMS], stem.with_suffix(".png"),
-                     stem.with_suffix(".pdf"), titles=[dataset.paths[i] for i in rows_a[:GRID_FILMS].tolist()])
+                     stem.with_suffix(".pdf"), titles=[Path(dataset.paths[i]).name for i in rows_a[:GRID_FILMS].tolist()])
     write_text_atomic(stem.with_suffix(".json"), json.dumps(json_safe(result), indent=2) + "\n")
     report = (f"# gan-eval of {path} (step {state['step']}, {split} split)\n\n```\n{format_table(result)}\n```\n\n"
               + diagnostics_markdown(result["diagnostics"]) + "\n")
