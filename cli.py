@@ -574,7 +574,8 @@ def ablation(data, config, out, device, seed, set_, backbone, seeds, gan_per_see
     """Do CycleGAN images help? Real vs real + classic augmentation vs + balanced synthetic images, over seeds.
 
     --config and --set configure the classifiers (default: configs/classify-train.yaml)."""
-    from augment.ablation import format_table, run_ablation
+    from ablation.seeds import format_table, run_ablation
+    from ablation.stages import Interrupted, ablation_stages, experiment_config
     from augment.config import load_config
     from classifier.config import ClassifierConfig
     from cyclegan import GanConfig
@@ -593,88 +594,20 @@ def ablation(data, config, out, device, seed, set_, backbone, seeds, gan_per_see
     lung_masker = masker_for(lungs, device)
     if lung_masker:
         click.echo(f"ablation: the classifiers see {lungs.lung_settings}; they judge no GAN (gan-eval)", err=True)
-    summary = run_ablation(data, dest, ablation_stages(gan_cfg, clf_cfg, dest, device, lung_masker), clf_cfg.data,
-                           tuple(range(seed, seed + seeds)), minority, minority_fraction, policy,
-                           log=lambda line: click.echo(f"ablation: {line}", err=True),
-                           settings={"backbone": clf_cfg.model.backbone, "classifier_config": experiment_config(clf_cfg),
-                                     "gan_config": experiment_config(gan_cfg),
-                                     **({"lung_masker": lung_masker.identity} if lung_masker else {})},
-                           gan_per_seed=gan_per_seed)
+    try:
+        summary = run_ablation(data, dest, ablation_stages(gan_cfg, clf_cfg, dest, device, lung_masker), clf_cfg.data,
+                               tuple(range(seed, seed + seeds)), minority, minority_fraction, policy,
+                               log=lambda line: click.echo(f"ablation: {line}", err=True),
+                               settings={"backbone": clf_cfg.model.backbone, "classifier_config": experiment_config(clf_cfg),
+                                         "gan_config": experiment_config(gan_cfg),
+                                         **({"lung_masker": lung_masker.identity} if lung_masker else {})},
+                               gan_per_seed=gan_per_seed)
+    except Interrupted as e:
+        click.echo(str(e), err=True)
+        sys.exit(INTERRUPTED)
     click.echo(format_table(summary))
     click.echo(f"wrote {dest / 'table.md'} and {dest / 'summary.json'}")
     return dest
-
-
-def experiment_config(cfg) -> dict:
-    """A config as an ablation records it: everything but where the image cache lives, and the lung settings
-    only when used (experiments recorded before they existed still resume)."""
-    from augment.config import config_to_dict
-    from augment.imageio import MAX_PIXELS
-    values = config_to_dict(cfg)
-    values["data"].pop("cache_dir")
-    if cfg.data.max_pixels == MAX_PIXELS:  # experiments recorded before the limit existed still resume
-        values["data"].pop("max_pixels")
-    if not cfg.data.uses_lungs:
-        for key in ("lung_crop", "lung_crop_margin", "lung_mask", "lungseg_run"):
-            values["data"].pop(key)
-    return values
-
-
-def ablation_stages(gan_cfg, clf_cfg, dest: Path, device: str, lung_masker=None):
-    """The model work of an ablation (:class:`augment.ablation.Stages`) from the two packages; every
-    classifier is evaluated on the experiment's real manifest, ``<dest>/real.csv``, and gets ``lung_masker``
-    (the segmenter its lung settings need). Classifiers on lung-cropped or lung-masked images judge no GAN:
-    its translations are whole images."""
-    import copy
-    import json
-    from augment.ablation import Stages
-    from augment.runtime import latest_run
-    from classifier.evaluate import evaluate as evaluate_classifier
-    from classifier.train import Trainer
-    from cyclegan import evaluate_gan, synthesize, train_gan
-    from cyclegan.checkpoint import CHECKPOINT_NAME
-
-    def stopped():
-        click.echo(f"ablation stopped; run the same command again to continue ({dest} keeps finished cells)", err=True)
-        sys.exit(INTERRUPTED)
-
-    def train_gan_stage(manifest, folder, seed):
-        earlier = latest_run(folder, "gan", marker=CHECKPOINT_NAME)  # a run of this seed that was stopped: resume it
-        if earlier is not None and json.loads((earlier / "run.json").read_text())["seed"] != seed:
-            earlier = None
-        result = train_gan(gan_cfg, manifest, folder, device, seed, resume=earlier)
-        if result.interrupted:
-            stopped()
-        return result.run_dir
-
-    def synthesize_stage(checkpoint, manifest, folder, n, seed):
-        return synthesize(n, manifest, dest, checkpoint, folder, overwrite=True, device=device, seed=seed)
-
-    def train_classifier_stage(manifest, folder, seed, classic_augment):
-        cfg = copy.deepcopy(clf_cfg)
-        cfg.augment.enabled = classic_augment
-        earlier = latest_run(folder, "classifier", marker="last.pt")  # the cell's run was stopped: resume it
-        trainer = Trainer(cfg, manifest, folder, resume=earlier, device=device, seed=seed, quiet=True,
-                          lung_masker=lung_masker)
-        run = trainer.run()
-        if trainer.stopped:
-            stopped()
-        return run
-
-    def evaluate_stage(run):
-        m = evaluate_classifier(dest / "real.csv", run, dest, clf_cfg.eval, device, quiet=True, lung_masker=lung_masker)
-        return {"accuracy": m["accuracy"], "macro_auc": m["macro"]["auc"],
-                "sensitivity": {c: v["sensitivity"] for c, v in m["per_class"].items()},
-                "f1": {c: v["f1"] for c, v in m["per_class"].items()}}
-
-    def gan_eval_stage(checkpoint, manifest):
-        yardstick = json.loads(min((dest / "cells").glob("classic-seed*.json")).read_text())["run"]
-        features, classify = classifier_yardstick(Path(yardstick), checkpoint, dest, device)
-        m = evaluate_gan(manifest, dest, checkpoint, features, classify, device=device, split="test")
-        return {k: m[k] for k in ("fd", "kid", "ssim_mean", "share_called_b", "n_translated", "n_real_b", "features")}
-
-    return Stages(train_gan_stage, synthesize_stage, train_classifier_stage, evaluate_stage,
-                  None if clf_cfg.data.uses_lungs else gan_eval_stage)
 
 
 @cli.command()

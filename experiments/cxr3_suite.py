@@ -79,7 +79,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from augment.ablation import mean_interval, write_tstr_manifest  # noqa: E402
+from ablation.seeds import mean_interval, write_tstr_manifest  # noqa: E402
 from augment.balance import Policy, balance  # noqa: E402
 from augment.data import DataConfig, csv_rows, decode_to_square  # noqa: E402
 from augment.errors import UserError  # noqa: E402
