@@ -363,3 +363,53 @@ def test_the_rules_decide_from_predictions_built_to_be_positive_and_to_raise_cov
     arms["gan"].called = free & (rng.random(len(labels)) < 0.3)  # now it calls covid films of the covid-free source
     d = decide(compare_arms(arms, "covid", source, free_sources, 300, 0)["differences"], "gan", source, free_sources)
     assert d["outcome"] == "negative" and "covid calls on covid-free sources (hospB) moved by +" in d["sentence"]
+
+
+def test_a_stopped_fold_gan_and_classifier_resume_in_their_own_runs(tmp_path, monkeypatch, one_thread):
+    import cyclegan.train
+    from augment.runtime import load_checkpoint
+    from classifier.train import Trainer
+    from cli import INTERRUPTED, cli
+    from conftest import StopAfter, sigint_at_call
+    data = two_hospitals(tmp_path / "data", {"covid": 8, "normal": 8, "pneumonia": 8})
+    args = [a.replace("train.steps=2", "train.steps=4") for a in tiny_args(tmp_path, data, "--arms", "gan")]
+    fold0 = tmp_path / "abl" / "folds" / "fold0" / "gan"
+    monkeypatch.setattr(cyclegan.train, "GracefulStop", lambda: StopAfter(2))
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == INTERRUPTED and "run the same command again to continue" in r.output, r.output
+    [gan] = (fold0 / "gan").iterdir()
+    assert load_checkpoint(gan / "checkpoint.pt")["step"] == 2 and not (fold0 / "gan.json").exists()
+    monkeypatch.undo()
+    step = sigint_at_call(monkeypatch, Trainer, "train_step", 1)
+    assert CliRunner().invoke(cli, args).exit_code == INTERRUPTED  # the GAN finishes, the fold's classifier stops
+    [run] = (fold0 / "classifier").iterdir()
+    assert (run / "last.pt").exists() and not (run / "best.pt").exists() and not (fold0 / "cell.json").exists()
+    monkeypatch.setattr(Trainer, "train_step", step)
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert list((fold0 / "gan").iterdir()) == [gan] and load_checkpoint(gan / "checkpoint.pt")["step"] == 4
+    assert list((fold0 / "classifier").iterdir()) == [run] and (run / "best.pt").exists()
+    assert json.loads((fold0 / "cell.json").read_text())["run"] == str(run)
+
+
+@pytest.mark.slow
+def test_the_cpu_scale_is_three_folds_of_the_cpu_presets_with_a_shorter_gan(tmp_path, one_thread):
+    from ablation.crossval import SCALES
+    from cli import cli
+    scale = SCALES["cpu"]
+    assert scale.folds == 3 and scale.classifier_config == "classify-train-cpu.yaml"
+    assert scale.gan_config == "gan-train-cpu.yaml" and "train.steps=800" in scale.gan_sets
+    data = two_hospitals(tmp_path / "data", {"covid": 6, "normal": 6, "pneumonia": 6})
+    cache = f"data.cache_dir={tmp_path / 'cache'}"
+    r = CliRunner().invoke(cli, ["ablation", "--scale", "cpu", "--data", str(data), "--out", str(tmp_path / "runs"),
+                                 "--device", "cpu", "--arms", "real", "--set", "data.size=32", "--set", cache,
+                                 "--set", "model.input_size=32", "--set", "train.epochs=1", "--set", "eval.bootstrap=10",
+                                 "--set", "train.tensorboard=false", "--gan-set", "data.size=32"])
+    assert r.exit_code == 0, r.output
+    [dest] = (tmp_path / "runs" / "ablation").iterdir()
+    assert dest.name == "resnet18-folds3"
+    experiment = json.loads((dest / "experiment.json").read_text())
+    assert experiment["folds"] == 3 and experiment["classifier_config"]["train"]["cpu_bf16"] is True
+    assert experiment["gan_config"]["train"]["steps"] == 800 and experiment["gan_config"]["model"]["n_blocks"] == 6
+    assert experiment["gan_config"]["data"]["size"] == 32  # --gan-set after the scale's
+    assert len(list((dest / "folds").iterdir())) == 3
