@@ -146,7 +146,7 @@ class Crossval:
         for arm, why in self.skipped.items():
             log(f"arm {arm} skipped: {why}")
         self.gan_cfgs = {"gan": self._gan_config(gan_cfg, "none", None)}
-        self.lungs = Path(lungs) if lungs else None
+        self.lungs = Path(lungs).resolve() if lungs else None
         if self.lungs:
             constraint = gan_cfg.train.lung_constraint if gan_cfg.train.lung_constraint != "none" else "composite"
             self.gan_cfgs["gan-lungs"] = self._gan_config(gan_cfg, constraint, str(self.lungs))
@@ -336,7 +336,8 @@ def _diff(m: dict) -> str:
 
 def report(s: dict) -> str:
     """``report.md``: the design, each arm's endpoints, the paired differences, the rules and the decisions."""
-    source = s["covid_source"] or "(no source has covid films)"
+    source = ("(no source has covid films)" if s["covid_source"] is None else s["covid_source"] or
+              "(one unnamed source: the data give no source column)")
     names = [NAMES[e].format(source=source) for e in ENDPOINTS]
     lines = [f"# Do the synthetic films help? {s['folds']}-fold ablation", "",
              f"{s['n']} films of {s['n_patients']} patients; folds grouped by patient and stratified by label × source, "
