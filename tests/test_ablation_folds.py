@@ -233,7 +233,6 @@ def test_option_mistakes_are_one_line_errors(tmp_path):
 
 # ---------------------------------------------------------------- the pieces, on constructed cases
 def test_folds_and_validation_parts_are_grouped_stratified_and_keep_a_share_of_the_minority():
-    rng = np.random.default_rng(0)
     groups = [f"p{i // 2}" for i in range(400)]
     labels = [("covid", "normal", "pneumonia")[(i // 2) % 3] for i in range(400)]
     sources = [("a", "b")[(i // 6) % 2] for i in range(400)]
@@ -252,7 +251,6 @@ def test_folds_and_validation_parts_are_grouped_stratified_and_keep_a_share_of_t
     assert len(two) == 1 and two <= {"a", "b"}  # one of the two x patients; y's only patient trains
     with pytest.raises(UserError, match="as many patients as folds"):
         assign_folds(["a", "a", "b"], ["x"] * 3, ["s"] * 3, 3, 0)
-    del rng
 
 
 def test_histogram_matching_gives_the_targets_gray_levels_and_keeps_the_order():
@@ -299,7 +297,7 @@ def test_the_paired_intervals_resample_patients():
     other = np.clip(score + rng.normal(0, 0.15, len(labels)), 0, 1)
     arms = {"classic": predictions(other, labels, sources, patients, folds),
             "gan": predictions(score, labels, sources, patients, folds)}
-    source, free = covid_sources(CLASSES_OF(labels), list(sources), "covid")
+    source, free = covid_sources(class_names(labels), list(sources), "covid")
     result = compare_arms(arms, "covid", source, free, 300, 0)
     # the same films once more under the same patients: resampling patients, the intervals do not move
     twice = {a: predictions(np.repeat(p.prob[:, 0], 2), np.repeat(labels, 2), np.repeat(sources, 2),
@@ -310,7 +308,7 @@ def test_the_paired_intervals_resample_patients():
     assert again["n_patients"] == result["n_patients"] == 60
 
 
-def CLASSES_OF(labels: np.ndarray) -> list[str]:
+def class_names(labels: np.ndarray) -> list[str]:
     return [CLASSES[y] for y in labels]
 
 
@@ -355,7 +353,7 @@ def test_the_rules_decide_from_predictions_built_to_be_positive_and_to_raise_cov
             "placebo": predictions(np.clip(weak + rng.normal(0, 0.05, len(labels)), 0, 1), labels, sources, patients,
                                    folds, called=np.zeros(len(labels), bool)),
             "gan": predictions(strong, labels, sources, patients, folds, called=np.zeros(len(labels), bool))}
-    source, free_sources = covid_sources(CLASSES_OF(labels), list(sources), "covid")
+    source, free_sources = covid_sources(class_names(labels), list(sources), "covid")
     assert (source, free_sources) == ("hospA", ["hospB"])
     result = compare_arms(arms, "covid", source, free_sources, 300, 0)
     d = decide(result["differences"], "gan", source, free_sources)
