@@ -599,9 +599,10 @@ def ablation(data, config, out, device, seed, set_, backbone, seeds, folds, arms
                         "drop --seeds and --gan-per-seed")
     if scale:
         from ablation.crossval import SCALES
+        from augment.config import shipped_config
         preset = SCALES[scale]
-        folds, config = folds or preset.folds, config or CONFIGS / preset.classifier_config
-        gan_config, gan_set = gan_config or CONFIGS / preset.gan_config, (*preset.gan_sets, *gan_set)
+        folds, config = folds or preset.folds, config or shipped_config(preset.classifier_config)
+        gan_config, gan_set = gan_config or shipped_config(preset.gan_config), (*preset.gan_sets, *gan_set)
     data, config, is_demo = resolve_inputs("classify-train", data, config, out)
     clf_cfg = load_config(ClassifierConfig, config, [*set_, *[f"model.backbone={backbone}"] * bool(backbone)])
     gan_cfg = load_config(GanConfig, gan_config or default_config("gan-train", is_demo), gan_set)

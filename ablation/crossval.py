@@ -31,7 +31,7 @@ import numpy as np
 
 from augment.balance import Policy, balance
 from augment.config import check_config
-from augment.data import load_dataset, write_csv
+from augment.data import csv_rows, load_dataset, write_csv
 from augment.errors import UserError
 from augment.runtime import json_safe, write_text_atomic
 
@@ -96,9 +96,8 @@ def _same_experiment(path: Path, experiment: dict) -> None:
 
 
 def _read_csv(path: Path) -> list[dict]:
-    import csv
     with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        return csv_rows(f)
 
 
 def experiment_images(data, cfg, k: int, seed: int, path: Path) -> list[dict]:

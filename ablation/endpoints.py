@@ -13,7 +13,6 @@ resamples for every arm, so the differences are paired) and its value in every f
 """
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from augment.bootstrap import bootstrap_weights, interval, weighted_auc
-from augment.data import write_csv
+from augment.data import csv_rows, write_csv
 
 ENDPOINTS = ("auc_in_source", "sensitivity", "sensitivity_in_source", "calls_free_sources", "accuracy", "macro_auc")
 NAMES = {"auc_in_source": "covid-vs-rest AUC within {source}", "sensitivity": "covid sensitivity",
@@ -64,7 +63,7 @@ def write_predictions(path: Path, rows: list[dict], classes: Sequence[str], mino
 def read_predictions(path: Path) -> list[dict]:
     """The rows of a ``predictions.csv``."""
     with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        return csv_rows(f)
 
 
 def as_predictions(rows: list[dict], classes: Sequence[str], minority: str) -> Predictions:

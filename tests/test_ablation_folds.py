@@ -19,7 +19,7 @@ from ablation.decision import decide
 from ablation.endpoints import Predictions, compare_arms, covid_sources, resampling_weights
 from ablation.folds import assign_folds, fold_parts, validation_patients
 from ablation.placebo import match_histogram, placebo_film
-from augment.data import decode_to_square
+from augment.data import csv_rows, decode_to_square
 from augment.errors import UserError
 from augment.phantoms import write_phantoms
 
@@ -28,7 +28,7 @@ CLASSES = ("covid", "normal", "pneumonia")
 
 def rows(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        return csv_rows(f)
 
 
 def two_hospitals(root: Path, counts=None) -> Path:
