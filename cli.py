@@ -565,7 +565,7 @@ def audit_command(checkpoint, lungs, data, dest, method, folds, examples, overwr
               help="With --folds: a lungseg-train run for the gan-lungs arm's lung-constrained CycleGAN.")
 @click.option("--scale", type=click.Choice(["cpu"]),
               help="A preset of the cross-validated experiment: cpu = 3 folds, configs/classify-train-cpu.yaml, "
-                   "configs/gan-train-cpu.yaml at 800 steps (about 3 hours on 2 CPU cores for cxr3).")
+                   "configs/gan-train-cpu.yaml at 1,500 steps (about 3 hours on 2 CPU cores for cxr3).")
 @click.option("--gan-per-seed", is_flag=True,
               help="Train one CycleGAN and synthetic set per seed, so the interval covers the GAN's variance too.")
 @click.option("--minority", default="covid", show_default=True, help="The scarce class the CycleGAN synthesises.")

@@ -59,11 +59,12 @@ class Scale:
 
 
 SCALES = {
-    # 3 folds × 5 arms = 15 CPU-preset classifiers (about 5 min each on 2 cores for the ~1,200 training films of a
-    # cxr3 fold, 6 with the ~260 added films) and 6 CPU-scale CycleGANs of 800 steps (about 1 step/s: 14 min each);
-    # about 3 hours in all on 2 cores
+    # 3 folds × 5 arms = 15 CPU-preset classifiers (the preset's 345-440 s for 1,710 films scale to about 4-5 min
+    # for the ~1,170 training films of a cxr3 fold, 5-6 with the ~260 added films: 70-85 min in all) and 6
+    # CPU-scale CycleGANs of 1,500 steps (2.25 steps/s measured at batch 1, RESULTS.md: 11 min each, 67 min in
+    # all), plus masks, synthesis, placebo and predictions: about 3 hours on 2 cores with room for a busy machine
     "cpu": Scale(folds=3, classifier_config="classify-train-cpu.yaml", gan_config="gan-train-cpu.yaml",
-                 gan_sets=("train.steps=800", "train.checkpoint_every=100", "train.image_every=200"),
+                 gan_sets=("train.steps=1500", "train.checkpoint_every=250"),
                  about="about 3 hours on 2 CPU cores for cxr3's 1,955 films"),
 }
 

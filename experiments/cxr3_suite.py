@@ -165,7 +165,7 @@ SCALES = {
         estimates={"ours": 380, "usual": 400, "lever": 400, "gan-train": 3600, "gan-eval": 120, "tstr": 500,
                    "ablation": 14400, "lungseg": 900, "audit": 300, "lung-crop": 500, "crossval": 10800,
                    "default": 300},
-        crossval_preset="cpu"),  # 3 folds, the CPU presets, CycleGANs of 800 steps: about 3 hours
+        crossval_preset="cpu"),  # 3 folds, the CPU presets, CycleGANs of 1,500 steps: about 3 hours
     "tiny": Scale(
         classifier_config="configs/classify-train-demo.yaml",
         classifier_sets=("data.size=32", "model.input_size=32", "model.width=4", "train.epochs=2",

@@ -396,7 +396,7 @@ def test_the_cpu_scale_is_three_folds_of_the_cpu_presets_with_a_shorter_gan(tmp_
     from cli import cli
     scale = SCALES["cpu"]
     assert scale.folds == 3 and scale.classifier_config == "classify-train-cpu.yaml"
-    assert scale.gan_config == "gan-train-cpu.yaml" and "train.steps=800" in scale.gan_sets
+    assert scale.gan_config == "gan-train-cpu.yaml" and "train.steps=1500" in scale.gan_sets
     data = two_hospitals(tmp_path / "data", {"covid": 6, "normal": 6, "pneumonia": 6})
     cache = f"data.cache_dir={tmp_path / 'cache'}"
     r = CliRunner().invoke(cli, ["ablation", "--scale", "cpu", "--data", str(data), "--out", str(tmp_path / "runs"),
@@ -408,6 +408,6 @@ def test_the_cpu_scale_is_three_folds_of_the_cpu_presets_with_a_shorter_gan(tmp_
     assert dest.name == "resnet18-folds3"
     experiment = json.loads((dest / "experiment.json").read_text())
     assert experiment["folds"] == 3 and experiment["classifier_config"]["train"]["cpu_bf16"] is True
-    assert experiment["gan_config"]["train"]["steps"] == 800 and experiment["gan_config"]["model"]["n_blocks"] == 6
+    assert experiment["gan_config"]["train"]["steps"] == 1500 and experiment["gan_config"]["model"]["n_blocks"] == 6
     assert experiment["gan_config"]["data"]["size"] == 32  # --gan-set after the scale's
     assert len(list((dest / "folds").iterdir())) == 3
