@@ -554,8 +554,18 @@ def audit_command(checkpoint, lungs, data, dest, method, folds, examples, overwr
 @cli.command()
 @common_options
 @click.option("--backbone", help="Classifier backbone (default: model.backbone of the classifier config).")
-@click.option("--seeds", type=click.IntRange(1), default=3, show_default=True,
-              help="Classifier seeds per condition: --seed, --seed + 1, ... (fewer than 3 give no interval).")
+@click.option("--seeds", type=click.IntRange(1),
+              help="Classifier seeds per condition: --seed, --seed + 1, ... (default 3; fewer give no interval).")
+@click.option("--folds", type=click.IntRange(2),
+              help="Cross-validate instead: K folds grouped by patient, stratified by label x source; every arm "
+                   "predicts every film once; paired differences and a decision by rules fixed in advance.")
+@click.option("--arms", multiple=True, metavar="ARMS",
+              help="With --folds: any of real classic gan gan-lungs placebo (default: all; commas or repeated).")
+@click.option("--lungs", "lungs_run", type=click.Path(path_type=Path),
+              help="With --folds: a lungseg-train run for the gan-lungs arm's lung-constrained CycleGAN.")
+@click.option("--scale", type=click.Choice(["cpu"]),
+              help="A preset of the cross-validated experiment: cpu = 3 folds, configs/classify-train-cpu.yaml, "
+                   "configs/gan-train-cpu.yaml at 1,500 steps (about 3 hours on 2 CPU cores for cxr3).")
 @click.option("--gan-per-seed", is_flag=True,
               help="Train one CycleGAN and synthetic set per seed, so the interval covers the GAN's variance too.")
 @click.option("--minority", default="covid", show_default=True, help="The scarce class the CycleGAN synthesises.")
@@ -567,18 +577,32 @@ def audit_command(checkpoint, lungs, data, dest, method, folds, examples, overwr
               help="YAML for the CycleGAN (default: the defaults in code; demo: configs/gan-train-demo.yaml).")
 @click.option("--gan-set", multiple=True, metavar="KEY=VALUE", help="Override one CycleGAN config value (repeatable).")
 @click.option("--dest", type=click.Path(path_type=Path),
-              help="Experiment folder (default: <out>/ablation/<backbone>[-f<fraction>][-gan-per-seed]); "
+              help="Experiment folder (default: <out>/ablation/<backbone>[-folds<K>][-f<fraction>][-gan-per-seed]); "
                    "run again to resume.")
-def ablation(data, config, out, device, seed, set_, backbone, seeds, gan_per_seed, minority, minority_fraction,
-             policy, gan_config, gan_set, dest):
-    """Do CycleGAN images help? Real vs real + classic augmentation vs + balanced synthetic images, over seeds.
+def ablation(data, config, out, device, seed, set_, backbone, seeds, folds, arms, lungs_run, scale, gan_per_seed,
+             minority, minority_fraction, policy, gan_config, gan_set, dest):
+    """Do CycleGAN images help? Real vs real + classic augmentation vs + balanced synthetic images, over seeds;
+    with --folds (or --scale), cross-validated arms with a placebo, decided by rules fixed in advance.
 
     --config and --set configure the classifiers (default: configs/classify-train.yaml)."""
-    from augment.ablation import format_table, run_ablation
+    from ablation.seeds import format_table, run_ablation
+    from ablation.stages import Interrupted, ablation_stages, experiment_config
     from augment.config import load_config
     from classifier.config import ClassifierConfig
     from cyclegan import GanConfig
     from lungs import masker_for
+    crossval = folds is not None or scale is not None
+    if not crossval and (arms or lungs_run):
+        raise UserError("--arms and --lungs belong to the cross-validated ablation: add --folds K (or --scale cpu)")
+    if crossval and (seeds is not None or gan_per_seed):
+        raise UserError("--folds: every arm of a fold uses one seed (--seed) and each fold its own CycleGAN; "
+                        "drop --seeds and --gan-per-seed")
+    if scale:
+        from ablation.crossval import SCALES
+        from augment.config import shipped_config
+        preset = SCALES[scale]
+        folds, config = folds or preset.folds, config or shipped_config(preset.classifier_config)
+        gan_config, gan_set = gan_config or shipped_config(preset.gan_config), (*preset.gan_sets, *gan_set)
     data, config, is_demo = resolve_inputs("classify-train", data, config, out)
     clf_cfg = load_config(ClassifierConfig, config, [*set_, *[f"model.backbone={backbone}"] * bool(backbone)])
     gan_cfg = load_config(GanConfig, gan_config or default_config("gan-train", is_demo), gan_set)
@@ -586,95 +610,42 @@ def ablation(data, config, out, device, seed, set_, backbone, seeds, gan_per_see
         raise UserError(f"--minority {minority}: the CycleGAN translates into {gan_cfg.train.domain_b!r}; "
                         f"add --gan-set train.domain_b={minority}")
     lungs = clf_cfg.data
-    name = (clf_cfg.model.backbone + (f"-f{minority_fraction:g}" if minority_fraction else "")
+    name = (clf_cfg.model.backbone + (f"-folds{folds}" if crossval else "")
+            + (f"-f{minority_fraction:g}" if minority_fraction else "")
             + ("-gan-per-seed" if gan_per_seed else "") + ("-lung-crop" if lungs.lung_crop else "")
             + (f"-{lungs.lung_mask}" if lungs.lung_mask != "none" else ""))
     dest = dest or out / "ablation" / name
     lung_masker = masker_for(lungs, device)
     if lung_masker:
         click.echo(f"ablation: the classifiers see {lungs.lung_settings}; they judge no GAN (gan-eval)", err=True)
-    summary = run_ablation(data, dest, ablation_stages(gan_cfg, clf_cfg, dest, device, lung_masker), clf_cfg.data,
-                           tuple(range(seed, seed + seeds)), minority, minority_fraction, policy,
-                           log=lambda line: click.echo(f"ablation: {line}", err=True),
-                           settings={"backbone": clf_cfg.model.backbone, "classifier_config": experiment_config(clf_cfg),
-                                     "gan_config": experiment_config(gan_cfg),
-                                     **({"lung_masker": lung_masker.identity} if lung_masker else {})},
-                           gan_per_seed=gan_per_seed)
+    settings = {"backbone": clf_cfg.model.backbone, "classifier_config": experiment_config(clf_cfg),
+                "gan_config": experiment_config(gan_cfg), **({"lung_masker": lung_masker.identity} if lung_masker else {})}
+    if crossval:
+        from ablation.crossval import parse_arms, report, run_crossval
+        if lungs_run is not None and not lungs_run.exists():
+            raise UserError(f"--lungs {lungs_run}: no such lungseg-train run folder or checkpoint")
+        try:
+            summary = run_crossval(data, dest, clf_cfg, gan_cfg, folds, parse_arms(arms), seed=seed, minority=minority,
+                                   minority_fraction=minority_fraction, policy=policy, lungs=lungs_run, device=device,
+                                   log=lambda line: click.echo(f"ablation: {line}", err=True), settings=settings,
+                                   lung_masker=lung_masker)
+        except Interrupted as e:
+            click.echo(str(e), err=True)
+            sys.exit(INTERRUPTED)
+        click.echo(report(summary))
+        click.echo(f"wrote {dest / 'report.md'}, {dest / 'summary.json'} and {dest / 'arms'}/<arm>/predictions.csv")
+        return dest
+    try:
+        summary = run_ablation(data, dest, ablation_stages(gan_cfg, clf_cfg, dest, device, lung_masker), clf_cfg.data,
+                               tuple(range(seed, seed + (seeds or 3))), minority, minority_fraction, policy,
+                               log=lambda line: click.echo(f"ablation: {line}", err=True), settings=settings,
+                               gan_per_seed=gan_per_seed)
+    except Interrupted as e:
+        click.echo(str(e), err=True)
+        sys.exit(INTERRUPTED)
     click.echo(format_table(summary))
     click.echo(f"wrote {dest / 'table.md'} and {dest / 'summary.json'}")
     return dest
-
-
-def experiment_config(cfg) -> dict:
-    """A config as an ablation records it: everything but where the image cache lives, and the lung settings
-    only when used (experiments recorded before they existed still resume)."""
-    from augment.config import config_to_dict
-    from augment.imageio import MAX_PIXELS
-    values = config_to_dict(cfg)
-    values["data"].pop("cache_dir")
-    if cfg.data.max_pixels == MAX_PIXELS:  # experiments recorded before the limit existed still resume
-        values["data"].pop("max_pixels")
-    if not cfg.data.uses_lungs:
-        for key in ("lung_crop", "lung_crop_margin", "lung_mask", "lungseg_run"):
-            values["data"].pop(key)
-    return values
-
-
-def ablation_stages(gan_cfg, clf_cfg, dest: Path, device: str, lung_masker=None):
-    """The model work of an ablation (:class:`augment.ablation.Stages`) from the two packages; every
-    classifier is evaluated on the experiment's real manifest, ``<dest>/real.csv``, and gets ``lung_masker``
-    (the segmenter its lung settings need). Classifiers on lung-cropped or lung-masked images judge no GAN:
-    its translations are whole images."""
-    import copy
-    import json
-    from augment.ablation import Stages
-    from augment.runtime import latest_run
-    from classifier.evaluate import evaluate as evaluate_classifier
-    from classifier.train import Trainer
-    from cyclegan import evaluate_gan, synthesize, train_gan
-    from cyclegan.checkpoint import CHECKPOINT_NAME
-
-    def stopped():
-        click.echo(f"ablation stopped; run the same command again to continue ({dest} keeps finished cells)", err=True)
-        sys.exit(INTERRUPTED)
-
-    def train_gan_stage(manifest, folder, seed):
-        earlier = latest_run(folder, "gan", marker=CHECKPOINT_NAME)  # a run of this seed that was stopped: resume it
-        if earlier is not None and json.loads((earlier / "run.json").read_text())["seed"] != seed:
-            earlier = None
-        result = train_gan(gan_cfg, manifest, folder, device, seed, resume=earlier)
-        if result.interrupted:
-            stopped()
-        return result.run_dir
-
-    def synthesize_stage(checkpoint, manifest, folder, n, seed):
-        return synthesize(n, manifest, dest, checkpoint, folder, overwrite=True, device=device, seed=seed)
-
-    def train_classifier_stage(manifest, folder, seed, classic_augment):
-        cfg = copy.deepcopy(clf_cfg)
-        cfg.augment.enabled = classic_augment
-        earlier = latest_run(folder, "classifier", marker="last.pt")  # the cell's run was stopped: resume it
-        trainer = Trainer(cfg, manifest, folder, resume=earlier, device=device, seed=seed, quiet=True,
-                          lung_masker=lung_masker)
-        run = trainer.run()
-        if trainer.stopped:
-            stopped()
-        return run
-
-    def evaluate_stage(run):
-        m = evaluate_classifier(dest / "real.csv", run, dest, clf_cfg.eval, device, quiet=True, lung_masker=lung_masker)
-        return {"accuracy": m["accuracy"], "macro_auc": m["macro"]["auc"],
-                "sensitivity": {c: v["sensitivity"] for c, v in m["per_class"].items()},
-                "f1": {c: v["f1"] for c, v in m["per_class"].items()}}
-
-    def gan_eval_stage(checkpoint, manifest):
-        yardstick = json.loads(min((dest / "cells").glob("classic-seed*.json")).read_text())["run"]
-        features, classify = classifier_yardstick(Path(yardstick), checkpoint, dest, device)
-        m = evaluate_gan(manifest, dest, checkpoint, features, classify, device=device, split="test")
-        return {k: m[k] for k in ("fd", "kid", "ssim_mean", "share_called_b", "n_translated", "n_real_b", "features")}
-
-    return Stages(train_gan_stage, synthesize_stage, train_classifier_stage, evaluate_stage,
-                  None if clf_cfg.data.uses_lungs else gan_eval_stage)
 
 
 @cli.command()

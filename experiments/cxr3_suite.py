@@ -1,7 +1,7 @@
 """The real-data evidence suite on cxr3: one command, resumable stages, a time budget per call.
 
     python experiments/cxr3_suite.py --data DIR --out DIR [--usual PATH] [--lungs-data DIR]
-        [--stages levers recipe gan ablation audit] [--levers NAME ...] [--budget-s S] [--scale gpu|cpu|tiny]
+        [--stages levers recipe gan ablation audit crossval] [--levers NAME ...] [--budget-s S] [--scale gpu|cpu|tiny]
         [--device D] [--report DIR] [--results-from SUMMARY_JSON]
 
 On a GPU machine whose commands have a time limit (each command below ends within about 10 minutes):
@@ -33,14 +33,17 @@ On a GPU machine whose commands have a time limit (each command below ends withi
    trains again because its folder stayed on the other machine. Its durations inform the estimates.
    By `Scale.estimates` (recipe and gan measured on an H100, the rest guessed) recipe takes about 25
    minutes, gan 9, ablation 20 and audit 5, so the whole suite takes several machine loans; `--stages`
-   picks what one loan runs.
+   picks what one loan runs. The stage crossval (named only) is the cross-validated ablation with a placebo
+   arm (`cli.py ablation --folds`; at --scale cpu its `--scale cpu` preset, about 3 hours on 2 CPU cores), with
+   the gan-lungs arm when --lungs-data gives a lung segmenter.
 
-Units and the budget: the stages run in the order levers (only when named), recipe, gan, ablation,
-audit; each is a list of units whose result is ``<out>/results/<unit>.json``; a unit whose result exists
-is skipped. Before a unit starts, its duration is estimated (the mean of finished units of its kind,
-else the scale's guess, less what earlier attempts spent). A unit that cannot resume starts only if that
-fits in what is left of ``--budget-s``; a training unit, which resumes, starts if half of it (or half the
-budget, when it is longer than one call) fits. Otherwise the suite stops and prints what remains.
+Units and the budget: the stages run in the order levers (only when named), recipe, gan, ablation, audit,
+crossval (only when named); each is a list of units whose result is ``<out>/results/<unit>.json``; a unit
+whose result exists is skipped. Before a unit starts, its duration is estimated (the mean of finished
+units of its kind, else the scale's guess, less what earlier attempts spent). A unit that cannot resume
+starts only if that fits in what is left of ``--budget-s``; a training unit, which resumes, starts if half
+of it (or half the budget, when it is longer than one call) fits. Otherwise the suite stops and prints
+what remains.
 
 Scales: ``gpu`` is the full-size recipe (configs/classify-train.yaml, 224² input, 2 seeds; CycleGAN 5,000
 steps at 256², Zebin et al.); ``cpu`` mirrors the CPU preset (configs/classify-train-cpu.yaml against the
@@ -79,7 +82,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from augment.ablation import mean_interval, write_tstr_manifest  # noqa: E402
+from ablation.seeds import mean_interval, write_tstr_manifest  # noqa: E402
 from augment.balance import Policy, balance  # noqa: E402
 from augment.data import DataConfig, csv_rows, decode_to_square  # noqa: E402
 from augment.errors import UserError  # noqa: E402
@@ -87,7 +90,7 @@ from augment.runsplit import SPLIT_FILE, read_split  # noqa: E402
 from augment.runtime import git_commit, json_safe, latest_run, write_bytes_atomic, write_text_atomic  # noqa: E402
 from benchmarks.common import cpu_name  # noqa: E402
 
-STAGES = ("levers", "recipe", "gan", "ablation", "audit")
+STAGES = ("levers", "recipe", "gan", "ablation", "audit", "crossval")
 MINORITY = "covid"
 # the targets, and the usual recipe's cxr3 validation accuracy quoted for each headline backbone
 # (usual_accuracy.py at full size on a GPU)
@@ -124,6 +127,10 @@ class Scale:
     # seconds a unit of each kind ("ours:vgg16", else "ours", else "default") is expected to take until
     # one has run here
     estimates: dict[str, float] = field(default_factory=dict)
+    # the cross-validated ablation (stage crossval): `cli.py ablation --scale <crossval_preset>`, or else
+    # `--folds <crossval_folds>` with this scale's classifier (first backbone) and CycleGAN
+    crossval_folds: int = 3
+    crossval_preset: str | None = None
 
 
 SCALES = {
@@ -140,7 +147,7 @@ SCALES = {
         # measured on an H100 on 2026-11-24 (ours, usual, gan-train, gan-eval, tstr); the rest are guesses
         estimates={"ours": 125, "ours:vgg16": 130, "usual": 120, "usual:vgg16": 90, "lever": 125, "gan-train": 400,
                    "gan-eval": 20, "tstr": 115, "ablation": 1200, "lungseg": 90, "audit": 60, "lung-crop": 120,
-                   "default": 120}),
+                   "crossval": 4500, "default": 120}),  # crossval: 15 classifiers and 6 CycleGANs (guessed)
     "cpu": Scale(
         classifier_config="configs/classify-train-cpu.yaml", classifier_sets=(), backbones=("resnet18",),
         seeds=(0, 1, 2), usual_args=("--size", "112", "--epochs", "12", "--workers", "2"),
@@ -156,7 +163,9 @@ SCALES = {
         ablation_seeds=3, lungseg_config="configs/lungseg-train.yaml",
         lungseg_sets=("data.size=128", "model.width=8", "model.depth=5", "train.epochs=18", "train.lr=0.003"),
         estimates={"ours": 380, "usual": 400, "lever": 400, "gan-train": 3600, "gan-eval": 120, "tstr": 500,
-                   "ablation": 14400, "lungseg": 900, "audit": 300, "lung-crop": 500, "default": 300}),
+                   "ablation": 14400, "lungseg": 900, "audit": 300, "lung-crop": 500, "crossval": 10800,
+                   "default": 300},
+        crossval_preset="cpu"),  # 3 folds, the CPU presets, CycleGANs of 1,500 steps: about 3 hours
     "tiny": Scale(
         classifier_config="configs/classify-train-demo.yaml",
         classifier_sets=("data.size=32", "model.input_size=32", "model.width=4", "train.epochs=2",
@@ -169,7 +178,7 @@ SCALES = {
                   "train.tensorboard=false"),
         ablation_seeds=1, lungseg_config="configs/lungseg-train-demo.yaml",
         lungseg_sets=("data.size=32", "train.epochs=1", "train.tensorboard=false", "eval.bootstrap=20"),
-        estimates={"default": 10}),
+        estimates={"default": 10}, crossval_folds=2),
 }
 
 
@@ -482,6 +491,24 @@ class Suite:
                 "minority_fraction", "seeds", "n_synthetic")
         return {k: s[k] for k in keep} | {"backbone": self.scale.backbones[0], "table": (dest / "table.md").read_text()}
 
+    def crossval(self, unit: Unit) -> dict:
+        """``cli.py ablation --folds`` (the scale's options), with the lung segmenter's gan-lungs arm when there is
+        one; its summary's decisions, endpoints and differences, and the report."""
+        folder = self.folder(unit)
+        dest = folder / "experiment"
+        s = self.scale
+        lungs = ["--lungs", ROOT / self.result("lungseg")["run"]] if self.lungs else []
+        design = (["--scale", s.crossval_preset] if s.crossval_preset else
+                  ["--folds", s.crossval_folds, "--config", ROOT / s.classifier_config, "--backbone", s.backbones[0],
+                   *self.flags("--set", s.classifier_sets), *self.flags("--gan-set", s.gan_sets),
+                   *(["--gan-config", ROOT / s.gan_config] if s.gan_config else [])])
+        self.call(unit, self.cli("ablation", "--data", self.data, "--out", folder, "--dest", dest, *design, *lungs,
+                                 "--set", self.cache_set, "--gan-set", self.cache_set), "ablation")
+        summary = read_json(dest / "summary.json")
+        keep = ("folds", "arms", "skipped", "n", "n_patients", "rounds", "covid_source", "covid_free_sources",
+                "covid_training_films_by_source", "endpoints", "differences", "decisions")
+        return {k: summary[k] for k in keep} | {"report": (dest / "report.md").read_text()}
+
     def lungseg(self, unit: Unit) -> dict:
         run = self.train_or_resume(unit, "lungseg-train", "lungseg", "checkpoint.pt",
                                    ["--data", self.lungs, "--config", ROOT / self.scale.lungseg_config,
@@ -575,6 +602,10 @@ class Suite:
                            needs=("lungseg", self.yardstick), unavailable=no_lungs),
                       Unit("audit/lung-crop", "lung-crop", True, self.lung_crop, needs=("lungseg", self.yardstick),
                            unavailable=no_lungs)]
+        if "crossval" in stages:
+            if not no_lungs:
+                units.append(Unit("lungseg", "lungseg", True, self.lungseg))
+            units.append(Unit("crossval", "crossval", True, self.crossval, needs=() if no_lungs else ("lungseg",)))
         first = {}
         for u in units:  # a unit two stages share (the recipe's run, the lung segmenter) is planned once, first
             first.setdefault(u.name, u)
@@ -726,6 +757,8 @@ def stage_summaries(results: dict, scale: Scale) -> dict:
     audit = {n: results[n] for n in ("lungseg", "audit/default", "audit/lung-crop") if n in results}
     if audit:
         out["audit"] = audit
+    if "crossval" in results:
+        out["crossval"] = results["crossval"]
     return out
 
 
@@ -852,6 +885,9 @@ def markdown(s: dict) -> str:
                     + f" | {'–' if 'skipped' in probe else interval(probe['accuracy_minus_majority'])} |")
             for key, r in rows:
                 lines += ["", f"{key} (`{r['report']}`): " + " ".join(r["sentences"].values())]
+    if "crossval" in st:
+        report = st["crossval"]["report"].strip().splitlines()
+        lines += ["", f"## crossval: {report[0].lstrip('# ')}", *report[1:]]
     lines += ["", "## Commands", ""]
     for name, r in s["units"].items():
         lines.append(f"- **{name}** ({r['finished']}, {r['seconds']:.0f} s, GPU {r['gpu'] or 'none'}, torch "

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
-from augment.ablation import write_tstr_manifest  # noqa: E402
+from ablation.seeds import write_tstr_manifest  # noqa: E402
 from augment.balance import Policy, balance  # noqa: E402
 from augment.data import DataConfig  # noqa: E402
 from augment.runsplit import SPLIT_FILE, read_split  # noqa: E402

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from augment.ablation import Stages, mean_interval, run_ablation, summarize, verdict
+from ablation.seeds import Stages, mean_interval, run_ablation, summarize, verdict
 from augment.data import DataConfig, load_dataset
 from augment.phantoms import write_phantoms
 from augment.errors import UserError

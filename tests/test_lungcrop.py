@@ -23,7 +23,8 @@ from classifier.config import ClassifierConfig
 from classifier.evaluate import load_evaluation
 from classifier.inference import predict
 from classifier.predict import predict_files
-from cli import ablation_stages, cli
+from ablation.stages import ablation_stages
+from cli import cli
 from cyclegan import GanConfig
 from lungs import LungSegmenter, masker_for
 from test_ablation import FakeStages
@@ -160,7 +161,7 @@ def test_loading_lung_data_without_masks_names_the_settings_and_the_segmenter_ru
 
 
 def test_the_ablation_makes_its_split_on_whole_images_and_gives_its_classifiers_the_masker(phantoms, tmp_path):
-    from augment.ablation import run_ablation
+    from ablation.seeds import run_ablation
     cfg = ClassifierConfig(data=lung_cfg(tmp_path, lung_crop=True))
     masker = ExactMasker(phantoms)
     stages = FakeStages(DataConfig(size=32, cache_dir=cfg.data.cache_dir), effect=0.0).stages()

@@ -177,3 +177,20 @@ def test_recipe_summary_pairs_ours_with_the_usual_recipe_by_seed_and_judges_the_
     md = markdown(summary)
     assert "| resnet50 | 92.0 [87.0, 97.0]; 90.0 [85.0, 95.0] | 91.0 | 94.0 |" in md
     assert "+6.0 (n=2)" in md and "vgg16 no" in md and "(≥ 90: met)" in md
+
+
+@pytest.mark.slow
+def test_tiny_suite_stage_crossval_runs_the_cross_validated_ablation_with_its_lung_arm_and_keeps_it(tmp_path):
+    data = write_phantoms(tmp_path / "data", 8, 32, seed=0, masks=True)
+    r = run_suite(tmp_path, data, "--stages", "crossval")
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    cv = s["stages"]["crossval"]
+    assert not s["failed"] and set(s["units"]) == {"lungseg", "crossval"}
+    assert cv["folds"] == 2 and cv["arms"] == ["real", "classic", "gan", "gan-lungs", "placebo"] and not cv["skipped"]
+    assert cv["covid_source"] == "phantom" and [d["arm"] for d in cv["decisions"]] == ["gan", "gan-lungs"]
+    assert "gan − placebo" in cv["differences"] and any("--lungs" in c for c in s["units"]["crossval"]["commands"])
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "## crossval: Do the synthetic films help? 2-fold ablation" in md and cv["decisions"][0]["sentence"] in md
+    r = run_suite(tmp_path, data, "--stages", "crossval")
+    assert r.returncode == 0 and "crossval: done earlier, kept" in r.stdout, r.stdout + r.stderr

@@ -14,7 +14,8 @@ By default the CycleGAN is trained once per experiment (seed 0) and seeds vary t
 ``gan_per_seed`` each seed trains its own CycleGAN (and synthetic set), so the paired interval also
 covers the GAN's variance. Every finished cell is saved as JSON, so a rerun resumes where it stopped.
 
-The model packages are not imported here: the caller passes the stages as callables (:class:`Stages`).
+The model work comes in as callables (:class:`Stages`); :func:`ablation.stages.ablation_stages` builds them from the
+model packages, and the tests pass stand-ins.
 """
 from __future__ import annotations
 
@@ -27,10 +28,10 @@ from typing import Callable
 
 import numpy as np
 
-from .balance import COLUMNS, Policy, balance
-from .data import DataConfig, csv_rows, load_dataset, write_csv
-from .errors import UserError
-from .runtime import write_text_atomic
+from augment.balance import COLUMNS, Policy, balance
+from augment.data import DataConfig, csv_rows, load_dataset, write_csv
+from augment.errors import UserError
+from augment.runtime import write_text_atomic
 
 CONDITIONS = ("real", "classic", "synthetic")
 METRICS = ("accuracy", "minority_sensitivity", "minority_f1", "macro_auc")
