@@ -18,8 +18,6 @@ on the images' device without a host sync, so a CUDA graph can capture it.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 

@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 import cyclegan.train
-from augment.config import load_config
 from augment.data import load_dataset
 from augment.errors import UserError
 from augment.phantoms import write_phantoms
@@ -23,7 +22,7 @@ from cyclegan.evaluate import evaluate_gan
 from cyclegan.model import CycleGAN
 from cyclegan.synthesize import synthesize
 from conftest import ROOT, StopAfter, assert_self_contained_report
-from test_cyclegan_train import all_weights, assert_same_state, tiny_config
+from test_cyclegan_train import assert_same_state, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

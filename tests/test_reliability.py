@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -345,7 +344,7 @@ def files_under(root: Path) -> dict[Path, bytes]:
 
 
 def test_lungseg_of_a_manifest_with_dotdot_paths_writes_only_inside_dest(lung_run, tmp_path):
-    film = save_gray(tmp_path / "x.png", 90, size=(40, 40))  # beside the data folder, named by ../x.png
+    save_gray(tmp_path / "x.png", 90, size=(40, 40))  # beside the data folder, named by ../x.png
     data = tmp_path / "d"
     save_gray(data / "covid" / "a.png", 60, size=(40, 40))
     far = save_gray(tmp_path / "far" / "y.png", 70, size=(40, 40))
@@ -379,7 +378,7 @@ def write_manifest(path: Path, rows: list[str], header: str = "path,label,group_
 
 
 def test_a_class_without_training_images_is_a_one_line_error(tmp_path):
-    data = write_phantoms(tmp_path / "d", 6, size=32, seed=0)
+    write_phantoms(tmp_path / "d", 6, size=32, seed=0)
     splits = {"covid": "train train val val test test", "normal": "train train val val test test",
               "pneumonia": "val val val test test test"}  # pneumonia only in val and test
     rows = [f"{c}/{c}_{i:05d}.png,{c},{c}{i},{s}" for c in splits for i, s in enumerate(splits[c].split())]
@@ -708,7 +707,7 @@ def test_an_image_of_too_many_pixels_is_skipped_from_its_header(folder_data, cac
     assert (20000, 19000) not in decoded  # refused before any pixel was read
     assert ds.skipped == {os.path.join("covid", "huge.png"): "too many pixels (20000×19000 = 380 M, more than "
                           "data.max_pixels = 100 M); raise data.max_pixels to read it"}
-    ds = load_dataset(folder_data, load_config(DataConfig, None, [f"max_pixels=1000000", f"cache_dir={cache_dir}",
+    ds = load_dataset(folder_data, load_config(DataConfig, None, ["max_pixels=1000000", f"cache_dir={cache_dir}",
                                                                   "size=32"]), quiet=True)
     assert len(ds) == 12 and "more than data.max_pixels = 1 M" in ds.skipped[os.path.join("normal", "big.png")]
     assert big.exists()

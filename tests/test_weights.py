@@ -195,7 +195,7 @@ def test_timm_weights_come_through_timms_own_download_and_are_staged_for_offline
 
 
 def test_a_timm_download_that_fails_is_one_line(torch_home, tmp_path, monkeypatch):
-    timm = pytest.importorskip("timm")
+    pytest.importorskip("timm")
     from timm.models import _registry
     for name, cfg in list(_registry._model_pretrained_cfgs.items()):
         if name.split(".")[0] == "resnet10t":
