@@ -193,6 +193,7 @@ def cli_ablation_args(tmp_path, seeds: int, gan_steps: int) -> list[str]:
                                          f"train.steps={gan_steps}", "train.tensorboard=false")]]
 
 
+@pytest.mark.slow
 def test_cli_ablation_runs_every_stage_and_resumes(tmp_path):
     from click.testing import CliRunner
     from cli import cli
@@ -214,6 +215,7 @@ def test_cli_ablation_runs_every_stage_and_resumes(tmp_path):
     assert r.exit_code == 2 and "classifier_config differ" in r.output
 
 
+@pytest.mark.slow
 def test_cli_ablation_resumes_a_stopped_gan_and_a_stopped_classifier_in_their_own_runs(tmp_path, monkeypatch):
     import cyclegan.train
     from click.testing import CliRunner

@@ -207,6 +207,7 @@ def runs(tmp_path_factory):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_audit_writes_the_four_checks_and_refuses_to_overwrite(runs):
     classifier, lungs, tmp = runs
     args = ["audit", "--checkpoint", str(classifier), "--lungs", str(lungs), "--device", "cpu", "--folds", "2",

@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from augment.phantoms import write_phantoms
@@ -10,6 +11,7 @@ from cli import cli
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "classify-train-demo.yaml"
 
 
+@pytest.mark.slow
 def test_classify_train_evaluate_cam_chain(tmp_path):
     data = write_phantoms(tmp_path / "data", 12, size=32, seed=0)
     out = tmp_path / "runs"

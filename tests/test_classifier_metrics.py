@@ -49,6 +49,7 @@ def test_weighted_auc_equals_auc_of_the_resampled_set():
         assert weighted_auc(pos, score, row[None])[0] == pytest.approx(pairs)
 
 
+@pytest.mark.slow
 def test_bootstrap_interval_covers_the_true_accuracy_about_95_percent_of_the_time():
     rng = np.random.default_rng(0)
     covered, trials, n, truth = 0, 300, 200, 0.8
@@ -174,6 +175,7 @@ def test_metrics_agree_with_scikit_learn_on_random_cases_with_ties():
             assert fpr == pytest.approx(sk_fpr) and tpr == pytest.approx(sk_tpr) and thr[1:] == pytest.approx(sk_thr[1:])
 
 
+@pytest.mark.slow
 def test_best_checkpoint_keeps_validation_predictions_and_evaluate_chooses_the_threshold_there(tmp_path):
     from augment.data import load_dataset
     from augment.phantoms import write_phantoms

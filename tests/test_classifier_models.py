@@ -11,6 +11,7 @@ from classifier.model import create_model
 
 
 @pytest.mark.parametrize("name", list_backbones() + ["shufflenet_v2_x0_5"])
+@pytest.mark.slow
 def test_every_backbone_classifies_gray_images_and_has_a_cam_layer(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=3, in_chans=1).eval()

@@ -213,6 +213,7 @@ def trainer_splits(data, cfg):
     return load_dataset(data, cfg.data, quiet=True).splits
 
 
+@pytest.mark.slow
 def test_evaluate_and_cam_write_their_files(tmp_path, data, straight):
     run = straight
     m = evaluate(data, None, run.parents[1], EvalConfig(bootstrap=50), device="cpu", cam=1, quiet=True)
@@ -233,6 +234,7 @@ def test_evaluate_and_cam_write_their_files(tmp_path, data, straight):
         evaluate(data, tmp_path, tmp_path, device="cpu", quiet=True)
 
 
+@pytest.mark.slow
 def test_ddp_with_two_gloo_processes(tmp_path, data):
     script = tmp_path / "ddp_train.py"
     overrides = ["data.size=32", f"data.cache_dir={tmp_path / 'cache'}", "model.backbone=shallow", "model.width=8",
@@ -288,6 +290,7 @@ def test_gpu_training_uses_bf16_channels_last_and_resumes_exactly(tmp_path, data
         assert torch.equal(a["model"][k], b["model"][k]), k
 
 
+@pytest.mark.slow
 def test_per_source_breakdown_and_strict_json(tmp_path, data, straight):
     import csv
     rows = list(csv.DictReader(open(data / "manifest.csv")))
@@ -322,6 +325,7 @@ def test_ema_decay_warms_up_then_holds():
 @pytest.mark.parametrize("name, pretrained, warmup", [("vgg16", "none", 12), ("squeezenet1_1", "none", 12),
                                                       ("vgg16", "imagenet", 2), ("resnet18", "none", 2),
                                                       ("efficientnet_b0", "none", 2)])
+@pytest.mark.slow
 def test_backbones_without_normalisation_warm_up_longer_from_scratch(name, pretrained, warmup):
     # a 2-epoch warmup to lr 1e-3 left vgg16's ReLUs dead on real films (configs/classify-train.yaml)
     cfg = load_config(ClassifierConfig, None, [f"model.backbone={name}", f"model.pretrained={pretrained}",

@@ -148,6 +148,7 @@ def test_saved_config_loads_back_identically(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["gan-train", "classify-train", "lungseg-train"])
+@pytest.mark.slow
 def test_print_config_prints_what_the_run_writes_as_config_yaml(tmp_path, command):
     """--print-config exits 0 with the resolved config, and a run with the same options writes the same text."""
     import subprocess

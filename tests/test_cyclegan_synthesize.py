@@ -266,6 +266,7 @@ def manifest_with_splits(data, cfg, rename: dict) -> tuple[list[dict], object]:
     return rows, manifest
 
 
+@pytest.mark.slow
 def test_gan_eval_writes_json_and_prints_a_table(gan_run, capsys):
     data, out, run, cfg = gan_run
     result = evaluate_gan(data, out, device="cpu")
@@ -279,6 +280,7 @@ def test_gan_eval_writes_json_and_prints_a_table(gan_run, capsys):
     assert result["n_translated"] == sum(r["split"] == "val" and r["label"] == "normal" for r in rows) > 0
 
 
+@pytest.mark.slow
 def test_gan_eval_measures_the_test_split_by_default(gan_run, tmp_path, capsys):
     data, out, run, cfg = gan_run
     rows, manifest = manifest_with_splits(data, cfg, {"val": "test"})  # every image the GAN never saw is test

@@ -44,6 +44,7 @@ def all_weights(model) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
+@pytest.mark.slow
 def test_losses_fall_and_everything_is_logged(tmp_path, data):
     cfg = tiny_config(tmp_path, "train.steps=40", "train.log_every=10", "train.image_every=20", "model.ngf=16")
     result = train_gan(cfg, data, tmp_path / "runs", device="cpu")
@@ -150,6 +151,7 @@ def test_compiled_code_is_written_once_per_set_up_and_loaded_by_later_runs(tmp_p
     assert file.read_bytes() == b"code3"
 
 
+@pytest.mark.slow
 def test_batches_streamed_from_host_memory_train_the_same_model(tmp_path, data, monkeypatch):
     """A cache share of 0 leaves both domains on the host and streams each batch: the same weights and pools."""
     cfg = tiny_config(tmp_path, "train.steps=6", "train.batch_size=2", "train.eval_every=3", "train.eval_images=4")
@@ -229,6 +231,7 @@ def spawn_two_ranks(tmp_path, data, cache, name, stop_after=0, resume=None) -> l
     return [torch.load(result_file.format(rank=r)) for r in range(2)]
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes_stay_in_sync_and_resume_exactly(tmp_path, data):
     cfg = tiny_config(tmp_path)
     load_dataset(data, cfg.data, quiet=True)  # fill the cache before the workers start

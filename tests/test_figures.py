@@ -50,6 +50,7 @@ def texts(fig):
     return [t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text"))]
 
 
+@pytest.mark.slow
 def test_every_figure_is_a_300_dpi_png_and_a_pdf(tmp_path, figures):
     for name, fig in figures[0].items():
         png, pdf = save_figure(fig, tmp_path / name)

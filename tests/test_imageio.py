@@ -321,6 +321,7 @@ def test_unreadable_permissions(tmp_path):
 
 
 @pytest.mark.parametrize("suffix,limit_mb", [(".jpg", 60), (".png", 220)])
+@pytest.mark.slow
 def test_huge_image_decodes_in_bounded_memory(tmp_path, suffix, limit_mb):
     """A 12,000² radiograph (144 MB of pixels, above the default limit: let through) is read at cache size
     without several full copies."""

@@ -178,6 +178,7 @@ def segmenter_and_data(lung_run, lung_data, tmp_path_factory):
     return lung_run.run_dir, lung_data, tmp_path_factory.mktemp("lungcrop")
 
 
+@pytest.mark.slow
 def test_classify_train_evaluate_predict_and_cam_on_lung_cropped_images(segmenter_and_data, one_thread):
     segmenter, data, tmp = segmenter_and_data
     out = tmp / "classifier-runs"

@@ -118,6 +118,7 @@ def test_without_validation_predictions_argmax_and_the_column_says_so(run, films
         assert r["threshold"] == "argmax" and r["predicted"] == CLASSES[int(np.argmax(prob))]
 
 
+@pytest.mark.slow
 def test_cam_writes_one_overlay_per_readable_image(run, films, tmp_path):
     root, readable, _ = films
     predict_files([root], run, dest=tmp_path / "p", cam=True, method="gradcam", device="cpu", quiet=True)

@@ -143,6 +143,7 @@ def assert_same_tensors(a: dict, b: dict) -> None:
         torch.testing.assert_close(ta[k].float(), tb[k].float(), rtol=0, atol=1e-6, msg=k)
 
 
+@pytest.mark.slow
 def test_gan_train_killed_then_terminated_resumes_to_the_uninterrupted_weights(tmp_path, data):
     sets = [*GAN_SET, f"data.cache_dir={tmp_path / 'cache'}"]
     straight = train_gan(load_config(GanConfig, None, sets), data, tmp_path / "a", device="cpu", seed=3)
@@ -176,6 +177,7 @@ def test_gan_train_killed_then_terminated_resumes_to_the_uninterrupted_weights(t
     assert_same_tensors(state["model"], load_checkpoint(straight.run_dir / "checkpoint.pt")["model"])
 
 
+@pytest.mark.slow
 def test_classify_train_killed_resumes_to_the_uninterrupted_weights(tmp_path, data):
     sets = [*CLS_SET, f"data.cache_dir={tmp_path / 'cache'}"]
     straight = train(load_config(ClassifierConfig, None, sets), data, tmp_path / "a", device="cpu", seed=2,
@@ -233,6 +235,7 @@ def test_gan_checkpoint_naming_a_class_outside_the_folder_is_refused(tmp_path, d
     assert not (tmp_path / "syn").exists() and not (tmp_path / "evil").exists()
 
 
+@pytest.mark.slow
 def test_overlay_names_stay_inside_the_output_folder(tmp_path):
     """Names from a manifest (``..``, absolute, separators) and class names from a checkpoint."""
     model = create_model("shallow", 3, width=8).eval()
@@ -715,6 +718,7 @@ def test_an_image_of_too_many_pixels_is_skipped_from_its_header(folder_data, cac
 
 # ---------------------------------------------------------------- a valid input refused
 @pytest.mark.parametrize("present,absent", [(("covid", "normal"), "pneumonia"), (("normal",), "covid, pneumonia")])
+@pytest.mark.slow
 def test_evaluate_on_an_external_set_of_some_classes(tmp_path, clf_run, present, absent):
     import json
     name = "-".join(present)

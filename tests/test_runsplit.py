@@ -79,6 +79,7 @@ def test_classify_train_writes_its_split_and_best_pt_its_data(trained):
     assert sorted(zip(again.hashes, again.splits)) == sorted(zip(ds.hashes, ds.splits))
 
 
+@pytest.mark.slow
 def test_added_images_never_enter_the_evaluated_set(trained, tmp_path, capsys):
     data, run, cfg = trained
     copy = shutil.copytree(data, tmp_path / "data")
@@ -96,6 +97,7 @@ def test_added_images_never_enter_the_evaluated_set(trained, tmp_path, capsys):
     assert "18 image(s) new to run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_gone_or_altered_test_image_is_a_one_line_refusal(trained, tmp_path, capsys):
     data, run, cfg = trained
     copy = shutil.copytree(data, tmp_path / "mine")
@@ -129,6 +131,7 @@ def test_an_external_set_holding_training_images_is_refused(trained, tmp_path):
     assert not (run / "eval" / "leaky-all").exists()
 
 
+@pytest.mark.slow
 def test_external_sets_are_reported_whole_each_in_its_own_folder(trained, tmp_path):
     data, run, cfg = trained
     evaluate(data, run, cfg=QUICK, device="cpu", quiet=True)

@@ -112,7 +112,7 @@ def test_rng_state_survives_a_checkpoint(tmp_path):
 def test_pick_device():
     assert pick_device("cpu").type == "cpu"
     assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(UserError, match="choose auto, cpu or cuda"):
+    with pytest.raises(UserError, match="choose auto, cpu, cuda"):
         pick_device("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA GPU"):

@@ -100,6 +100,7 @@ def test_tiny_suite_gives_every_stage_keeps_finished_units_and_stops_before_a_un
     assert json.loads((out / "results" / "gan" / "tstr.json").read_text()) == s["units"]["gan/tstr"]
 
 
+@pytest.mark.slow
 def test_results_from_a_file_that_is_no_summary_of_this_scale_is_a_one_line_error(tmp_path):
     data = write_phantoms(tmp_path / "data", 2, 32, seed=0)
     for summary, message in [({"scale": "tiny"}, "not a summary.json of this suite"),
@@ -114,6 +115,7 @@ def test_results_from_a_file_that_is_no_summary_of_this_scale_is_a_one_line_erro
         assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out" / "results").exists()
 
 
+@pytest.mark.slow
 def test_levers_screens_only_the_named_levers_and_refuses_unknown_ones(tmp_path):
     sys.path.insert(0, str(ROOT / "experiments"))
     from cxr3_suite import Suite

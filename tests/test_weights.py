@@ -105,6 +105,7 @@ def test_imagenet_weights_are_downloaded_into_torch_hubs_cache_then_read_offline
     assert torch.equal(model.backbone[12].expand3x3.weight, reference.features[12].expand3x3.weight)
 
 
+@pytest.mark.slow
 def test_download_over_http_checks_the_hash_and_keeps_nothing_damaged(torch_home, tmp_path, monkeypatch):
     reference = torchvision.models.squeezenet1_1(weights=None)
     served = serve_file(tmp_path / "server", "squeezenet1_1", reference.state_dict())
