@@ -586,7 +586,7 @@ def ablation(data, config, out, device, seed, set_, backbone, seeds, folds, arms
 
     --config and --set configure the classifiers (default: configs/classify-train.yaml)."""
     from ablation.seeds import format_table, run_ablation
-    from ablation.stages import Interrupted, ablation_stages, experiment_config
+    from ablation.stages import ablation_stages, experiment_config
     from augment.config import load_config
     from classifier.config import ClassifierConfig
     from cyclegan import GanConfig
@@ -620,32 +620,37 @@ def ablation(data, config, out, device, seed, set_, backbone, seeds, folds, arms
         click.echo(f"ablation: the classifiers see {lungs.lung_settings}; they judge no GAN (gan-eval)", err=True)
     settings = {"backbone": clf_cfg.model.backbone, "classifier_config": experiment_config(clf_cfg),
                 "gan_config": experiment_config(gan_cfg), **({"lung_masker": lung_masker.identity} if lung_masker else {})}
+    def log(line):
+        click.echo(f"ablation: {line}", err=True)
+
     if crossval:
         from ablation.crossval import parse_arms, report, run_crossval
         if lungs_run is not None and not lungs_run.exists():
             raise UserError(f"--lungs {lungs_run}: no such lungseg-train run folder or checkpoint")
-        try:
-            summary = run_crossval(data, dest, clf_cfg, gan_cfg, folds, parse_arms(arms), seed=seed, minority=minority,
-                                   minority_fraction=minority_fraction, policy=policy, lungs=lungs_run, device=device,
-                                   log=lambda line: click.echo(f"ablation: {line}", err=True), settings=settings,
-                                   lung_masker=lung_masker)
-        except Interrupted as e:
-            click.echo(str(e), err=True)
-            sys.exit(INTERRUPTED)
+        summary = exit_when_interrupted(lambda: run_crossval(
+            data, dest, clf_cfg, gan_cfg, folds, parse_arms(arms), seed=seed, minority=minority,
+            minority_fraction=minority_fraction, policy=policy, lungs=lungs_run, device=device, log=log,
+            settings=settings, lung_masker=lung_masker))
         click.echo(report(summary))
         click.echo(f"wrote {dest / 'report.md'}, {dest / 'summary.json'} and {dest / 'arms'}/<arm>/predictions.csv")
         return dest
-    try:
-        summary = run_ablation(data, dest, ablation_stages(gan_cfg, clf_cfg, dest, device, lung_masker), clf_cfg.data,
-                               tuple(range(seed, seed + (seeds or 3))), minority, minority_fraction, policy,
-                               log=lambda line: click.echo(f"ablation: {line}", err=True), settings=settings,
-                               gan_per_seed=gan_per_seed)
-    except Interrupted as e:
-        click.echo(str(e), err=True)
-        sys.exit(INTERRUPTED)
+    summary = exit_when_interrupted(lambda: run_ablation(
+        data, dest, ablation_stages(gan_cfg, clf_cfg, dest, device, lung_masker), clf_cfg.data,
+        tuple(range(seed, seed + (seeds or 3))), minority, minority_fraction, policy, log=log, settings=settings,
+        gan_per_seed=gan_per_seed))
     click.echo(format_table(summary))
     click.echo(f"wrote {dest / 'table.md'} and {dest / 'summary.json'}")
     return dest
+
+
+def exit_when_interrupted(run):
+    """``run()``; a training in it stopped by Ctrl-C or SIGTERM says how to resume and exits with status 130."""
+    from ablation.stages import Interrupted
+    try:
+        return run()
+    except Interrupted as e:
+        click.echo(str(e), err=True)
+        sys.exit(INTERRUPTED)
 
 
 @cli.command()

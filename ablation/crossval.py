@@ -40,6 +40,7 @@ from .endpoints import (ENDPOINTS, NAMES, as_predictions, compare_arms, covid_so
                         write_predictions)
 from .folds import assign_folds, fold_parts, write_fold_manifests
 from .placebo import write_placebo
+from .seeds import cached_json, same_experiment
 from .stages import train_classifier_in, train_gan_in
 
 ARMS = ("real", "classic", "gan", "gan-lungs", "placebo")
@@ -77,23 +78,6 @@ def parse_arms(values: Sequence[str]) -> tuple[str, ...]:
     if unknown:
         raise UserError(f"--arms {' '.join(unknown)}: no such arm; choose from {' '.join(ARMS)}")
     return tuple(a for a in ARMS if a in names) if names else ARMS
-
-
-def _cached(path: Path, compute: Callable[[], dict]) -> dict:
-    if path.exists():
-        return json.loads(path.read_text())
-    value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(value, indent=2, default=str) + "\n")
-    return value
-
-
-def _same_experiment(path: Path, experiment: dict) -> None:
-    earlier = _cached(path, lambda: experiment)
-    changed = sorted(k for k in earlier.keys() | experiment.keys() if earlier.get(k) != experiment.get(k))
-    if changed:
-        raise UserError(f"{path.parent}: holds an ablation with other settings ({', '.join(changed)} differ); "
-                        "give another --dest or delete that folder")
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -151,7 +135,7 @@ class Crossval:
             constraint = gan_cfg.train.lung_constraint if gan_cfg.train.lung_constraint != "none" else "composite"
             self.gan_cfgs["gan-lungs"] = self._gan_config(gan_cfg, constraint, str(self.lungs))
         self.dest.mkdir(parents=True, exist_ok=True)
-        _same_experiment(self.dest / "experiment.json", {
+        same_experiment(self.dest / "experiment.json", {
             "design": "folds", "data": str(Path(data).resolve()), "folds": folds, "seed": seed, "minority": minority,
             "minority_fraction": minority_fraction, "policy": policy, **(settings or {})})
         self.images = experiment_images(data, self.whole, folds, seed, self.dest / "images.csv")
@@ -198,7 +182,7 @@ class Crossval:
         folder, gan_data, seed = self.fold_dir(k) / arm, self.fold_dir(k) / "gan-train.csv", self.seed + k
         n = added_count(real, self.minority)
         if arm == "placebo":
-            added = _cached(folder / "added.json", lambda: {
+            added = cached_json(folder / "added.json", lambda: {
                 "folder": str(write_placebo(gan_data, self.gan_cfgs["gan"], n, folder / "added", seed)), "n": n})
         else:
             added = self.synthetic(k, arm, folder, gan_data, n, seed)
@@ -217,11 +201,11 @@ class Crossval:
         def train() -> dict:
             self.log(f"fold {k} arm {arm}: training the CycleGAN")
             return {"run": str(train_gan_in(cfg, gan_data, folder, self.device, seed, self.dest, masker)), **identity}
-        gan = _cached(folder / "gan.json", train)
+        gan = cached_json(folder / "gan.json", train)
         if gan.get("lung_segmenter") != identity.get("lung_segmenter"):
             raise UserError(f"{folder}: its CycleGAN was trained with the lung masks of another segmenter; give the "
                             "--lungs it was trained with, or another --dest")
-        return _cached(folder / "added.json", lambda: {"folder": str(synthesize(
+        return cached_json(folder / "added.json", lambda: {"folder": str(synthesize(
             n, gan_data, folder, Path(gan["run"]), folder / "added", overwrite=True, device=self.device, seed=seed,
             lung_masker=masker)), "n": n})
 

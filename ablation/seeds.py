@@ -77,7 +77,7 @@ def run_ablation(data: str | Path, out: str | Path, stages: Stages, cfg: DataCon
     Policy.parse(policy)
     out.mkdir(parents=True, exist_ok=True)
     # gan_per_seed is recorded only when set, so folders written before the option existed still resume
-    _same_experiment(out / "experiment.json", {"data": str(Path(data).resolve()), "minority": minority,
+    same_experiment(out / "experiment.json", {"data": str(Path(data).resolve()), "minority": minority,
                                                "minority_fraction": minority_fraction, "policy": policy,
                                                **({"gan_per_seed": True} if gan_per_seed else {}), **(settings or {})})
     base = out / "real.csv"
@@ -91,9 +91,9 @@ def run_ablation(data: str | Path, out: str | Path, stages: Stages, cfg: DataCon
 
     def synthetic_set(tag: str, seed: int) -> tuple[Path, Path, Path]:
         """CycleGAN, synthesis, balanced and tstr manifests, each kept for reruns: (checkpoint, balanced, tstr)."""
-        gan = _cached(out / f"gan{tag}.json", lambda: {"checkpoint": str(stages.train_gan(base, out, seed))})
+        gan = cached_json(out / f"gan{tag}.json", lambda: {"checkpoint": str(stages.train_gan(base, out, seed))})
         checkpoint = Path(gan["checkpoint"])
-        syn = _cached(out / f"synthetic{tag}.json", lambda: {
+        syn = cached_json(out / f"synthetic{tag}.json", lambda: {
             "folder": str(stages.synthesize(checkpoint, base, out / f"synthetic{tag}", n_synthetic, seed))})
         balanced, tstr = out / f"balanced{tag}.csv", out / f"tstr{tag}.csv"
         if not balanced.exists():
@@ -112,7 +112,7 @@ def run_ablation(data: str | Path, out: str | Path, stages: Stages, cfg: DataCon
     tstr_cell = _cell(out, stages, "tstr", seeds[0], sets[seeds[0]][2], True, minority, log)
     gan_quality = {}
     if stages.gan_eval:
-        quality = {seed: _cached(out / f"gan_quality{tags[seed]}.json", lambda c=sets[seed][0]: stages.gan_eval(c, base))
+        quality = {seed: cached_json(out / f"gan_quality{tags[seed]}.json", lambda c=sets[seed][0]: stages.gan_eval(c, base))
                    for seed in (seeds if gan_per_seed else seeds[:1])}
         gan_quality = {f"seed{seed}": q for seed, q in quality.items()} if gan_per_seed else quality[seeds[0]]
     summary = summarize(cells, seeds, minority)
@@ -123,21 +123,21 @@ def run_ablation(data: str | Path, out: str | Path, stages: Stages, cfg: DataCon
     return summary
 
 
-def _same_experiment(path: Path, experiment: dict) -> None:
+def same_experiment(path: Path, experiment: dict) -> None:
     """Record ``experiment`` at ``path``, or refuse when the folder already holds a different one."""
-    earlier = _cached(path, lambda: experiment)
+    earlier = cached_json(path, lambda: experiment)
     changed = sorted(k for k in earlier.keys() | experiment.keys() if earlier.get(k) != experiment.get(k))
     if changed:
         raise UserError(f"{path.parent}: holds an ablation with other settings ({', '.join(changed)} differ); "
                         "give another --dest or delete that folder")
 
 
-def _cached(path: Path, compute: Callable[[], dict]) -> dict:
-    """``compute()`` once; its JSON result is kept at ``path`` for later runs."""
+def cached_json(path: Path, compute: Callable[[], dict]) -> dict:
+    """``compute()`` once; its JSON result is kept at ``path`` (folders made as needed) for later runs."""
     if path.exists():
         return json.loads(path.read_text())
     value = compute()
-    write_text_atomic(path, json.dumps(value, indent=2, default=str))
+    write_text_atomic(path, json.dumps(value, indent=2, default=str) + "\n")
     return value
 
 
@@ -154,7 +154,7 @@ def _cell(out: Path, stages: Stages, cond: str, seed: int, manifest: Path, class
         m = stages.evaluate(run)
         return {"run": str(run), "accuracy": m["accuracy"], "minority_sensitivity": m["sensitivity"][minority],
                 "minority_f1": m["f1"][minority], "macro_auc": m["macro_auc"]}
-    return _cached(path, compute)
+    return cached_json(path, compute)
 
 
 def write_real_manifest(data, cfg: DataConfig, dest: Path, minority: str, fraction: float | None, seed: int) -> None:
