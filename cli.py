@@ -15,8 +15,8 @@ from pathlib import Path
 
 import click
 
-from augment.errors import UserError, cli_command
-from augment.outputs import display_name
+from foundation.errors import UserError, cli_command
+from foundation.outputs import display_name
 
 # The shipped config (configs/, installed as the package cxrgan_configs) a command reads when --config is not
 # given: (without, with the demo data); None: the defaults in code. A name here that is not shipped is an error.
@@ -49,7 +49,8 @@ def print_version(ctx, param, value):
     if not value or ctx.resilient_parsing:
         return
     import platform
-    from augment.about import toolkit_version
+
+    from foundation.about import toolkit_version
     click.echo(f"cxrgan {toolkit_version()} (Python {platform.python_version()}, running from "
                f"{Path(__file__).resolve().parent})")
     ctx.exit()
@@ -98,20 +99,20 @@ def show_config(cfg, asked: bool, resume: Path | None) -> None:
         return
     if resume is not None:
         raise UserError(f"--print-config shows a new run's config; a resumed run's is {resume}/config.yaml")
-    from augment.config import config_text
+    from foundation.config import config_text
     click.echo(config_text(cfg), nl=False)
     sys.exit(0)
 
 
 def shipped_if_missing(ctx, param, value):
-    """``--config configs/NAME.yaml`` with no such file here reads the shipped one (:func:`augment.config.local_or_shipped`)."""
-    from augment.config import local_or_shipped
+    """``--config configs/NAME.yaml`` with no such file here reads the shipped one (:func:`foundation.config.local_or_shipped`)."""
+    from foundation.config import local_or_shipped
     return local_or_shipped(value)
 
 
 def default_config(command: str, demo: bool):
     """The shipped config ``command`` reads without ``--config`` (:data:`DEFAULT_CONFIGS`), or None."""
-    from augment.config import shipped_config
+    from foundation.config import shipped_config
     name = DEFAULT_CONFIGS.get(command, (None, None))[demo]
     return shipped_config(name) if name else None
 
@@ -155,8 +156,9 @@ def phantoms(out, n_per_class, size, seed, overwrite, masks):
 def inspect(data, config, out, device, seed, set_, as_json):
     """Report what training will see in a data folder: counts, unreadable files, duplicates, leaks."""
     import json
-    from augment.config import load_config
-    from augment.inspect import InspectConfig, format_report, inspect_data, require_classes
+
+    from augment.data_summary import InspectConfig, format_report, inspect_data, require_classes
+    from foundation.config import load_config
     data, _, _ = resolve_inputs("inspect", data, None, out)
     cfg = load_config(InspectConfig, config, set_)
     report = inspect_data(data, cfg.data)
@@ -176,8 +178,8 @@ def inspect(data, config, out, device, seed, set_, as_json):
 def augment_command(data, config, out, device, seed, set_, synthetic, policy, dest, overwrite):
     """Build a balanced training manifest from real training images plus synthetic ones."""
     from augment.balance import Policy, balance
-    from augment.config import load_config
-    from augment.inspect import InspectConfig
+    from augment.data_summary import InspectConfig
+    from foundation.config import load_config
     data, _, _ = resolve_inputs("augment", data, None, out)
     cfg = load_config(InspectConfig, config, set_)
     dest = dest or out / "augmented" / f"{synthetic.name}.csv"
@@ -200,8 +202,8 @@ def augment_command(data, config, out, device, seed, set_, synthetic, policy, de
 @print_config_option
 def gan_train(data, config, out, device, seed, set_, resume, compile_, steps, print_config):
     """Train a CycleGAN between two classes (default normal ↔ covid) on the training split."""
-    from augment.config import load_config
     from cyclegan import GanConfig, train_gan
+    from foundation.config import load_config
     if resume is not None and (config is not None or set_ or steps):
         raise UserError(f"--resume {resume}: a resumed run keeps its own config; drop --config, --set and --steps")
     data, config, _ = resolve_inputs("gan-train", data, config, out)
@@ -235,8 +237,8 @@ def synthesize_command(data, config, out, device, seed, set_, n, checkpoint, des
 
 def gan_run_config(checkpoint: Path | None, out: Path):
     """The config of a GAN run (folder or checkpoint; None: the latest under ``out``)."""
-    from augment.runtime import resolve_run_file
     from cyclegan.checkpoint import CHECKPOINT_NAME, read_gan_checkpoint
+    from foundation.runs import resolve_run_file
     return read_gan_checkpoint(resolve_run_file(checkpoint, out, "gan", (CHECKPOINT_NAME,), CHECKPOINT_NAME),
                                mmap=True)[1]
 
@@ -277,10 +279,11 @@ def gan_eval(data, config, out, device, seed, set_, checkpoint, split, classifie
 
 def classifier_yardstick(classifier: Path, gan_checkpoint: Path | None, out: Path, device: str):
     """``(features, classify)`` for gan-eval from a classifier run, for the GAN's target class."""
-    from augment.runtime import pick_device, resolve_run_file
     from classifier.checkpoint import CHECKPOINTS, data_config, load_classifier
     from classifier.inference import classifier_probe
     from cyclegan.checkpoint import CHECKPOINT_NAME, read_gan_checkpoint
+    from foundation.devices import pick_device
+    from foundation.runs import resolve_run_file
     _, gan_cfg = read_gan_checkpoint(resolve_run_file(gan_checkpoint, out, "gan", (CHECKPOINT_NAME,), CHECKPOINT_NAME))
     model, meta = load_classifier(resolve_run_file(classifier, out, "classifier", CHECKPOINTS), pick_device(device))
     if data_config(meta).uses_lungs:
@@ -292,8 +295,8 @@ def classifier_yardstick(classifier: Path, gan_checkpoint: Path | None, out: Pat
 def lung_masker_of_runs(runs: list[Path | None], out: Path, device: str, names: tuple[str, ...] | None = None):
     """The lung segmenter (``data.lungseg_run``) of the first classifier run among ``runs`` (folders or
     checkpoints; None: the latest) trained on lung-cropped or lung-masked images, or None when none was."""
-    from augment.runtime import resolve_run_file
     from classifier.checkpoint import CHECKPOINTS, run_data_config
+    from foundation.runs import resolve_run_file
     from lungs import masker_for
     for run in runs:
         masker = masker_for(run_data_config(resolve_run_file(run, out, "classifier", names or CHECKPOINTS)), device)
@@ -325,10 +328,10 @@ def classify_train(data, config, out, device, seed, set_, backbone, several, pre
                    preset, budget, print_config, backbones):
     """Train a classifier: head then fine-tuning (pretrained) or from scratch, early stopping on val macro-F1.
     With --backbones NAME NAME ..., one per backbone, then a comparison of them."""
-    from augment.config import load_config
     from classifier.config import ClassifierConfig
-    from augment.runtime import latest_run
     from classifier.train import Trainer
+    from foundation.config import load_config
+    from foundation.runs import latest_run
     from lungs import masker_for
     if resume is not None and (config is not None or set_ or backbone or several or pretrained
                                or compile_ is not None or preset or budget):
@@ -337,7 +340,7 @@ def classify_train(data, config, out, device, seed, set_, backbone, several, pre
     if preset:
         if config is not None:
             raise UserError(f"--preset {preset} and --config {config}: give one of them")
-        from augment.config import shipped_config
+        from foundation.config import shipped_config
         config = shipped_config(PRESETS[preset])
     names = [b.strip() for name in backbones for b in name.split(",") if b.strip()]
     if names and not several:
@@ -395,9 +398,9 @@ def fetch_weights_command(backbones):
 def evaluate(data, config, out, device, seed, set_, checkpoint, cam_n, split_from_data, overwrite):
     """Metrics with 95 % bootstrap intervals, per source and covid-vs-rest, plots and report of a classifier,
     on its run's own test split (split.csv) or on another test set (written to <run>/eval/<name>-<split>)."""
-    from augment.config import load_config
     from classifier.config import ClassifierConfig
     from classifier.evaluate import evaluate as run_evaluate
+    from foundation.config import load_config
     data, config, _ = resolve_inputs("classify-train", data, config, out)
     cfg = load_config(ClassifierConfig, config, set_)
     run_evaluate(data, checkpoint, out, cfg.eval, device, cam_n, seed, split_from_data=split_from_data,
@@ -412,9 +415,9 @@ def evaluate(data, config, out, device, seed, set_, checkpoint, cam_n, split_fro
 def compare_command(data, config, out, device, seed, set_, runs, dest, overwrite):
     """Compare classifier RUNS on the same test images: metrics with patient-level intervals, McNemar and
     DeLong tests for every pair (Holm-adjusted), a combined ROC; writes compare.md and compare.json."""
-    from augment.config import load_config
     from classifier.compare import compare
     from classifier.config import ClassifierConfig
+    from foundation.config import load_config
     data, config, _ = resolve_inputs("classify-train", data, config, out)
     cfg = load_config(ClassifierConfig, config, set_)
     return compare(runs, data, out, dest, cfg.eval, device, seed, overwrite=overwrite,
@@ -485,8 +488,8 @@ def lungseg_train(data, config, out, device, seed, set_, resume, epochs, print_c
 
     --data: a manifest (image,mask[,split,group_id|patient_id,source]) or a folder of images/ + masks/
     (default: the lung-mask phantoms, written once to <out>/demo-lungs; with --resume, the run's data)."""
-    from augment.config import load_config
     from augment.phantoms import demo_lung_data
+    from foundation.config import load_config
     from lungs import LungsegConfig, train_lungseg
     if resume is not None and (config is not None or set_ or epochs):
         raise UserError(f"--resume {resume}: a resumed run keeps its own config; drop --config, --set and --epochs")
@@ -518,7 +521,7 @@ def lungseg_train(data, config, out, device, seed, set_, resume, epochs, print_c
 def lungseg(images, data, checkpoint, dest, overwrite, out, device):
     """Lung masks (binary PNGs at each image's own size) and contour overlays of X-ray IMAGES or --data."""
     from lungs import segment_files
-    from lungs.infer import input_files
+    from lungs.inference import input_files
     if images and data:
         raise UserError("give IMAGES or --data, not both")
     dest = segment_files(input_files(list(images), data), checkpoint, dest, out, overwrite, device)
@@ -587,9 +590,9 @@ def ablation(data, config, out, device, seed, set_, backbone, seeds, folds, arms
     --config and --set configure the classifiers (default: configs/classify-train.yaml)."""
     from ablation.seeds import format_table, run_ablation
     from ablation.stages import ablation_stages, experiment_config
-    from augment.config import load_config
     from classifier.config import ClassifierConfig
     from cyclegan import GanConfig
+    from foundation.config import load_config
     from lungs import masker_for
     crossval = folds is not None or scale is not None
     if not crossval and (arms or lungs_run):
@@ -599,7 +602,7 @@ def ablation(data, config, out, device, seed, set_, backbone, seeds, folds, arms
                         "drop --seeds and --gan-per-seed")
     if scale:
         from ablation.crossval import SCALES
-        from augment.config import shipped_config
+        from foundation.config import shipped_config
         preset = SCALES[scale]
         folds, config = folds or preset.folds, config or shipped_config(preset.classifier_config)
         gan_config, gan_set = gan_config or shipped_config(preset.gan_config), (*preset.gan_sets, *gan_set)
@@ -663,6 +666,7 @@ def demo(ctx, out, device):
     and the audit of the classifier; ends with what was written where."""
     import json
     import time
+
     from augment.phantoms import demo_data, demo_lung_data
     start = time.perf_counter()
     data = demo_data(out)

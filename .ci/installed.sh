@@ -52,7 +52,7 @@ step "checking that the environment imports only itself"
 import importlib, sys
 from pathlib import Path
 venv, repo = Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve()
-from augment.config import config_source, load_config, shipped_config, shipped_configs
+from foundation.config import config_source, load_config, shipped_config, shipped_configs
 import cli
 where = {name: Path(importlib.import_module(name).__file__).resolve()
          for name in ("cli", "augment", "classifier", "cyclegan", "lungs", "audit", "cxrgan_configs")}

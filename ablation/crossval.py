@@ -30,10 +30,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from augment.balance import Policy, balance
-from augment.config import check_config
 from augment.data import csv_rows, load_dataset, write_csv
-from augment.errors import UserError
-from augment.runtime import json_safe, write_text_atomic
+from foundation.config import check_config
+from foundation.errors import UserError
+from foundation.files import json_safe, write_text_atomic
 
 from .decision import decide, rules_text
 from .endpoints import (ENDPOINTS, NAMES, as_predictions, compare_arms, covid_sources, read_predictions,
@@ -233,11 +233,11 @@ class Crossval:
         """The best epoch's probabilities on fold ``k``'s test part, and the covid threshold chosen on its validation
         part (best sensitivity at ``eval.specificity``; without one, an image is called covid when it is the most
         probable class)."""
-        from augment.runtime import pick_device
         from classifier.checkpoint import load_classifier, precision
         from classifier.config import EvalConfig
         from classifier.inference import predict
         from classifier.predict import validation_threshold
+        from foundation.devices import pick_device
         dev = pick_device(self.device)
         model, meta = load_classifier(run / "best.pt", dev)
         ds = load_dataset(self.fold_manifest(k), self.clf_cfg.data, quiet=True, lung_masker=self.lung_masker)

@@ -20,8 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
-from augment.bootstrap import bootstrap_weights, interval, weighted_auc
 from augment.data import csv_rows, write_csv
+from foundation.bootstrap import bootstrap_weights, interval, weighted_auc
 
 ENDPOINTS = ("auc_in_source", "sensitivity", "sensitivity_in_source", "calls_free_sources", "accuracy", "macro_auc")
 NAMES = {"auc_in_source": "covid-vs-rest AUC within {source}", "sensitivity": "covid sensitivity",
@@ -113,7 +113,7 @@ def endpoint_values(p: Predictions, w: np.ndarray, minority: str, source: str | 
 
 def resampling_weights(patients: Sequence[str], folds: np.ndarray, rounds: int, seed: int) -> np.ndarray:
     """``(1 + rounds + K, N)`` image weights: all ones (the point estimate), ``rounds`` resamples of the patients
-    (each drawn patient brings all its images, :func:`augment.bootstrap.bootstrap_weights`), then one row per fold
+    (each drawn patient brings all its images, :func:`foundation.bootstrap.bootstrap_weights`), then one row per fold
     selecting its images."""
     n = len(patients)
     fold_rows = [(folds == f).astype(np.float64) for f in np.unique(folds)]

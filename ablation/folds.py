@@ -11,8 +11,8 @@ import numpy as np
 
 from augment.balance import COLUMNS
 from augment.data import write_csv
-from augment.errors import UserError
-from augment.probes import group_folds
+from foundation.errors import UserError
+from foundation.probes import group_folds
 
 VAL_FRACTION = 0.1  # of the patients outside the test fold
 
@@ -24,7 +24,7 @@ def strata(labels: Sequence[str], sources: Sequence[str]) -> list[str]:
 
 def assign_folds(groups: Sequence[str], labels: Sequence[str], sources: Sequence[str], k: int, seed: int) -> np.ndarray:
     """Fold ``0..k-1`` of each image ``(N,)``: a patient's images share a fold, and every label × source stratum
-    spreads over the folds (:func:`augment.probes.group_folds`). Too few patients is a one-line error."""
+    spreads over the folds (:func:`foundation.probes.group_folds`). Too few patients is a one-line error."""
     patients = len(set(groups))
     if k < 2 or patients < k:
         raise UserError(f"--folds {k}: needs at least 2 folds and as many patients as folds ({patients} patients)")

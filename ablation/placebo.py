@@ -11,8 +11,8 @@ import torch
 from PIL import Image, ImageFilter
 
 from augment.data import load_dataset, write_csv
-from augment.errors import UserError
-from augment.runtime import write_bytes_atomic
+from foundation.errors import UserError
+from foundation.files import write_bytes_atomic
 
 BLUR_SIGMA = 0.5   # pixels of the Gaussian blur
 NOISE_SD = 2.0     # gray levels of the Gaussian noise

@@ -30,8 +30,8 @@ import numpy as np
 
 from augment.balance import COLUMNS, Policy, balance
 from augment.data import DataConfig, csv_rows, load_dataset, write_csv
-from augment.errors import UserError
-from augment.runtime import write_text_atomic
+from foundation.errors import UserError
+from foundation.files import write_text_atomic
 
 CONDITIONS = ("real", "classic", "synthetic")
 METRICS = ("accuracy", "minority_sensitivity", "minority_f1", "macro_auc")

@@ -7,7 +7,7 @@ import copy
 import json
 from pathlib import Path
 
-from augment.config import config_to_dict
+from foundation.config import config_to_dict
 
 
 class Interrupted(Exception):
@@ -36,9 +36,9 @@ def experiment_config(cfg) -> dict:
 def train_gan_in(gan_cfg, manifest: Path, folder: Path, device: str, seed: int, dest: Path, lung_masker=None) -> Path:
     """A CycleGAN on ``manifest``'s training split under ``folder`` (a run of this seed stopped earlier there is
     resumed); its run folder. A stop by signal raises :class:`Interrupted`."""
-    from augment.runtime import latest_run
     from cyclegan import train_gan
     from cyclegan.checkpoint import CHECKPOINT_NAME
+    from foundation.runs import latest_run
     earlier = latest_run(folder, "gan", marker=CHECKPOINT_NAME)
     if earlier is not None and json.loads((earlier / "run.json").read_text())["seed"] != seed:
         earlier = None
@@ -52,8 +52,8 @@ def train_classifier_in(clf_cfg, manifest: Path, folder: Path, device: str, seed
                         dest: Path, lung_masker=None) -> Path:
     """A classifier on ``manifest`` under ``folder``, with or without the classic augmentation (a run stopped
     earlier there is resumed); its run folder. A stop by signal raises :class:`Interrupted`."""
-    from augment.runtime import latest_run
     from classifier.train import Trainer
+    from foundation.runs import latest_run
     cfg = copy.deepcopy(clf_cfg)
     cfg.augment.enabled = classic_augment
     earlier = latest_run(folder, "classifier", marker="last.pt")
@@ -70,11 +70,12 @@ def ablation_stages(gan_cfg, clf_cfg, dest: Path, device: str, lung_masker=None)
     classifier is evaluated on the experiment's real manifest, ``<dest>/real.csv``, and gets ``lung_masker``
     (the segmenter its lung settings need). Classifiers on lung-cropped or lung-masked images judge no GAN:
     its translations are whole images."""
-    from augment.runtime import pick_device, resolve_run_file
     from classifier.checkpoint import CHECKPOINTS, load_classifier
     from classifier.evaluate import evaluate as evaluate_classifier
     from classifier.inference import classifier_probe
     from cyclegan import evaluate_gan, synthesize
+    from foundation.devices import pick_device
+    from foundation.runs import resolve_run_file
 
     from .seeds import Stages
 

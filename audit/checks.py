@@ -8,8 +8,8 @@ from collections import Counter
 import numpy as np
 import torch
 
-from augment.bootstrap import group_index, mean_with_interval
-from augment.probes import group_folds, probe_predictions
+from foundation.bootstrap import group_index, mean_with_interval
+from foundation.probes import group_folds, probe_predictions
 
 
 # ---------------------------------------------------------------- where the map falls

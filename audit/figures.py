@@ -7,7 +7,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from classifier.plots import colour, plain
-from lungs.infer import overlay
+from lungs.inference import overlay
 
 
 def share_figure(share: np.ndarray, area: np.ndarray, classes: list[str], sources: list[str], title: str) -> Figure:

@@ -14,10 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from augment.data import warn, write_csv
-from augment.errors import UserError, cli_command
 from augment.lungmask import apply_lung_mask
-from augment.html import write_html_report
-from augment.runtime import json_safe, pick_device, recorded_data, resolve_run_file, write_text_atomic
 from classifier.cam import BaseCAM, cam_method
 from classifier.checkpoint import CHECKPOINTS, precision, run_data_config
 from classifier.config import EvalConfig
@@ -25,6 +22,11 @@ from classifier.evaluate import load_evaluation
 from classifier.inference import predict, to_input
 from classifier.model import Classifier
 from classifier.plots import save_figure
+from foundation.devices import pick_device
+from foundation.errors import UserError, cli_command
+from foundation.files import json_safe, write_text_atomic
+from foundation.html_report import write_html_report
+from foundation.runs import recorded_data, resolve_run_file
 from lungs import LungSegmenter, masker_for
 
 from .checks import audit_checks, cam_mass_in_lungs, lung_area, peak_in_lungs

@@ -15,8 +15,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from foundation.errors import UserError, cli_command
+
 from .data import DataConfig, XrayDataset, csv_rows, discover, load_dataset, warn, write_csv
-from .errors import UserError, cli_command
 
 COLUMNS = ["path", "label", "split", "group_id", "source", "origin", "source_image", "checkpoint_sha256"]
 

@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import UserError, cli_command
+from foundation.errors import UserError, cli_command
+from foundation.files import remove_stale_temporaries, write_text_atomic
+
 from .groups import check_pattern, near_duplicate_pairs, pattern_groups, union_find
 from .imageio import IMAGE_SUFFIXES, MAX_PIXELS, UnreadableImage, file_kind, read_xray
 from .lungmask import MIN_LUNG_FRACTION, LungMasker, crop_and_mask
-from .runtime import remove_stale_temporaries, write_text_atomic
 
 T, R = TypeVar("T"), TypeVar("R")
 SPLITS = ("train", "val", "test")

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .gpu import Resize
-from .runtime import write_bytes_atomic
+from foundation.files import write_bytes_atomic
+
+from .transforms import Resize
 
 MaskMode = Literal["none", "keep-lungs", "hide-lungs"]
 HIDDEN_VALUE = 0  # what replaces hidden pixels: black, as Maguolo and Nanni (2021), carrying nothing of them

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
+from foundation.errors import UserError, cli_command
+from foundation.runs import recorded_data
+
 from .data import XrayDataset, csv_rows, discover, warn, write_csv
-from .errors import UserError, cli_command
-from .runtime import recorded_data
 
 SPLIT_FILE = "split.csv"
 EVALUATED_FILE = "images.csv"  # the images an evaluation report is about, in the same columns

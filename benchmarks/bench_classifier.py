@@ -24,14 +24,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-
-from augment.config import load_config  # noqa: E402
-from augment.runtime import git_commit  # noqa: E402
 from common import count_flops, load_usual, peak_mib, reset_peak, sync, tflop_s  # noqa: E402
+
 from classifier.config import ClassifierConfig  # noqa: E402
 from classifier.inference import predict  # noqa: E402
 from classifier.metrics import classification_metrics  # noqa: E402
 from classifier.train import Trainer  # noqa: E402
+from foundation.config import load_config
+from foundation.runs import git_commit
 
 BACKBONES = ("resnet50", "vgg16", "efficientnet_b0")
 

@@ -50,13 +50,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from common import count_flops, cpu_name, gemm_gflop_s, load_usual, peak_mib, reset_peak, sync, tflop_s  # noqa: E402
 
-from augment.config import load_config  # noqa: E402
+from augment.batches import DeviceImages
 from augment.data import load_dataset  # noqa: E402
-from augment.gpu import DeviceImages  # noqa: E402
-from augment.runtime import LossMeter, cpu_bf16_native, git_commit, pick_device, seed_everything  # noqa: E402
-from common import (count_flops, cpu_name, gemm_gflop_s, load_usual, peak_mib, reset_peak, sync,  # noqa: E402
-                    tflop_s)
 from cyclegan.checkpoint import CHECKPOINT_NAME, load_generator_ab  # noqa: E402
 from cyclegan.compile_cache import compile_cache_path, load_compiled, save_compiled  # noqa: E402
 from cyclegan.config import GanConfig  # noqa: E402
@@ -65,6 +62,10 @@ from cyclegan.model import LOSS_NAMES, CycleGAN  # noqa: E402
 from cyclegan.step import TrainStep  # noqa: E402
 from cyclegan.synthesize import synthesize  # noqa: E402
 from cyclegan.train import train_gan  # noqa: E402
+from foundation.config import load_config
+from foundation.devices import cpu_bf16_native, pick_device, seed_everything
+from foundation.meter import LossMeter
+from foundation.runs import git_commit
 
 TINY_MODEL = ["model.ngf=8", "model.ndf=8", "model.n_blocks=1", "model.n_layers_d=2"]
 CPU_SCALE = {"size": 128, "ngf": 32, "ndf": 32, "blocks": 6}  # the real-data suite's CPU scale, and usual_recipe's

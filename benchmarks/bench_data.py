@@ -9,7 +9,7 @@ Measures, on the images under ``--data`` (a class-folder tree or a folder holdin
    to ``size x size`` uint8). The JPEGs may already sit in the OS page cache, so this is decode time,
    not cold-disk time.
 2. cache reuse: a second ``load_dataset`` of the same data (finds the cache and memory-maps it), and
-   the upload of the training split into :class:`augment.gpu.DeviceImages`.
+   the upload of the training split into :class:`augment.batches.DeviceImages`.
 3. batches/s, the way both training loops draw them (``DeviceImages.batches`` / ``StreamedImages.batches``
    of a seeded epoch order), on the CPU and on CUDA when one is visible:
    - fetching alone (gather + uint8 → float), from the set held on the device and streamed from host
@@ -37,12 +37,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-
-from augment.data import DataConfig, load_dataset  # noqa: E402
-from augment.gpu import (AugmentConfig, DeviceImages, Resize, StreamedImages, build_augment,  # noqa: E402
-                         epoch_batches, resize_and_crop)
-from augment.runtime import git_commit  # noqa: E402
 from common import cpu_name, sync  # noqa: E402
+
+from augment.batches import DeviceImages, StreamedImages, epoch_batches
+from augment.data import DataConfig, load_dataset  # noqa: E402
+from augment.transforms import AugmentConfig, Resize, build_augment, resize_and_crop
+from foundation.runs import git_commit
 
 
 def hardware() -> dict:

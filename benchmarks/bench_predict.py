@@ -30,18 +30,20 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import cpu_name  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from augment.config import config_to_dict, load_config  # noqa: E402
 from augment.data import decode_to_square  # noqa: E402
 from augment.phantoms import write_phantoms  # noqa: E402
-from augment.runtime import git_commit, pick_device, save_checkpoint  # noqa: E402
 from classifier.config import ClassifierConfig  # noqa: E402
 from classifier.inference import predict  # noqa: E402
 from classifier.model import create_model  # noqa: E402
 from classifier.predict import predict_files  # noqa: E402
 from classifier.train import model_args  # noqa: E402
-from common import cpu_name  # noqa: E402
+from foundation.checkpoints import save_checkpoint
+from foundation.config import config_to_dict, load_config
+from foundation.devices import pick_device
+from foundation.runs import git_commit
 
 BENCH = ROOT / ".bench"
 

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 import torchvision
 
-from augment.errors import UserError
-
+from foundation.errors import UserError
 
 TIMM_PREFIX = "timm:"
 TIMM_INSTALL = 'pip install -e ".[timm]"'

@@ -12,7 +12,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from augment.errors import UserError
+from foundation.errors import UserError
 
 from .heads import LinearHead
 from .model import Classifier

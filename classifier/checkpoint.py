@@ -6,9 +6,9 @@ from pathlib import Path
 import torch
 
 from augment.data import DataConfig
-from augment.errors import UserError
 from augment.lungmask import LungMasker
-from augment.runtime import load_checkpoint
+from foundation.checkpoints import load_checkpoint
+from foundation.errors import UserError
 
 from .model import Classifier, create_model
 

@@ -23,10 +23,12 @@ from typing import Sequence
 
 import numpy as np
 
-from augment.errors import UserError
 from augment.lungmask import LungMasker
-from augment.html import write_html_report
-from augment.runtime import json_safe, new_run_dir, pick_device, resolve_run_file, write_text_atomic
+from foundation.devices import pick_device
+from foundation.errors import UserError
+from foundation.files import json_safe, write_text_atomic
+from foundation.html_report import write_html_report
+from foundation.runs import new_run_dir, resolve_run_file
 
 from .checkpoint import CHECKPOINTS, precision
 from .config import ClassifierConfig, EvalConfig

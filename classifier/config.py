@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from augment.data import DataConfig
-from augment.gpu import AugmentConfig
+from augment.transforms import AugmentConfig
 
 from .backbones import TIMM_PREFIX, list_backbones
 

@@ -9,18 +9,20 @@ from pathlib import Path
 
 import numpy as np
 
-from augment.bootstrap import bootstrap_weights, interval
 from augment.data import XrayDataset, load_dataset, warn
 from augment.lungmask import LungMasker
-from augment.html import write_html_report
-from augment.runtime import json_safe, pick_device, resolve_run_file, write_text_atomic
 from augment.runsplit import EVALUATED_FILE, EvalSet, claim_report, evaluation_set, split_rows, write_split
+from foundation.bootstrap import bootstrap_weights, interval
+from foundation.devices import pick_device
+from foundation.files import json_safe, write_text_atomic
+from foundation.html_report import write_html_report
+from foundation.runs import resolve_run_file
 
 from .checkpoint import CHECKPOINTS, data_config, load_classifier, precision, run_lung_masker
 from .config import EvalConfig
 from .inference import predict
-from .model import Classifier
 from .metrics import classification_metrics, pr_curve, roc_band, roc_curve, transferred_threshold, weighted_auc
+from .model import Classifier
 from .overlays import write_overlays
 from .plots import FPR_GRID, PrCurve, RocCurve, confusion_figure, pr_figure, reliability_figure, roc_figure, save_figure
 from .report import key_table, markdown_report

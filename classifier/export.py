@@ -10,8 +10,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from augment.errors import UserError
-from augment.runtime import json_safe, resolve_run_file, write_text_atomic
+from foundation.errors import UserError
+from foundation.files import json_safe, write_text_atomic
+from foundation.runs import resolve_run_file
 
 from .checkpoint import CHECKPOINTS, data_config, load_classifier
 from .config import EvalConfig

@@ -5,8 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from augment.errors import UserError
-from augment.runtime import autocast
+from foundation.devices import autocast
+from foundation.errors import UserError
 
 
 def to_input(images_u8: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:
@@ -21,7 +21,7 @@ def to_input(images_u8: torch.Tensor, size: int, device: torch.device) -> torch.
 def predict(model: nn.Module, images_u8: torch.Tensor, size: int, device: torch.device,
             batch_size: int = 64, bf16: bool = True, cpu_bf16: bool = False) -> torch.Tensor:
     """Class probabilities ``(N, K)`` (float32, CPU) of uint8 images ``(N, 1, S, S)``; bf16 autocast as
-    :func:`augment.runtime.autocast` decides."""
+    :func:`foundation.devices.autocast` decides."""
     was = model.training
     model.eval()
     out = []

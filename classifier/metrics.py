@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from augment.bootstrap import bootstrap_weights, group_index, interval, weighted_auc
+from foundation.bootstrap import bootstrap_weights, group_index, interval, weighted_auc
 
 
 def confusion_counts(y: np.ndarray, pred: np.ndarray, k: int, w: np.ndarray) -> np.ndarray:

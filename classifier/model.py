@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from augment.errors import UserError
+from foundation.errors import UserError
 
 from .backbones import ShallowCNN, TimmFeatures, adapt_in_chans, cut_features, get_spec, timm_model, torchvision_model
 from .heads import HEADS, build_head

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 
 from augment.data import decode_to_square, lung_view, warn_lungs_not_found
-from augment.errors import UserError, cli_command
 from augment.imageio import MAX_PIXELS, UnreadableImage
 from augment.lungmask import LungMasker
-from augment.outputs import display_name, output_path, safe_name
+from foundation.errors import UserError, cli_command
+from foundation.outputs import display_name, output_path, safe_name
 
 from .cam import cam_method, faithfulness
 from .inference import to_input
@@ -24,7 +24,7 @@ def write_overlays(model: Classifier, images_u8: torch.Tensor, names: list[str],
                    batch_size: int = 16) -> tuple[list[Path], dict[str, float]]:
     """Overlays of uint8 images ``(N, 1, S, S)`` as ``out_dir/<name>_<class>_p<probability>.png`` (300 dpi),
     in batches; every file lies in ``out_dir`` itself, whatever ``names`` and ``classes`` hold
-    (:func:`augment.outputs.output_path`).
+    (:func:`foundation.outputs.output_path`).
 
     Returns the written paths and the faithfulness of the maps (average drop, increase in confidence).
     """
@@ -67,7 +67,9 @@ def explain_files(paths: list[str | Path], checkpoint: str | Path | None = None,
     """Overlays of image files by a classifier (default: the latest run), in ``<run>/cam/<method>``. A run
     trained with lung settings needs ``lung_masker`` (the segmenter of its ``data.lungseg_run``): it sees,
     and the overlays show, each image cropped and masked as its training images were."""
-    from augment.runtime import pick_device, resolve_run_file
+    from foundation.devices import pick_device
+    from foundation.runs import resolve_run_file
+
     from .checkpoint import CHECKPOINTS, data_config, load_classifier, run_lung_masker
     dev = pick_device(device)
     ckpt_path = resolve_run_file(checkpoint, out, "classifier", CHECKPOINTS)

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from augment.runtime import write_bytes_atomic
+from foundation.files import write_bytes_atomic
 
 # Okabe-Ito: blue, vermillion, bluish green, reddish purple, orange, sky blue, black, yellow (least
 # visible on white, so last)

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 
 from augment.data import batches_ahead, decode_to_square, lung_view, warn_lungs_not_found, write_csv
-from augment.errors import UserError, cli_command
 from augment.imageio import IMAGE_SUFFIXES, MAX_PIXELS, UnreadableImage
 from augment.lungmask import LungMasker
-from augment.outputs import safe_name
-from augment.runtime import pick_device, resolve_run_file
+from foundation.devices import pick_device
+from foundation.errors import UserError, cli_command
+from foundation.outputs import safe_name
+from foundation.runs import resolve_run_file
 
 from .checkpoint import CHECKPOINTS, data_config, load_classifier, precision, run_lung_masker
 from .config import EvalConfig

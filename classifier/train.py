@@ -17,36 +17,37 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from augment.balance import keep_training_patients
-from augment.config import config_to_dict
+from augment.batches import epoch_batches, image_sets
 from augment.data import XrayDataset, load_dataset, write_csv
-from augment.errors import UserError, cli_command
-from augment.gpu import build_augment, epoch_batches, image_sets
 from augment.lungmask import LungMasker
-from augment.runtime import resumed_config
-from augment.runtime import (Dist, GracefulStop, LossMeter, all_ranks, autocast, broadcast_buffers, close_distributed,
-                             init_distributed, json_safe, load_checkpoint, new_run_dir, pick_device,
-                             refuse_other_layout, resolve_run_file, rng_state, save_checkpoint, seed_everything,
-                             set_rng_state, stop_agreed, tensorboard_writer, write_run_info, write_text_atomic)
 from augment.runsplit import SPLIT_FILE, split_rows, write_split
+from augment.transforms import build_augment
+from foundation.checkpoints import load_checkpoint, refuse_other_layout, resumed_config, save_checkpoint
+from foundation.config import config_to_dict
+from foundation.devices import autocast, pick_device, rng_state, seed_everything, set_rng_state
+from foundation.distributed import Dist, all_ranks, broadcast_buffers, close_distributed, init_distributed
+from foundation.errors import UserError
+from foundation.files import json_safe, write_text_atomic
+from foundation.loop import TrainingLoop
+from foundation.runs import new_run_dir, resolve_run_file, tensorboard_writer, write_run_info
 
 from .backbones import has_normalisation
 from .checkpoint import run_lung_masker
 from .config import ClassifierConfig
 from .inference import predict
-from .levers import EMA, LRSchedule, mix
 from .metrics import classification_metrics, roc_curve
 from .model import Classifier, create_model
 from .plots import RocCurve, confusion_figure, roc_figure
+from .recipe import EMA, LRSchedule, mix
 
 HISTORY_FILE = "history.csv"
 RESUME_LAYOUT = 1
 PLAN_STEPS = 6        # training steps timed (after one warm-up step) to plan a train.time_budget
 BUDGET_SHARE = 0.9    # of the budget left the planned epochs may take: the rest for checkpoints and slower steps
 """What ``last.pt`` holds and how the run draws its augmentation. 0 (no ``layout`` key): kornia's random
-crop and affine. 1: the one-warp augmentation of :mod:`augment.gpu`. Only the current layout resumes."""
+crop and affine. 1: the one-warp augmentation of :mod:`augment.transforms`. Only the current layout resumes."""
 
 
 @dataclass
@@ -445,16 +446,15 @@ class Trainer:
                   f"({self.n_synthetic} of them from --synthetic), {len(self.val_labels)} validation, {self.size}² input, "
                   f"warmup {warmup_epochs(self.cfg, self.model):g} epochs, "
                   f"device {self.device}, run folder {self.run_dir}", file=sys.stderr)
+        loop = TrainingLoop("classify-train", self.run_dir / "last.pt", lambda step: self.save("last.pt"), ("loss",),
+                            self.device, self.dist, self.cfg.train.log_every, self.saved_step, self.quiet)
         try:
-            with GracefulStop() as stop:
-                self.stopped = self._train_phases(stop)
-                if self.stopped:
-                    self.save("last.pt")
-                    if main:
-                        print(f"stopped at epoch {self.epoch + 1}, step {self.batch}; saved {self.run_dir / 'last.pt'}. "
-                              f"Resume with: {cli_command()} classify-train --resume {self.run_dir} "
-                              "(and the same --data/--synthetic)", file=sys.stderr)
-                    return self.run_dir
+            with loop:
+                self.stopped = self._train_phases(loop)
+            if self.stopped:
+                loop.say_stopped(self.run_dir, where=f"epoch {self.epoch + 1}, step {self.batch}",
+                                 extra=" (and the same --data/--synthetic)")
+                return self.run_dir
         finally:
             self.writer.close()
             close_distributed()
@@ -463,7 +463,7 @@ class Trainer:
                   f"checkpoint {self.run_dir / 'best.pt'}", file=sys.stderr)
         return self.run_dir
 
-    def _train_phases(self, stop: GracefulStop) -> bool:
+    def _train_phases(self, loop: TrainingLoop) -> bool:
         """Every remaining epoch of every phase; True when stopped by a signal. Early stopping ends only
         the current phase: a pretrained run always goes on to fine-tune, with patience counted afresh."""
         for phase in self.phases:
@@ -473,40 +473,35 @@ class Trainer:
                 self.epoch, self.bad_epochs = phase.start, 0
             net = self._enter_phase(phase)
             while self.epoch < phase.end and self.bad_epochs < self.cfg.train.patience:
-                if self._train_epoch(net, phase, stop):
+                if self._train_epoch(net, phase, loop):
                     return True
                 self._end_epoch()
         return False
 
-    def _train_epoch(self, net: nn.Module, phase: Phase, stop: GracefulStop) -> bool:
-        """Steps of the current epoch from ``self.batch`` on; True when a stop was requested. A NaN or
-        infinite loss raises a :class:`UserError` before any checkpoint is written from the diverged model."""
+    def _train_epoch(self, net: nn.Module, phase: Phase, loop: TrainingLoop) -> bool:
+        """Steps of the current epoch from ``self.batch`` on; True when a stop was requested (``last.pt`` then
+        saved). A NaN or infinite loss raises a :class:`UserError` before any checkpoint is written from the
+        diverged model."""
         batches = self.train_data.batches(self._batches(self.epoch))
         net.train()
         if phase.frozen:
             self.model.backbone.eval()  # batch-norm statistics stay those of the pretrained backbone
-        meter = LossMeter(("loss",), self.device)
-        bar = tqdm(total=len(batches), initial=self.batch, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
-                   unit="step", disable=self.quiet, file=sys.stderr, leave=False)
-        stopped = False
         self.clock = time.monotonic() - (self.epoch_seconds if self.batch else 0.0)
-        while self.batch < len(batches) and not stopped:
-            step_in_phase = (self.epoch - phase.start) * len(batches) + self.batch
-            loss = self.train_step(net, batches[self.batch], step_in_phase)
-            self.batch, self.step = self.batch + 1, self.step + 1
+
+        def step_fn(i: int) -> torch.Tensor:
+            loss = self.train_step(net, batches[i], (self.epoch - phase.start) * len(batches) + i)
+            self.batch, self.step = i + 1, self.step + 1
             self.epoch_loss += loss
-            meter.add(loss[None], self.step)
-            bar.update()
-            if self.step % self.cfg.train.log_every == 0:
-                meter.check_finite(self.run_dir / "last.pt", self.saved_step)
-                loss = meter.read()["loss"]
-                self.writer.add_scalar("train/loss", loss, self.step)
-                self.writer.add_scalar("train/lr", self.optimizer.param_groups[1]["lr"], self.step)
-                bar.set_postfix(loss=f"{loss:.3f}")
-            stopped = stop_agreed(stop, self.dist, self.step, self.cfg.train.log_every, self.device)
-        bar.close()
-        meter.check_finite(self.run_dir / "last.pt", self.saved_step)  # before last.pt or best.pt is written
-        return stopped
+            return loss[None]
+
+        def on_log(step: int, means: dict, bar) -> None:
+            self.writer.add_scalar("train/loss", means["loss"], step)
+            self.writer.add_scalar("train/lr", self.optimizer.param_groups[1]["lr"], step)
+            bar.set_postfix(loss=f"{means['loss']:.3f}")
+
+        loop.saved_step = self.saved_step
+        return loop.run(step_fn, self.batch, len(batches), first_step=self.step - self.batch, save_at_end=False,
+                        on_log=on_log, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}", leave=False)
 
     def _end_epoch(self) -> None:
         m = self.validate()

@@ -13,8 +13,8 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
-from augment.errors import UserError, cli_command
-from augment.runtime import load_checkpoint, save_checkpoint
+from foundation.checkpoints import load_checkpoint, save_checkpoint
+from foundation.errors import UserError, cli_command
 
 from .backbones import TIMM_PREFIX, get_spec, import_timm
 

@@ -1,5 +1,5 @@
 """GAN checkpoints: writing them with their sha256 beside them, reading the config and the generator
-back (:func:`augment.runtime.resolve_run_file` finds them)."""
+back (:func:`foundation.runs.resolve_run_file` finds them)."""
 from __future__ import annotations
 
 import json
@@ -9,10 +9,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from augment.config import load_config
 from augment.data import file_sha256
-from augment.errors import UserError, cli_command
-from augment.runtime import load_checkpoint, refuse_other_layout, save_checkpoint, write_text_atomic
+from foundation.checkpoints import load_checkpoint, refuse_other_layout, save_checkpoint
+from foundation.config import load_config
+from foundation.errors import UserError, cli_command
+from foundation.files import write_text_atomic
 
 from .config import GanConfig
 from .inference import memory_format

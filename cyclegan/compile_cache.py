@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from augment.config import config_to_dict
-from augment.runtime import write_bytes_atomic
+from foundation.config import config_to_dict
+from foundation.files import write_bytes_atomic
 
 from .config import GanConfig
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from augment.data import DataConfig
-from augment.errors import cli_command
-from augment.gpu import AugmentConfig
+from augment.transforms import AugmentConfig
+from foundation.errors import cli_command
 
 
 @dataclass

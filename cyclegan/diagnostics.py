@@ -9,8 +9,8 @@ figure of :func:`translation_grid`); each measure returns a plain dict for a JSO
   :func:`checkerboard_peak` (the periodic trace of the generator's stride-2 transposed convolutions);
 - for the reader: :func:`translation_grid` and :func:`diagnostics_markdown`.
 
-Intervals are patient-level cluster bootstraps (:mod:`augment.bootstrap`), probes are cross-validated over
-patient folds (:mod:`augment.probes`). Features are ``(N, D)`` arrays from one feature space.
+Intervals are patient-level cluster bootstraps (:mod:`foundation.bootstrap`), probes are cross-validated over
+patient folds (:mod:`foundation.probes`). Features are ``(N, D)`` arrays from one feature space.
 """
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ import torch
 from matplotlib.figure import Figure
 from skimage.segmentation import find_boundaries
 
-from augment.bootstrap import bootstrap_weights, group_index, interval, mean_with_interval, weighted_auc
-from augment.probes import group_folds, probe_logits
-from augment.runtime import write_bytes_atomic
+from foundation.bootstrap import bootstrap_weights, group_index, interval, mean_with_interval, weighted_auc
+from foundation.files import write_bytes_atomic
+from foundation.probes import group_folds, probe_logits
 
 
 # ---------------------------------------------------------------- where the change falls
@@ -80,7 +80,7 @@ def probe_shifts(train_features: np.ndarray, train_labels, train_sources, source
                  translated_features: np.ndarray, target_label: str, *, train_groups, source_sources, source_groups,
                  folds: int = 5, rounds: int = 1000, seed: int = 0, level: float = 0.95, l2: float = 1.0) -> dict:
     """Did the translation move films towards the disease or towards the hospital? Two linear probes on real
-    training films (:func:`augment.probes.probe_logits`, standardised features, ``folds`` patient folds):
+    training films (:func:`foundation.probes.probe_logits`, standardised features, ``folds`` patient folds):
 
     - the source probe tells each film's collection (multinomial, all training films); its score is the
       log-odds of the *target source*, the source most ``target_label`` training films come from;

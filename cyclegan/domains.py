@@ -6,8 +6,8 @@ from typing import Literal, Optional
 import torch
 
 from augment.data import XrayDataset, warn
-from augment.errors import UserError
 from augment.lungmask import MIN_LUNG_FRACTION, LungMasker, cached_lung_masks
+from foundation.errors import UserError
 
 from .config import GanConfig
 

@@ -11,13 +11,15 @@ import torch
 
 from augment.data import XrayDataset, load_dataset
 from augment.lungmask import LungMasker
-from augment.html import write_html_report
-from augment.runtime import json_safe, pick_device, resolve_run_file, write_text_atomic
+from foundation.devices import pick_device
+from foundation.files import json_safe, write_text_atomic
+from foundation.html_report import write_html_report
+from foundation.runs import resolve_run_file
 
 from .checkpoint import CHECKPOINT_NAME, load_generator_ab
 from .config import GanConfig
-from .diagnostics import (checkerboard_peak, copy_test, diagnostics_markdown, lung_change_ratio,
-                          lung_change_summary, probe_shifts, synthetic_vs_real_auc, translation_grid)
+from .diagnostics import (checkerboard_peak, copy_test, diagnostics_markdown, lung_change_ratio, lung_change_summary,
+                          probe_shifts, synthetic_vs_real_auc, translation_grid)
 from .domains import check_masker, domain_name, domain_rows, lung_masks, require_domain
 from .inference import in_batches, translate_films
 from .metrics import frechet_distance, intensity_texture_features, kernel_inception_distance, ssim_pairs

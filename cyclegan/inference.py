@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from augment.lungmask import feather_mask
-from augment.runtime import autocast
+from foundation.devices import autocast
 
 from .config import GanConfig
 from .constraint import blend

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from augment.gpu import resize_and_crop
+from augment.transforms import resize_and_crop
 
 from .inference import to_model_range
 from .model import CycleGAN
@@ -41,7 +41,7 @@ class TrainStep:
 
     def __call__(self, real_a: torch.Tensor, real_b: torch.Tensor) -> torch.Tensor:
         """``real_a``, ``real_b``: float ``(B, C, S, S)`` in [0, 1] on the device, a batch of each domain
-        (e.g. from :meth:`augment.gpu.DeviceImages.batches`): the film in channel 0 and, for a lung-constrained
+        (e.g. from :meth:`augment.batches.DeviceImages.batches`): the film in channel 0 and, for a lung-constrained
         GAN, its lung mask in channel 1. Returns the detached losses ``(9,)`` in the order of
         :data:`cyclegan.model.LOSS_NAMES`; under a graph these are its output buffer, which the next call
         overwrites."""

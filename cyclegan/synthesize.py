@@ -15,16 +15,18 @@ from typing import Callable, Optional
 import torch
 from PIL import Image
 
+from augment.batches import DeviceImages
 from augment.data import load_dataset, write_csv
-from augment.errors import UserError
-from augment.gpu import DeviceImages, build_augment
 from augment.lungmask import LungMasker
-from augment.outputs import output_path
-from augment.runtime import pick_device, resolve_run_file
 from augment.runsplit import SPLIT_FILE, changes, read_split
+from augment.transforms import build_augment
+from foundation.devices import pick_device
+from foundation.errors import UserError
+from foundation.outputs import output_path
+from foundation.runs import resolve_run_file
 
 from .checkpoint import CHECKPOINT_NAME, checkpoint_sha256, load_generator_ab
-from .domains import check_masker, lung_masks, domain_rows, require_domain
+from .domains import check_masker, domain_rows, lung_masks, require_domain
 from .inference import translate_films
 
 MANIFEST_COLUMNS = ("path", "label", "split", "source", "group_id", "source_image", "checkpoint_sha256", "seed",

@@ -19,22 +19,23 @@ import torch
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
-from augment.config import config_to_dict
+from augment.batches import DeviceImages, StreamedImages, image_sets
 from augment.data import load_dataset
-from augment.errors import UserError, cli_command
-from augment.gpu import DeviceImages, StreamedImages, image_sets
 from augment.lungmask import LungMasker
-from augment.runtime import warn_edited_config
-from augment.runtime import (Dist, GracefulStop, LossMeter, all_ranks, close_distributed, init_distributed,
-                             new_run_dir, pick_device, resolve_run_file, rng_state, seed_everything, set_rng_state,
-                             stop_agreed, tensorboard_writer, write_run_info)
 from augment.runsplit import SPLIT_FILE, split_rows, write_split
+from foundation.checkpoints import warn_edited_config
+from foundation.config import config_to_dict
+from foundation.devices import pick_device, rng_state, seed_everything, set_rng_state
+from foundation.distributed import Dist, all_ranks, close_distributed, init_distributed
+from foundation.errors import UserError
+from foundation.loop import TrainingLoop
+from foundation.runs import new_run_dir, resolve_run_file, tensorboard_writer, write_run_info
 
 from .checkpoint import CHECKPOINT_NAME, read_gan_checkpoint, save_gan_checkpoint
 from .compile_cache import compile_cache_path, load_compiled, save_compiled
 from .config import GanConfig
-from .domains import check_masker, domain_name, domain_rows, lung_masks, require_domain
 from .diagnostics import translation_grid
+from .domains import check_masker, domain_name, domain_rows, lung_masks, require_domain
 from .evaluate import GRID_FILMS, measure_translation
 from .inference import in_batches, to_unit_range, translate_films
 from .model import LOSS_NAMES, CycleGAN
@@ -141,49 +142,46 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile, lung_masker) -> Gan
                                  "data_fingerprint": dataset.fingerprint, "model": model.state_dict(),
                                  "lung_masker": masker and masker.identity, "ranks": ranks}, ckpt_path)
 
-    meter = LossMeter(LOSS_NAMES, dev)
-    last_saved = step if checkpoint is not None else None
-    order_epoch, interrupted, tick = None, False, (time.perf_counter(), step)
+    def step_fn(i: int) -> torch.Tensor:
+        nonlocal order_epoch, batches_a, batches_b
+        epoch, pos = divmod(i, steps_per_epoch)
+        if epoch != order_epoch:
+            g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+            batches_a = images_a.batches(epoch_order(len(images_a), steps_per_epoch, dist, t.batch_size, g))
+            batches_b = images_b.batches(epoch_order(len(images_b), steps_per_epoch, dist, t.batch_size, g))
+            order_epoch = epoch
+        return train_step(batches_a[pos][0], batches_b[pos][0])
+
+    def on_log(at_step: int, losses: dict, bar) -> None:
+        nonlocal tick, cached
+        tick = _log_losses(losses, model, writer, bar, at_step, tick)
+        if cache_file is not None and not cached and dist.is_main:  # compiled by now: keep it
+            cached = save_compiled(cache_file)
+
+    def after_step(at_step: int) -> bool:
+        if dist.is_main and at_step % t.image_every == 0:
+            writer.add_image("translation", _image_grid(model), at_step)
+        if dist.is_main and t.eval_every and at_step % t.eval_every == 0:
+            _log_quality(model, images_a, images_b, cfg, writer, at_step, run_dir)
+        return False
+
+    order_epoch, batches_a, batches_b, tick = None, None, None, (time.perf_counter(), step)
     writer = tensorboard_writer(run_dir, t.tensorboard and run_dir is not None)
-    with GracefulStop() as stop, contextlib.closing(writer), \
-            tqdm(total=total, initial=step, desc="gan-train", disable=not dist.is_main, dynamic_ncols=True) as bar:
-        while step < total:
-            epoch, pos = divmod(step, steps_per_epoch)
-            if epoch != order_epoch:
-                g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-                batches_a = images_a.batches(epoch_order(len(images_a), steps_per_epoch, dist, t.batch_size, g))
-                batches_b = images_b.batches(epoch_order(len(images_b), steps_per_epoch, dist, t.batch_size, g))
-                order_epoch = epoch
-            meter.add(train_step(batches_a[pos][0], batches_b[pos][0]), step + 1)
-            step += 1
-            bar.update()
-            if step % t.log_every == 0 or step == total:
-                meter.check_finite(ckpt_path, last_saved)
-                tick = _log_losses(meter, model, writer, bar, step, tick)
-                if cache_file is not None and not cached and dist.is_main:  # compiled by now: keep it
-                    cached = save_compiled(cache_file)
-            if dist.is_main and step % t.image_every == 0:
-                writer.add_image("translation", _image_grid(model), step)
-            if dist.is_main and t.eval_every and step % t.eval_every == 0:
-                _log_quality(model, images_a, images_b, cfg, writer, step, run_dir)
-            interrupted = stop_agreed(stop, dist, step, t.log_every, dev)
-            if step % t.checkpoint_every == 0 or step == total or interrupted:
-                meter.check_finite(ckpt_path, last_saved)
-                save(step)
-                last_saved = step
-            if interrupted:
-                break
-    if dist.is_main:
-        if interrupted:
-            print(f"stopped at step {step} of {total}; saved {ckpt_path}\n"
-                  f"resume with: {cli_command()} gan-train --resume {ckpt_path} --data {data}")
-        else:
-            print(f"trained {step} steps; checkpoint {ckpt_path}; TensorBoard: tensorboard --logdir {run_dir}")
-    return GanTrainResult(run_dir, step, model, interrupted)
+    with TrainingLoop("gan-train", ckpt_path, save, LOSS_NAMES, dev, dist, t.log_every,
+                      saved_step=step if checkpoint is not None else None, quiet=not dist.is_main) as loop, \
+            contextlib.closing(writer):
+        interrupted = loop.run(step_fn, step, total, save_every=t.checkpoint_every, on_log=on_log,
+                               after_step=after_step)
+    if interrupted:
+        loop.say_stopped(ckpt_path, extra=f" --data {data}")
+    elif dist.is_main:
+        print(f"trained {loop.step} steps; checkpoint {ckpt_path}; TensorBoard: tensorboard --logdir {run_dir}")
+    return GanTrainResult(run_dir, loop.step, model, interrupted)
 
 
-def _log_losses(meter: LossMeter, model: CycleGAN, writer, bar, step: int, tick: tuple) -> tuple:
-    losses = meter.read()
+def _log_losses(losses: dict, model: CycleGAN, writer, bar, step: int, tick: tuple) -> tuple:
+    """The mean ``losses`` since the last log, the learning rate and steps per second since ``tick`` (time,
+    step) to TensorBoard and the bar; returns the new tick."""
     now = time.perf_counter()
     rate = (step - tick[1]) / max(now - tick[0], 1e-9)
     for name, value in losses.items():

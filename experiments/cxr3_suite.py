@@ -85,10 +85,11 @@ from PIL import Image  # noqa: E402
 from ablation.seeds import mean_interval, write_tstr_manifest  # noqa: E402
 from augment.balance import Policy, balance  # noqa: E402
 from augment.data import DataConfig, csv_rows, decode_to_square  # noqa: E402
-from augment.errors import UserError  # noqa: E402
 from augment.runsplit import SPLIT_FILE, read_split  # noqa: E402
-from augment.runtime import git_commit, json_safe, latest_run, write_bytes_atomic, write_text_atomic  # noqa: E402
 from benchmarks.common import cpu_name  # noqa: E402
+from foundation.errors import UserError
+from foundation.files import json_safe, write_bytes_atomic, write_text_atomic
+from foundation.runs import git_commit, latest_run
 
 STAGES = ("levers", "recipe", "gan", "ablation", "audit", "crossval")
 MINORITY = "covid"

@@ -27,8 +27,9 @@ from ablation.seeds import write_tstr_manifest  # noqa: E402
 from augment.balance import Policy, balance  # noqa: E402
 from augment.data import DataConfig  # noqa: E402
 from augment.runsplit import SPLIT_FILE, read_split  # noqa: E402
-from augment.runtime import json_safe, latest_run, write_text_atomic  # noqa: E402
 from experiments.cxr3_suite import classifier_figures  # noqa: E402
+from foundation.files import json_safe, write_text_atomic
+from foundation.runs import latest_run
 
 MINORITY = "covid"
 

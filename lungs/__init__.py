@@ -2,7 +2,7 @@
 image/mask pairs, and the masks it draws. A package of its own beside ``classifier``: the audit of a
 classifier needs both, and neither model package imports the other."""
 from .config import LungsegConfig
-from .infer import LungSegmenter, masker_for, segment_files
+from .inference import LungSegmenter, masker_for, segment_files
 from .train import train_lungseg
 
 __all__ = ["LungsegConfig", "LungSegmenter", "masker_for", "segment_files", "train_lungseg"]

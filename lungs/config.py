@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from augment.gpu import AugmentConfig
+from augment.transforms import AugmentConfig
 
 
 @dataclass

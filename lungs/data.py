@@ -27,9 +27,9 @@ import torch
 from PIL import Image
 
 from augment.data import SPLITS, csv_rows, file_sha256, grouped_split, patient_id, square_box, to_square, warn
-from augment.errors import UserError, cli_command
 from augment.imageio import IMAGE_SUFFIXES, UnreadableImage, read_xray
-from augment.runtime import remove_stale_temporaries
+from foundation.errors import UserError, cli_command
+from foundation.files import remove_stale_temporaries
 
 from .config import LungDataConfig
 

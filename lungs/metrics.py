@@ -1,5 +1,5 @@
 """Overlap measures of lung masks and their 95 % intervals by a bootstrap over patients
-(:mod:`augment.bootstrap`, the toolkit's one cluster bootstrap)."""
+(:mod:`foundation.bootstrap`, the toolkit's one cluster bootstrap)."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -7,7 +7,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from augment.bootstrap import bootstrap_mean_interval
+from foundation.bootstrap import bootstrap_mean_interval
 
 
 def dice_iou(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,5 +1,5 @@
 """``lungseg-train``: a U-Net trained from scratch on image/mask pairs held on the device, with the same
-one-warp augmentation (``augment.gpu.build_augment``) applied to image and mask, Dice + BCE loss, exact
+one-warp augmentation (``augment.transforms.build_augment``) applied to image and mask, Dice + BCE loss, exact
 resume, and Dice and IoU per source on the test split with patient-level bootstrap intervals."""
 from __future__ import annotations
 
@@ -11,21 +11,22 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from augment.config import config_to_dict
+from augment.batches import epoch_batches
 from augment.data import warn, write_csv
-from augment.errors import UserError, cli_command
-from augment.gpu import build_augment, epoch_batches
-from augment.runtime import resumed_config
-from augment.runtime import (Dist, GracefulStop, LossMeter, autocast, load_checkpoint, new_run_dir, pick_device,
-                             recorded_data, refuse_other_layout, rng_state, save_checkpoint, seed_everything,
-                             set_rng_state, stop_agreed, tensorboard_writer, write_run_info, write_text_atomic)
 from augment.runsplit import SPLIT_FILE
+from augment.transforms import build_augment
+from foundation.checkpoints import load_checkpoint, refuse_other_layout, resumed_config, save_checkpoint
+from foundation.config import config_to_dict
+from foundation.devices import autocast, pick_device, rng_state, seed_everything, set_rng_state
+from foundation.errors import UserError
+from foundation.files import write_text_atomic
+from foundation.loop import TrainingLoop
+from foundation.runs import new_run_dir, recorded_data, tensorboard_writer, write_run_info
 
 from .config import LungsegConfig
 from .data import LungData, load_pairs
-from .infer import CHECKPOINT_NAME, checkpoint_file, predict_probs
+from .inference import CHECKPOINT_NAME, checkpoint_file, predict_probs
 from .metrics import dice_iou, format_report, segmentation_report
 from .unet import UNet
 
@@ -33,7 +34,7 @@ LOSS_NAMES = ("loss", "dice_loss", "bce")
 SPLIT_COLUMNS = ("path", "mask", "split", "group_id", "source", "sha256")  # a lung manifest itself
 RESUME_LAYOUT = 1
 """How a checkpoint's run draws its augmentation. 0 (no ``layout`` key): kornia's random crop and affine.
-1: the one-warp augmentation of :mod:`augment.gpu`. Only the current layout resumes."""
+1: the one-warp augmentation of :mod:`augment.transforms`. Only the current layout resumes."""
 
 
 @dataclass
@@ -131,56 +132,51 @@ def train_lungseg(cfg: LungsegConfig | None, data: str | Path | None, out: str |
                          "layout": RESUME_LAYOUT},
                         ckpt_path)
 
-    meter = LossMeter(LOSS_NAMES, dev)
-    last_saved = step if ckpt is not None else None
-    interrupted, order_epoch, batches = False, None, []
+    def step_fn(i: int) -> torch.Tensor:
+        nonlocal order_epoch, batches
+        epoch, pos = divmod(i, batches_per_epoch)
+        if epoch != order_epoch:
+            batches = epoch_batches(len(train_idx), t.batch_size, torch.Generator().manual_seed(seed * 100_003 + epoch))
+            order_epoch = epoch
+        idx = batches[pos].to(dev)
+        x, y = images[idx].float() / 255, masks[idx].float()
+        if augment is not None:
+            x, y = joint_augment(augment, x, y)
+        with autocast(dev, t.bf16):
+            logits = model(x)
+        losses = dice_bce_loss(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        losses[0].backward()
+        optimizer.step()
+        schedule.step()
+        return losses.detach()
+
+    def on_log(at_step: int, means: dict, bar) -> None:
+        for name, value in means.items():
+            writer.add_scalar(f"loss/{name}", value, at_step)
+        bar.set_postfix(loss=f"{means['loss']:.3g}", refresh=False)
+        writer.add_scalar("lr", schedule.get_last_lr()[0], at_step)
+
+    def after_step(at_step: int) -> bool:
+        """Validation Dice at each epoch's end, which is also when the run saves."""
+        if at_step % batches_per_epoch:
+            return False
+        if len(ds.indices("val")):
+            writer.add_scalar("val/dice", float(evaluate(model, ds, "val", cfg, dev)[0].mean()), at_step)
+            model.train()
+        return True
+
+    order_epoch, batches = None, []
     writer = tensorboard_writer(run_dir, t.tensorboard)
     model.train()
-    with GracefulStop() as stop, contextlib.closing(writer), \
-            tqdm(total=total, initial=step, desc="lungseg-train", disable=quiet, dynamic_ncols=True) as bar:
-        while step < total:
-            epoch, pos = divmod(step, batches_per_epoch)
-            if epoch != order_epoch:
-                batches = epoch_batches(len(train_idx), t.batch_size, torch.Generator().manual_seed(seed * 100_003 + epoch))
-                order_epoch = epoch
-            idx = batches[pos].to(dev)
-            x, y = images[idx].float() / 255, masks[idx].float()
-            if augment is not None:
-                x, y = joint_augment(augment, x, y)
-            with autocast(dev, t.bf16):
-                logits = model(x)
-            losses = dice_bce_loss(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            losses[0].backward()
-            optimizer.step()
-            schedule.step()
-            meter.add(losses.detach(), step + 1)
-            step += 1
-            bar.update()
-            if step % t.log_every == 0 or step == total:
-                meter.check_finite(ckpt_path, last_saved)
-                means = meter.read()
-                for name, value in means.items():
-                    writer.add_scalar(f"loss/{name}", value, step)
-                bar.set_postfix(loss=f"{means['loss']:.3g}", refresh=False)
-                writer.add_scalar("lr", schedule.get_last_lr()[0], step)
-            interrupted = stop_agreed(stop, Dist(), step, t.log_every, dev)
-            end_of_epoch = step % batches_per_epoch == 0
-            if end_of_epoch and len(ds.indices("val")):
-                writer.add_scalar("val/dice", float(evaluate(model, ds, "val", cfg, dev)[0].mean()), step)
-                model.train()
-            if end_of_epoch or step == total or interrupted:
-                meter.check_finite(ckpt_path, last_saved)
-                save(step)
-                last_saved = step
-            if interrupted:
-                break
+    with TrainingLoop("lungseg-train", ckpt_path, save, LOSS_NAMES, dev, log_every=t.log_every,
+                      saved_step=step if ckpt is not None else None, quiet=quiet) as loop, contextlib.closing(writer):
+        interrupted = loop.run(step_fn, step, total, on_log=on_log, after_step=after_step)
     if interrupted:
-        print(f"stopped at step {step} of {total}; saved {ckpt_path}\n"
-              f"resume with: {cli_command()} lungseg-train --resume {run_dir}")
-        return LungsegResult(run_dir, step, model, True, None)
+        loop.say_stopped(run_dir)
+        return LungsegResult(run_dir, loop.step, model, True, None)
     metrics = report(model, ds, cfg, dev, run_dir, quiet)
-    return LungsegResult(run_dir, step, model, False, metrics)
+    return LungsegResult(run_dir, loop.step, model, False, metrics)
 
 
 @torch.no_grad()

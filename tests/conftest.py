@@ -89,8 +89,8 @@ def lung_run(lung_data, tmp_path_factory):
 def tiny_classifier_config(tmp: Path, *more: str):
     """A shallow classifier at 32² trained for 2 epochs of batch 8, cached under ``tmp``; ``more``
     overrides as ``key=value``."""
-    from augment.config import load_config
     from classifier.config import ClassifierConfig
+    from foundation.config import load_config
     return load_config(ClassifierConfig, None, [
         "data.size=32", f"data.cache_dir={tmp / 'cache'}", "model.backbone=shallow", "model.width=8",
         "model.input_size=32", "train.epochs=2", "train.batch_size=8", "train.tensorboard=false", *more])

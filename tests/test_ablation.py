@@ -10,7 +10,7 @@ import pytest
 from ablation.seeds import Stages, mean_interval, run_ablation, summarize, verdict
 from augment.data import DataConfig, load_dataset
 from augment.phantoms import write_phantoms
-from augment.errors import UserError
+from foundation.errors import UserError
 
 
 class FakeStages:
@@ -196,6 +196,7 @@ def cli_ablation_args(tmp_path, seeds: int, gan_steps: int) -> list[str]:
 @pytest.mark.slow
 def test_cli_ablation_runs_every_stage_and_resumes(tmp_path):
     from click.testing import CliRunner
+
     from cli import cli
     args, dest = cli_ablation_args(tmp_path, seeds=2, gan_steps=2), tmp_path / "abl"
     r = CliRunner().invoke(cli, args)
@@ -217,14 +218,15 @@ def test_cli_ablation_runs_every_stage_and_resumes(tmp_path):
 
 @pytest.mark.slow
 def test_cli_ablation_resumes_a_stopped_gan_and_a_stopped_classifier_in_their_own_runs(tmp_path, monkeypatch):
-    import cyclegan.train
     from click.testing import CliRunner
-    from augment.runtime import load_checkpoint
+
+    import foundation.loop
     from classifier.train import Trainer
-    from cli import cli, INTERRUPTED
+    from cli import INTERRUPTED, cli
     from conftest import StopAfter, sigint_at_call
+    from foundation.checkpoints import load_checkpoint
     args, dest = cli_ablation_args(tmp_path, seeds=1, gan_steps=6), tmp_path / "abl"
-    monkeypatch.setattr(cyclegan.train, "GracefulStop", lambda: StopAfter(3))
+    monkeypatch.setattr(foundation.loop, "GracefulStop", lambda: StopAfter(3))
     assert CliRunner().invoke(cli, args).exit_code == INTERRUPTED
     [gan] = (dest / "gan").iterdir()
     assert load_checkpoint(gan / "checkpoint.pt")["step"] == 3 and not (dest / "gan.json").exists()

@@ -20,8 +20,8 @@ from ablation.endpoints import Predictions, compare_arms, covid_sources, resampl
 from ablation.folds import assign_folds, fold_parts, validation_patients
 from ablation.placebo import match_histogram, placebo_film
 from augment.data import csv_rows, decode_to_square
-from augment.errors import UserError
 from augment.phantoms import write_phantoms
+from foundation.errors import UserError
 
 CLASSES = ("covid", "normal", "pneumonia")
 
@@ -364,15 +364,15 @@ def test_the_rules_decide_from_predictions_built_to_be_positive_and_to_raise_cov
 
 
 def test_a_stopped_fold_gan_and_classifier_resume_in_their_own_runs(tmp_path, monkeypatch, one_thread):
-    import cyclegan.train
-    from augment.runtime import load_checkpoint
+    import foundation.loop
     from classifier.train import Trainer
     from cli import INTERRUPTED, cli
     from conftest import StopAfter, sigint_at_call
+    from foundation.checkpoints import load_checkpoint
     data = two_hospitals(tmp_path / "data", {"covid": 8, "normal": 8, "pneumonia": 8})
     args = [a.replace("train.steps=2", "train.steps=4") for a in tiny_args(tmp_path, data, "--arms", "gan")]
     fold0 = tmp_path / "abl" / "folds" / "fold0" / "gan"
-    monkeypatch.setattr(cyclegan.train, "GracefulStop", lambda: StopAfter(2))
+    monkeypatch.setattr(foundation.loop, "GracefulStop", lambda: StopAfter(2))
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == INTERRUPTED and "run the same command again to continue" in r.output, r.output
     [gan] = (fold0 / "gan").iterdir()

@@ -12,15 +12,14 @@ import torch
 import torch.nn as nn
 from click.testing import CliRunner
 
-from audit.checks import (accuracy_summary, cam_mass_in_lungs, lung_area, mean_with_interval, peak_in_lungs,
-                          source_probe)
+from audit.checks import accuracy_summary, cam_mass_in_lungs, lung_area, mean_with_interval, peak_in_lungs, source_probe
 from audit.report import cam_sentence, hidden_sentence, source_sentence
 from audit.run import classify_variants
 from augment.phantoms import write_phantoms
-from augment.probes import fit_softmax_regression, group_folds, probe_predictions
 from classifier.model import Classifier
 from cli import cli
 from conftest import assert_self_contained_report, tiny_classifier_config
+from foundation.probes import fit_softmax_regression, group_folds, probe_predictions
 
 CLASSES = ("covid", "normal", "pneumonia")
 

@@ -7,8 +7,8 @@ import pytest
 
 from augment.balance import Policy, balance
 from augment.data import DataConfig, load_dataset
-from augment.errors import UserError
 from augment.phantoms import write_phantoms
+from foundation.errors import UserError
 
 
 @pytest.fixture

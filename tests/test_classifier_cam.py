@@ -3,9 +3,9 @@ finds the planted patch that decides the class."""
 import pytest
 import torch
 
-from augment.errors import UserError
 from classifier.cam import CAM, GradCAM, GradCAMPlusPlus, cam_method, faithfulness
 from classifier.model import create_model
+from foundation.errors import UserError
 
 
 def planted(n, gen):

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from augment.bootstrap import bootstrap_weights, interval
 from classifier.metrics import (calibration, classification_metrics, confusion_counts, pr_curve, rates,
-                                rates_at_threshold, roc_curve,
-                                sensitivity_at_specificity, transferred_threshold, weighted_auc)
+                                rates_at_threshold, roc_curve, sensitivity_at_specificity, transferred_threshold,
+                                weighted_auc)
 from conftest import tiny_classifier_config
+from foundation.bootstrap import bootstrap_weights, interval
 
 Y = np.array([0, 0, 1, 1, 2, 2])
 PRED = np.array([0, 1, 1, 1, 2, 0])

@@ -3,11 +3,11 @@ import pytest
 import torch
 import torchvision
 
-from augment.errors import UserError
 from classifier.backbones import list_backbones
 from classifier.cam import GradCAM
 from classifier.heads import LinearHead, RecurrentHead
 from classifier.model import create_model
+from foundation.errors import UserError
 
 
 @pytest.mark.parametrize("name", list_backbones() + ["shufflenet_v2_x0_5"])

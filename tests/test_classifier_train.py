@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from augment.config import load_config
-from augment.errors import UserError
-from augment.gpu import StreamedImages
+from augment.batches import StreamedImages
 from augment.phantoms import write_phantoms
-from augment.runtime import load_checkpoint
 from classifier.config import ClassifierConfig, EvalConfig
 from classifier.evaluate import evaluate
-from classifier.overlays import explain_files
 from classifier.model import create_model
+from classifier.overlays import explain_files
 from classifier.train import Trainer, train, warmup_epochs
 from conftest import assert_self_contained_report, sigint_at_call, tiny_classifier_config
+from foundation.checkpoints import load_checkpoint
+from foundation.config import load_config
+from foundation.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -240,7 +240,7 @@ def test_ddp_with_two_gloo_processes(tmp_path, data):
     overrides = ["data.size=32", f"data.cache_dir={tmp_path / 'cache'}", "model.backbone=shallow", "model.width=8",
                  "model.input_size=32", "train.epochs=1", "train.batch_size=4", "train.tensorboard=false"]
     script.write_text(
-        "from augment.config import load_config\n"
+        "from foundation.config import load_config\n"
         "from classifier.config import ClassifierConfig\n"
         "from classifier.train import Trainer\n"
         "import os, torch\n"
@@ -310,7 +310,7 @@ def test_per_source_breakdown_and_strict_json(tmp_path, data, straight):
 
 
 def test_ema_decay_warms_up_then_holds():
-    from classifier.levers import EMA
+    from classifier.recipe import EMA
     model = torch.nn.Linear(1, 1, bias=False)
     torch.nn.init.zeros_(model.weight)
     ema = EMA(model, decay=0.999)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from augment.errors import UserError
 from augment.phantoms import write_phantoms
 from classifier.compare import delong, delong_test, holm, mcnemar, midranks, shared_positions
 from cli import cli
 from conftest import assert_self_contained_report
+from foundation.errors import UserError
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "classify-train-demo.yaml"
 

@@ -7,10 +7,10 @@ from typing import Literal, Optional
 import pytest
 import yaml
 
-from augment.config import config_to_dict, load_config, save_config
 from augment.data import DataConfig
-from augment.errors import UserError
-from augment.gpu import AugmentConfig
+from augment.transforms import AugmentConfig
+from foundation.config import config_to_dict, load_config, save_config
+from foundation.errors import UserError
 
 
 @dataclass
@@ -153,8 +153,9 @@ def test_print_config_prints_what_the_run_writes_as_config_yaml(tmp_path, comman
     """--print-config exits 0 with the resolved config, and a run with the same options writes the same text."""
     import subprocess
     import sys
-    from conftest import ROOT
+
     from augment.phantoms import write_phantoms
+    from conftest import ROOT
     data = write_phantoms(tmp_path / "data", 12, 32, seed=0, masks=command == "lungseg-train")
     sets = {"gan-train": ["data.size=32", "model.ngf=4", "model.ndf=4", "model.n_blocks=1", "train.steps=1",
                           "train.tensorboard=false"],

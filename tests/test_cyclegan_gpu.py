@@ -17,20 +17,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_cyclegan_train import all_weights
+from test_cyclegan_train import tiny_config as cpu_tiny_config
 
-import cyclegan.train
+import foundation.loop
+from augment.batches import DeviceImages
 from augment.data import load_dataset
-from augment.gpu import DeviceImages
 from augment.phantoms import write_phantoms
-from augment.runtime import load_checkpoint
 from conftest import StopAfter
 from cyclegan import GanConfig, synthesize, train_gan
 from cyclegan.checkpoint import load_generator_ab
 from cyclegan.inference import translate
 from cyclegan.model import CycleGAN
 from cyclegan.step import TrainStep
-from test_cyclegan_train import all_weights
-from test_cyclegan_train import tiny_config as cpu_tiny_config
+from foundation.checkpoints import load_checkpoint
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -102,15 +102,15 @@ def test_interrupted_graphed_run_resumes_like_an_uninterrupted_one(tmp_path, dat
                                                                    monkeypatch):
     cfg = tiny_config(tmp_path, "train.steps=12", "train.cuda_graph=true", "train.bf16=false")  # as above
     straight = train_gan(cfg, data, tmp_path / "a", device="cuda", seed=3)
-    graceful_stop = cyclegan.train.GracefulStop
-    monkeypatch.setattr(cyclegan.train, "GracefulStop", lambda: StopAfter(5))
+    graceful_stop = foundation.loop.GracefulStop
+    monkeypatch.setattr(foundation.loop, "GracefulStop", lambda: StopAfter(5))
     first = train_gan(cfg, data, tmp_path / "b", device="cuda", seed=3)
     assert first.interrupted and first.step == 5
     saved = load_checkpoint(first.run_dir / "checkpoint.pt")
     # the pools and the jitter draw from the CUDA generator: without its state restored, the resumed run
     # would draw from the freshly seeded one and part from the straight run
     assert "cuda" in saved["ranks"][0]["rng"]
-    monkeypatch.setattr(cyclegan.train, "GracefulStop", graceful_stop)
+    monkeypatch.setattr(foundation.loop, "GracefulStop", graceful_stop)
     resumed = train_gan(None, data, tmp_path / "b", device="cuda", resume=first.run_dir)
     assert resumed.step == 12 and not resumed.interrupted
     assert_same_state(resumed.model, straight.model)

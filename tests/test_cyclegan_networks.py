@@ -6,15 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from augment.config import load_config
-from augment.errors import UserError
 from cyclegan.config import GanConfig, ModelConfig
 from cyclegan.losses import lsgan_loss
 from cyclegan.model import CycleGAN, decayed_lr
 from cyclegan.networks import (Generators, PatchDiscriminator, ResnetGenerator, SubpixelConvTranspose2d,
                                drop_cancelled_biases, upsampling)
 from cyclegan.pool import ImagePool
-
+from foundation.config import load_config
+from foundation.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,20 +11,17 @@ from click.testing import CliRunner
 from PIL import Image
 
 import cyclegan.checkpoint
-
-from augment.config import load_config
-from augment.data import load_dataset
-from augment.errors import UserError
+from augment.data import file_sha256, load_dataset
 from augment.phantoms import write_phantoms
 from cyclegan import GanConfig, evaluate_gan, measure_translation, synthesize, train_gan
-from augment.data import file_sha256
-from augment.runtime import load_checkpoint, save_checkpoint
 from cyclegan.checkpoint import load_generator_ab
 from cyclegan.inference import translate
 from cyclegan.metrics import frechet_distance, kernel_inception_distance, ssim_pairs
 from cyclegan.networks import Generators, ResnetGenerator
 from cyclegan.synthesize import MANIFEST_COLUMNS
-
+from foundation.checkpoints import load_checkpoint, save_checkpoint
+from foundation.config import load_config
+from foundation.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,20 +9,21 @@ import torch
 import torch.multiprocessing as mp
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import augment.gpu
+import augment.batches
 import cyclegan.model
 import cyclegan.train
-from augment.config import load_config
+import foundation.loop
+from augment.batches import DeviceImages
 from augment.data import load_dataset
-from augment.errors import UserError
 from augment.phantoms import write_phantoms
-from augment.gpu import DeviceImages
-from augment.runtime import Dist, load_checkpoint
+from conftest import StopAfter
 from cyclegan import GanConfig, train_gan
 from cyclegan.model import LOSS_NAMES, CycleGAN
 from cyclegan.step import TrainStep
-from conftest import StopAfter
-
+from foundation.checkpoints import load_checkpoint
+from foundation.config import load_config
+from foundation.distributed import Dist
+from foundation.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,10 +64,10 @@ def test_losses_fall_and_everything_is_logged(tmp_path, data):
 def test_interrupt_then_resume_equals_a_straight_run(tmp_path, data, monkeypatch, capsys):
     cfg = tiny_config(tmp_path, "train.steps=8", "train.pool_size=6")  # the pools fill across the interruption
     straight = train_gan(cfg, data, tmp_path / "a", device="cpu", seed=3)
-    monkeypatch.setattr(cyclegan.train, "GracefulStop", StopAfter)
+    monkeypatch.setattr(foundation.loop, "GracefulStop", StopAfter)
     first = train_gan(cfg, data, tmp_path / "b", device="cpu", seed=3)
     assert first.interrupted and first.step == 4
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert "stopped at step 4 of 8" in printed and f"--resume {first.run_dir / 'checkpoint.pt'}" in printed
     monkeypatch.undo()
     resumed = train_gan(None, data, tmp_path / "b", device="cpu", resume=first.run_dir)
@@ -157,7 +158,7 @@ def test_batches_streamed_from_host_memory_train_the_same_model(tmp_path, data, 
     cfg = tiny_config(tmp_path, "train.steps=6", "train.batch_size=2", "train.eval_every=3", "train.eval_images=4")
     resident = train_gan(cfg, data, tmp_path / "a", device="cpu", seed=5)
     cfg.train.device_cache_share = 0.0
-    monkeypatch.setattr(augment.gpu, "DeviceImages", None)  # image_sets may build no resident set
+    monkeypatch.setattr(augment.batches, "DeviceImages", None)  # image_sets may build no resident set
     streamed = train_gan(cfg, data, tmp_path / "b", device="cpu", seed=5)
     assert torch.equal(all_weights(resident.model), all_weights(streamed.model))
     assert torch.equal(resident.model.pool_b.images, streamed.model.pool_b.images)
@@ -167,12 +168,12 @@ def test_only_training_split_images_are_used(tmp_path, data, monkeypatch):
     cfg = tiny_config(tmp_path, "train.steps=2", "train.eval_every=2", "train.eval_images=4")
     used = []
 
-    class Spy(augment.gpu.DeviceImages):
+    class Spy(augment.batches.DeviceImages):
         def __init__(self, images, labels, device, rows):
             used.extend(hashlib.sha1(im.numpy().tobytes()).hexdigest() for im in images[rows])
             super().__init__(images, labels, device, rows)
 
-    monkeypatch.setattr(augment.gpu, "DeviceImages", Spy)  # what image_sets builds the training sets with
+    monkeypatch.setattr(augment.batches, "DeviceImages", Spy)  # what image_sets builds the training sets with
     train_gan(cfg, data, tmp_path / "runs", device="cpu")
     ds = load_dataset(data, cfg.data, quiet=True)
     digest = [hashlib.sha1(im.numpy().tobytes()).hexdigest() for im in ds.images]
@@ -208,7 +209,7 @@ def _ddp_worker(rank, port, data, out, cache, result_file, stop_after, resume):
                       WORLD_SIZE="2")
     torch.set_num_threads(1)
     if stop_after:
-        cyclegan.train.GracefulStop = lambda: StopAfter(stop_after)
+        foundation.loop.GracefulStop = lambda: StopAfter(stop_after)
     cfg = load_config(GanConfig, None, [
         "data.size=32", f"data.cache_dir={cache}", "model.ngf=8", "model.ndf=8", "model.n_blocks=1",
         "model.n_layers_d=2", "train.pool_size=2", "train.steps=6", "train.log_every=1", "train.tensorboard=false"])

@@ -13,9 +13,8 @@ from PIL import Image
 
 import augment.data as data_mod
 from augment.data import DataConfig, discover, grouped_split, load_dataset
-from augment.errors import UserError
-
 from conftest import save_gray
+from foundation.errors import UserError
 
 
 def write_manifest(path: Path, rows: list[dict]) -> Path:

@@ -12,13 +12,13 @@ from PIL import Image
 from augment.phantoms import write_phantoms
 from classifier.config import EvalConfig
 from classifier.evaluate import evaluation_figures
-from augment.bootstrap import bootstrap_weights
 from classifier.metrics import classification_metrics, roc_band, roc_curve
 from classifier.model import create_model
 from classifier.overlays import write_overlays
 from classifier.plots import FPR_GRID, overlay_figure, save_figure
 from classifier.train import Trainer, train
 from conftest import sigint_at_call, tiny_classifier_config
+from foundation.bootstrap import bootstrap_weights
 
 CLASSES = ("covid", "normal", "pneumonia")
 CM = [[8, 2, 0], [1, 9, 0], [0, 0, 0]]  # no pneumonia image

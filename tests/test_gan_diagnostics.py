@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from augment.probes import probe_logits
 from cyclegan.diagnostics import (_mann_whitney_z, checkerboard_peak, copy_test, diagnostics_markdown,
                                   lung_change_ratio, lung_change_summary, probe_shifts, synthetic_vs_real_auc,
                                   translation_grid)
+from foundation.probes import probe_logits
 
 
 # ---------------------------------------------------------------- where the change falls

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from augment.gpu import (AugmentConfig, DeviceImages, Resize, StreamedImages, build_augment, draw_augment,
-                         epoch_batches, fits_on_device, resize_and_crop)
+from augment.batches import DeviceImages, StreamedImages, epoch_batches, fits_on_device
+from augment.transforms import AugmentConfig, Resize, build_augment, draw_augment, resize_and_crop
 
 STILL = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), degrees=0, translate=0, brightness=0, contrast=0,
              gamma=(1.0, 1.0), hflip=0.0)  # every change off
@@ -260,10 +260,10 @@ def test_a_cache_share_of_zero_streams():
 
 @pytest.mark.parametrize("package", ["classifier", "cyclegan"])
 def test_a_cache_share_outside_0_to_1_is_refused(package):
-    from augment.config import load_config
-    from augment.errors import UserError
     from classifier.config import ClassifierConfig
     from cyclegan import GanConfig
+    from foundation.config import load_config
+    from foundation.errors import UserError
     config = {"classifier": ClassifierConfig, "cyclegan": GanConfig}[package]
     with pytest.raises(UserError, match=r"train.device_cache_share .* \[0, 1\], got 1.5"):
         load_config(config, None, ["train.device_cache_share=1.5"])

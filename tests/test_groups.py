@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from augment.config import load_config
 from augment.data import DataConfig, load_dataset
-from augment.errors import UserError
+from augment.data_summary import InspectConfig, format_report, inspect_data
 from augment.groups import hash_pairs, near_duplicate_groups, near_duplicate_pairs, perceptual_hashes
-from augment.inspect import InspectConfig, format_report, inspect_data
 from augment.phantoms import _anatomy, make_phantom, place, write_patient_films
+from foundation.config import load_config
+from foundation.errors import UserError
 
 PATTERN = r"(?P<patient>[^_/]+)_\d+\.\w+$"
 

@@ -10,19 +10,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_cyclegan_train import assert_same_state, tiny_config
 
 import cyclegan.train
+import foundation.loop
 from augment.data import load_dataset
-from augment.errors import UserError
-from augment.phantoms import write_phantoms
-from cyclegan import GanConfig, train_gan
 from augment.lungmask import feather_mask
+from augment.phantoms import write_phantoms
+from conftest import ROOT, StopAfter, assert_self_contained_report
+from cyclegan import GanConfig, train_gan
 from cyclegan.constraint import diff_augment, lung_view
 from cyclegan.evaluate import evaluate_gan
 from cyclegan.model import CycleGAN
 from cyclegan.synthesize import synthesize
-from conftest import ROOT, StopAfter, assert_self_contained_report
-from test_cyclegan_train import assert_same_state, tiny_config
+from foundation.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -115,7 +116,7 @@ def test_lung_constrained_gan_resumes_exactly_synthesizes_and_is_evaluated(tmp_p
                       "train.eval_every=8", "train.eval_images=4")
     masker = ExactMasker(data)
     straight = train_gan(cfg, data, tmp_path / "a", device="cpu", seed=3, lung_masker=masker)
-    monkeypatch.setattr(cyclegan.train, "GracefulStop", StopAfter)
+    monkeypatch.setattr(foundation.loop, "GracefulStop", StopAfter)
     first = train_gan(cfg, data, tmp_path / "b", device="cpu", seed=3, lung_masker=masker)
     monkeypatch.undo()
     resumed = train_gan(None, data, tmp_path / "b", device="cpu", resume=first.run_dir, lung_masker=masker)

@@ -12,10 +12,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from test_ablation import FakeStages
 
-from augment.config import load_config
+from ablation.stages import ablation_stages
 from augment.data import DataConfig, load_dataset
-from augment.errors import UserError
 from augment.lungmask import MIN_LUNG_FRACTION, crop_and_mask
 from augment.phantoms import _anatomy, phantom_with_lungs, write_phantoms
 from classifier.checkpoint import precision
@@ -23,11 +23,11 @@ from classifier.config import ClassifierConfig
 from classifier.evaluate import load_evaluation
 from classifier.inference import predict
 from classifier.predict import predict_files
-from ablation.stages import ablation_stages
 from cli import cli
 from cyclegan import GanConfig
+from foundation.config import load_config
+from foundation.errors import UserError
 from lungs import LungSegmenter, masker_for
-from test_ablation import FakeStages
 
 CLASSES = ("covid", "normal", "pneumonia")
 CPU = torch.device("cpu")

@@ -12,19 +12,20 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+import foundation.loop
 import lungs.train
-from augment.errors import UserError
-from augment.gpu import AugmentConfig, build_augment
-from augment.phantoms import write_phantoms
-from cli import INTERRUPTED, cli
-from lungs import LungSegmenter
 from augment.data import file_sha256, to_square
+from augment.phantoms import write_phantoms
+from augment.transforms import AugmentConfig, build_augment
+from cli import INTERRUPTED, cli
+from conftest import StopAfter, tiny_lungseg_config
+from foundation.errors import UserError
+from lungs import LungSegmenter
 from lungs.config import LungDataConfig
 from lungs.data import from_square, load_pairs
 from lungs.metrics import dice_iou
 from lungs.train import joint_augment, train_lungseg
 from lungs.unet import UNet
-from conftest import StopAfter, tiny_lungseg_config
 
 
 def save(path, array):
@@ -146,10 +147,10 @@ def test_training_on_phantom_masks_beats_the_trivial_masks(lung_run, lung_data, 
 def test_interrupt_then_resume_equals_a_straight_run(lung_data, tmp_path, monkeypatch, one_thread, capsys):
     cfg = tiny_lungseg_config(tmp_path / "cache", epochs=3)
     straight = train_lungseg(cfg, lung_data, tmp_path / "a", device="cpu", seed=3, quiet=True)
-    monkeypatch.setattr(lungs.train, "GracefulStop", lambda: StopAfter(3))
+    monkeypatch.setattr(foundation.loop, "GracefulStop", lambda: StopAfter(3))
     first = train_lungseg(cfg, lung_data, tmp_path / "b", device="cpu", seed=3, quiet=True)
     assert first.interrupted and first.step == 3 and first.metrics is None
-    assert f"--resume {first.run_dir}" in capsys.readouterr().out
+    assert f"--resume {first.run_dir}" in capsys.readouterr().err
     monkeypatch.undo()
     old = shutil.copytree(first.run_dir, tmp_path / "old")
     state = torch.load(old / "checkpoint.pt", weights_only=True)
@@ -169,7 +170,7 @@ def test_interrupt_then_resume_equals_a_straight_run(lung_data, tmp_path, monkey
 
 
 def test_cli_stop_exits_130_and_lungseg_writes_masks_and_overlays(lung_run, lung_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(lungs.train, "GracefulStop", lambda: StopAfter(3))
+    monkeypatch.setattr(foundation.loop, "GracefulStop", lambda: StopAfter(3))
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"data: {{size: 32, cache_dir: {tmp_path / 'cache'}}}\nmodel: {{width: 4, depth: 2}}\n")
     stopped = CliRunner().invoke(cli, ["lungseg-train", "--data", str(lung_data), "--config", str(cfg),

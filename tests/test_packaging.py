@@ -13,14 +13,14 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-import augment.config
-import augment.errors
-from augment.config import config_source, load_config, local_or_shipped, shipped_config, shipped_configs
-from augment.errors import UserError
+import foundation.config
+import foundation.errors
 from augment.phantoms import write_phantoms
 from classifier.config import ClassifierConfig
 from cli import DEFAULT_CONFIGS, PRESETS, cli
 from cyclegan import GanConfig
+from foundation.config import config_source, load_config, local_or_shipped, shipped_config, shipped_configs
+from foundation.errors import UserError
 from lungs import LungsegConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,18 +81,18 @@ def test_setup_cfg_installs_configs_as_package_data_of_cxrgan_configs():
     options = setup_cfg()["options"]
     packages = [p.strip() for p in options["packages"].split(",")]
     mapping = dict(line.split("=") for line in options["package_dir"].strip().splitlines())
-    assert {k.strip(): v.strip() for k, v in mapping.items()} == {augment.config.SHIPPED_PACKAGE: "configs"}
+    assert {k.strip(): v.strip() for k, v in mapping.items()} == {foundation.config.SHIPPED_PACKAGE: "configs"}
     # every package of the repository is listed (the list replaced setuptools' find:)
     found = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"configs", "tests"}
-    assert found <= set(packages) and augment.config.SHIPPED_PACKAGE in packages
-    patterns = setup_cfg()["options.package_data"][augment.config.SHIPPED_PACKAGE].split()
+    assert found <= set(packages) and foundation.config.SHIPPED_PACKAGE in packages
+    patterns = setup_cfg()["options.package_data"][foundation.config.SHIPPED_PACKAGE].split()
     for name in REPO_CONFIGS:
         assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
 
 
 def test_a_missing_shipped_config_is_an_error_not_the_defaults_in_code(tmp_path, monkeypatch):
     """What an installation without its configs did: classify-train --data DIR trained the code defaults."""
-    monkeypatch.setattr(augment.config, "shipped_configs", lambda: tmp_path / "empty")
+    monkeypatch.setattr(foundation.config, "shipped_configs", lambda: tmp_path / "empty")
     r = CliRunner().invoke(cli, ["classify-train", "--data", str(tmp_path), "--out", str(tmp_path / "runs")])
     assert r.exit_code == 2 and "the shipped config classify-train.yaml is missing from this installation" in r.output
     r = CliRunner().invoke(cli, ["classify-train", "--preset", "cpu", "--data", str(tmp_path)])
@@ -112,7 +112,7 @@ def test_classify_train_with_data_reads_the_shipped_recipe_and_records_it(tmp_pa
     [run] = (out / "classifier").iterdir()
     recipe = shipped_config("classify-train.yaml")
     expected = load_config(ClassifierConfig, recipe, tiny)
-    assert yaml.safe_load((run / "config.yaml").read_text()) == augment.config.config_to_dict(expected)
+    assert yaml.safe_load((run / "config.yaml").read_text()) == foundation.config.config_to_dict(expected)
     assert expected.train.warmup_epochs_unnormalised == 12 and expected.eval.specificity == 0.9  # the recipe's
     info = json.loads((run / "run.json").read_text())
     assert info["config_file"] == str(recipe) and info["config_overrides"] == tiny
@@ -121,13 +121,13 @@ def test_classify_train_with_data_reads_the_shipped_recipe_and_records_it(tmp_pa
 
 def test_hints_name_the_command_that_was_typed(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["/venv/bin/cxrgan", "classify-train"])
-    assert augment.errors.cli_command() == "cxrgan"
+    assert foundation.errors.cli_command() == "cxrgan"
     monkeypatch.setattr(sys, "argv", ["cli.py", "classify-train"])
-    assert augment.errors.cli_command() == "python cli.py"
+    assert foundation.errors.cli_command() == "python cli.py"
     monkeypatch.setattr(sys, "argv", ["../my code/cli.py", "classify-train"])
-    assert augment.errors.cli_command() == "python '../my code/cli.py'"  # as typed, quoted for the shell
+    assert foundation.errors.cli_command() == "python '../my code/cli.py'"  # as typed, quoted for the shell
     monkeypatch.setattr(sys, "argv", ["-c"])
-    assert augment.errors.cli_command() == "cxrgan"  # a Python user of the packages
+    assert foundation.errors.cli_command() == "cxrgan"  # a Python user of the packages
 
 
 def test_version_names_the_release_and_where_it_runs_from():
@@ -147,3 +147,42 @@ def test_license_and_citation_match_the_metadata():
     assert citation["cff-version"] == "1.2.0" and citation["license"] == "MIT"
     assert str(citation["version"]) == meta["version"]
     assert {"message", "title", "authors"} <= set(citation)
+
+
+# Each package may import only the floors below it; cli.py and experiments/ sit on top of everything.
+FLOORS = {"foundation": set(), "augment": {"foundation"}, "cyclegan": {"foundation", "augment"},
+          "classifier": {"foundation", "augment"}, "lungs": {"foundation", "augment"},
+          "audit": {"foundation", "augment", "classifier", "lungs"},
+          "ablation": {"foundation", "augment", "cyclegan", "classifier", "lungs"}}
+
+
+def imported_packages(package: str) -> dict[str, set[str]]:
+    """For each module of ``package``, the toolkit packages (and ``cli``) it imports, lazily or not."""
+    import ast
+    known = set(FLOORS) | {"cli"}
+    found = {}
+    for path in sorted((ROOT / package).glob("*.py")):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+            elif isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+        found[path.name] = (names & known) - {package}
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(FLOORS))
+def test_imports_only_run_down_the_floors(package):
+    wrong = {module: sorted(names - FLOORS[package]) for module, names in imported_packages(package).items()
+             if names - FLOORS[package]}
+    assert not wrong, f"{package} imports a package above it or beside it: {wrong}"
+
+
+def test_the_foundation_is_split_by_concern_and_augment_holds_only_the_data_stage():
+    foundation_modules = {p.stem for p in (ROOT / "foundation").glob("*.py")}
+    assert {"devices", "checkpoints", "runs", "distributed", "signals", "loop", "config", "errors"} <= foundation_modules
+    assert not foundation_modules & {p.stem for p in (ROOT / "augment").glob("*.py")} - {"__init__"}
+    too_long = {p.name: n for p in (ROOT / "foundation").glob("*.py")
+                if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
+    assert not too_long, f"split these by concern: {too_long}"

@@ -9,11 +9,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from augment.config import load_config
 from augment.data import decode_to_square
-from augment.errors import UserError
 from augment.phantoms import write_phantoms
-from augment.runtime import load_checkpoint
 from classifier.checkpoint import data_config, load_classifier
 from classifier.config import ClassifierConfig
 from classifier.inference import predict
@@ -21,6 +18,9 @@ from classifier.metrics import sensitivity_at_specificity
 from classifier.predict import predict_files
 from classifier.train import train
 from cli import cli
+from foundation.checkpoints import load_checkpoint
+from foundation.config import load_config
+from foundation.errors import UserError
 
 CLASSES = ("covid", "normal", "pneumonia")
 

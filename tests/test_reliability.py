@@ -16,22 +16,21 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from test_foundation import _RunsCode
 
-from augment.config import config_to_dict, load_config
 from augment.data import DataConfig, load_dataset, write_csv
-from augment.errors import UserError
-from augment.outputs import confined_outputs, output_path
 from augment.phantoms import write_phantoms
-from augment.runtime import load_checkpoint, save_checkpoint
 from classifier.config import ClassifierConfig
 from classifier.model import create_model
 from classifier.overlays import write_overlays
 from classifier.train import train
 from cli import cli
-from cyclegan import GanConfig, synthesize, train_gan
-
 from conftest import ROOT, save_gray, tiny_classifier_config
-from test_runtime import _RunsCode
+from cyclegan import GanConfig, synthesize, train_gan
+from foundation.checkpoints import load_checkpoint, save_checkpoint
+from foundation.config import config_to_dict, load_config
+from foundation.errors import UserError
+from foundation.outputs import confined_outputs, output_path
 
 GAN_SET = ["data.size=32", "model.ngf=8", "model.ndf=8", "model.n_blocks=1", "model.n_layers_d=2",
            "train.pool_size=2", "train.tensorboard=false", "train.steps=40", "train.checkpoint_every=3",
@@ -454,7 +453,7 @@ def test_images_a_folder_manifest_does_not_list_are_counted(phantom_dir, cfg, lu
     ds = load_dataset(phantom_dir, cfg, quiet=True)
     unlisted = {p for p, why in ds.skipped.items() if why.startswith("not listed in manifest.csv")}
     assert unlisted == {os.path.join("covid", "extra.png"), "stray.jpg"} and len(ds) == 18
-    from augment.inspect import format_report, inspect_data
+    from augment.data_summary import format_report, inspect_data
     text = format_report(inspect_data(phantom_dir, cfg))
     assert "unreadable or ignored files: 2" in text and "extra.png: not listed in manifest.csv" in text
     masks_listed = load_dataset(lung_data, DataConfig(size=32, cache_dir=cfg.cache_dir), quiet=True)
@@ -747,6 +746,7 @@ FORMULAS = ["=HYPERLINK(\"http://x\",\"y\").png", "+1+cmd.png", "-2+3.png", "@SU
 
 def test_csv_cells_a_spreadsheet_would_run_are_neutralised_and_read_back_unchanged(tmp_path):
     import csv
+
     from augment.data import csv_rows
     path = tmp_path / "m.csv"
     write_csv(path, [{"path": v, "label": "covid"} for v in FORMULAS], ["path", "label"])

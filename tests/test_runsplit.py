@@ -10,17 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
-from augment.config import load_config
 from augment.data import file_sha256, load_dataset
-from augment.errors import UserError
 from augment.phantoms import write_phantoms
 from augment.runsplit import read_split
-from augment.runtime import load_checkpoint
 from classifier.config import EvalConfig
 from classifier.evaluate import evaluate
 from classifier.train import Trainer, train
 from conftest import tiny_classifier_config
 from cyclegan import GanConfig, synthesize, train_gan
+from foundation.checkpoints import load_checkpoint
+from foundation.config import load_config
+from foundation.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUICK = EvalConfig(bootstrap=0)

@@ -16,11 +16,11 @@ import torch
 import torchvision
 from click.testing import CliRunner
 
-from augment.errors import UserError
 from augment.phantoms import write_phantoms
 from classifier.model import create_model
 from classifier.weights import fetch_weights, imagenet_file
 from cli import cli
+from foundation.errors import UserError
 
 
 @pytest.fixture(autouse=True)

@@ -13,10 +13,12 @@ import pytest
 import torch
 import yaml
 
-import augment.runtime as runtime
-from augment.errors import UserError
-from augment.runtime import (GracefulStop, autocast, cpu_bf16_native, latest_run, load_checkpoint, new_run_dir,
-                             pick_device, resolve_run_file, rng_state, save_checkpoint, set_rng_state, write_run_info)
+import foundation.runs as runs
+from foundation.checkpoints import load_checkpoint, save_checkpoint
+from foundation.devices import autocast, cpu_bf16_native, pick_device, rng_state, set_rng_state
+from foundation.errors import UserError
+from foundation.runs import latest_run, new_run_dir, resolve_run_file, write_run_info
+from foundation.signals import GracefulStop
 
 
 def test_checkpoint_roundtrip(tmp_path):
@@ -168,7 +170,7 @@ def test_write_run_info(tmp_path):
     for key in ("command", "started", "git_commit", "hostname", "gpu"):
         assert key in info
     assert info["config_file"] is None and info["config_overrides"] == []  # built in code, not read from a file
-    assert info["versions"]["cxrgan"] == runtime.toolkit_version() != "unknown"
+    assert info["versions"]["cxrgan"] == runs.toolkit_version() != "unknown"
 
 
 def test_graceful_stop_turns_sigint_into_a_request():
@@ -183,7 +185,7 @@ def test_graceful_stop_turns_sigint_into_a_request():
 
 
 def test_null_writer_when_disabled(tmp_path):
-    writer = runtime.tensorboard_writer(tmp_path, enabled=False)
+    writer = runs.tensorboard_writer(tmp_path, enabled=False)
     writer.add_scalar("x", 1.0, 0)
     writer.close()
     assert list(tmp_path.iterdir()) == []
@@ -201,7 +203,7 @@ def test_bf16_autocast_on_the_cpu_only_when_asked_and_native():
 
 
 def test_device_names_cuda_n_and_mps_and_their_errors():
-    from augment.runtime import pick_device
+    from foundation.devices import pick_device
     assert pick_device("cpu") == torch.device("cpu")
     for bad in ("gpu", "cuda:x", "cpu:1", "mps:0"):
         with pytest.raises(UserError, match="choose auto, cpu, cuda, cuda:N"):

@@ -13,10 +13,12 @@ from skimage.morphology import dilation, disk
 from skimage.segmentation import find_boundaries
 
 from augment.data import DataConfig, csv_rows, file_sha256, to_square, warn, write_csv
-from augment.errors import UserError, cli_command
 from augment.imageio import IMAGE_SUFFIXES, UnreadableImage, read_xray
-from augment.outputs import confined_outputs, output_path
-from augment.runtime import latest_run, load_checkpoint, pick_device, resolve_run_file
+from foundation.checkpoints import load_checkpoint
+from foundation.devices import pick_device
+from foundation.errors import UserError, cli_command
+from foundation.outputs import confined_outputs, output_path
+from foundation.runs import latest_run, resolve_run_file
 
 from .data import discover_pairs, from_square
 from .unet import UNet
@@ -108,7 +110,7 @@ def input_files(images: list[Path], data: Path | None) -> list[tuple[Path, str]]
     """``(file, output name)`` of the images to segment: the given files (named by stem), or ``data``'s:
     a lung or classifier manifest's images, ``images/`` of a pair folder, or every image file under it
     (named by their path less suffix, relative to the data root once both are normalised: a ``..`` that
-    leads out of it names a folder ``_``; :func:`augment.outputs.output_path` confines the outputs)."""
+    leads out of it names a folder ``_``; :func:`foundation.outputs.output_path` confines the outputs)."""
     if images:
         names = {}
         for path in images:
@@ -152,7 +154,7 @@ def segment_files(files: list[tuple[Path, str]], checkpoint: str | Path | None, 
                   out: str | Path = "runs", overwrite: bool = False, device: str = "auto") -> Path:
     """Write ``<dest>/mask/<name>.png`` (0/255 at the image's own size), ``<dest>/overlay/<name>.png`` (the
     lung outline over the X-ray) and ``<dest>/masks.csv`` for each ``(file, name)``; ``dest`` defaults to
-    ``<run>/masks``. Every output lies inside ``dest`` (:func:`augment.outputs.output_path`), and two inputs
+    ``<run>/masks``. Every output lies inside ``dest`` (:func:`foundation.outputs.output_path`), and two inputs
     writing one output, or an output that is an input, are refused before anything is written. Refuses to
     replace files unless ``overwrite``; unreadable images are skipped with a warning and counted. Returns
     ``dest``."""

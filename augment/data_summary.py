@@ -7,8 +7,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from foundation.errors import UserError
+
 from .data import DataConfig, XrayDataset, load_dataset
-from .errors import UserError
 from .groups import near_duplicate_pairs
 
 

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import markdown
 
-from .runtime import write_text_atomic
+from .files import write_text_atomic
 
 STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:60rem;margin:2rem auto;
 padding:0 1rem;line-height:1.45;color:#222}table{border-collapse:collapse;margin:1rem 0}th,td{border:1px solid #ccc;
