@@ -607,7 +607,12 @@ def ablation(data, config, out, device, seed, set_, backbone, seeds, folds, arms
         folds, config = folds or preset.folds, config or shipped_config(preset.classifier_config)
         gan_config, gan_set = gan_config or shipped_config(preset.gan_config), (*preset.gan_sets, *gan_set)
     data, config, is_demo = resolve_inputs("classify-train", data, config, out)
-    clf_cfg = load_config(ClassifierConfig, config, [*set_, *[f"model.backbone={backbone}"] * bool(backbone)])
+    clf_sets = [*set_, *[f"model.backbone={backbone}"] * bool(backbone)]
+    clf_cfg = load_config(ClassifierConfig, config, clf_sets)
+    if clf_cfg.train.time_budget:  # each arm's measured speed would choose its own length
+        click.echo(f"ablation: train.time_budget {clf_cfg.train.time_budget} dropped: every arm trains "
+                   f"train.epochs={clf_cfg.train.epochs}", err=True)
+        clf_cfg = load_config(ClassifierConfig, config, [*clf_sets, "train.time_budget="])
     gan_cfg = load_config(GanConfig, gan_config or default_config("gan-train", is_demo), gan_set)
     if minority != gan_cfg.train.domain_b:
         raise UserError(f"--minority {minority}: the CycleGAN translates into {gan_cfg.train.domain_b!r}; "

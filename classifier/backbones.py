@@ -13,7 +13,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch.nn as nn
-import torchvision
 
 from foundation.errors import UserError
 
@@ -42,6 +41,7 @@ def list_backbones(all_torchvision: bool = False) -> list[str]:
     """Registered names; with ``all_torchvision`` also every torchvision classification model."""
     names = list(REGISTRY)
     if all_torchvision:
+        import torchvision  # imported when needed: it takes a second or two, which the shallow CNN need not wait
         names += [n for n in torchvision.models.list_models(module=torchvision.models) if n not in REGISTRY]
     return names
 
@@ -57,6 +57,7 @@ def get_spec(name: str) -> BackboneSpec:
         return BackboneSpec(name, size.input_size[-1] if size else 224, "timm")
     if name in REGISTRY:
         return REGISTRY[name]
+    import torchvision
     if name in torchvision.models.list_models(module=torchvision.models):
         return BackboneSpec(name, input_size=299 if "inception" in name else 224)
     raise UserError(f"unknown backbone '{name}'; choose one of {', '.join(REGISTRY)}, "
@@ -112,6 +113,7 @@ class ShallowCNN(nn.Sequential):
 
 def torchvision_model(name: str) -> nn.Module:
     """The torchvision model with random weights (inception without its auxiliary classifier)."""
+    import torchvision
     kwargs = {"aux_logits": False, "init_weights": False} if name in ("inception_v3", "googlenet") else {}
     return torchvision.models.get_model(name, weights=None, **kwargs)
 

@@ -25,7 +25,8 @@ class ModelConfig:
         return self.pretrained in ("none", "")
 
     def check(self):
-        if not self.backbone.startswith(TIMM_PREFIX) and self.backbone not in list_backbones(all_torchvision=True):
+        if (not self.backbone.startswith(TIMM_PREFIX) and self.backbone not in list_backbones()  # torchvision's last
+                and self.backbone not in list_backbones(all_torchvision=True)):
             raise ValueError(f"model.backbone: unknown backbone {self.backbone!r}; choose one of "
                              f"{', '.join(list_backbones())}, any torchvision classification model name "
                              "or timm:<any timm model> (checked when the model is built)")
@@ -63,11 +64,12 @@ class TrainConfig:
     log_every: int = 20               # steps between logged losses
     tensorboard: bool = True
     time_budget: str = ""             # e.g. "10m", "600s", "1.5h": epochs (and the schedule) chosen from the first
-                                      # steps' measured speed so the whole run, validation included, ends in time
+                                      # steps' measured speed so the whole run, validation included, ends in time;
+                                      # "usual": the usual torchvision recipe's time here (classifier.usual_budget)
 
     def budget_seconds(self) -> float | None:
-        """``time_budget`` in seconds, None when unset."""
-        if not self.time_budget:
+        """``time_budget`` in seconds, None when unset or ``usual`` (measured when the data is known)."""
+        if not self.time_budget or self.time_budget == "usual":
             return None
         number, unit = self.time_budget[:-1], self.time_budget[-1]
         scale = {"s": 1, "m": 60, "h": 3600}.get(unit)
@@ -76,7 +78,7 @@ class TrainConfig:
         except ValueError:
             value = None
         if value is None or not (0 < value < float("inf")):
-            raise ValueError(f"train.time_budget is a duration such as 600s, 10m or 1.5h, got {self.time_budget!r}")
+            raise ValueError(f"train.time_budget is a duration such as 600s, 10m or 1.5h, or usual, got {self.time_budget!r}")
         return value
 
     def check(self):

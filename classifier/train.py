@@ -41,6 +41,7 @@ from .metrics import classification_metrics, roc_curve
 from .model import Classifier, create_model
 from .plots import RocCurve, confusion_figure, roc_figure
 from .recipe import EMA, LRSchedule, mix
+from .usual_budget import usual_recipe_seconds
 
 HISTORY_FILE = "history.csv"
 RESUME_LAYOUT = 1
@@ -214,8 +215,13 @@ class Trainer:
         self.epoch_loss = torch.zeros((), device=self.device)  # sum of this epoch's step losses, on the device
         self.epoch_seconds = 0.0  # time this epoch took before a resume
 
-        budget = cfg.train.budget_seconds()
+        budget, usual = cfg.train.budget_seconds(), None
+        if cfg.train.time_budget == "usual" and ckpt is None:
+            usual = usual_recipe_seconds(len(self.train_data), len(self.val_labels), self.device, len(self.classes))
+            budget = usual["seconds"]
         self.budget_plan = self._plan_budget(budget) if budget and ckpt is None else None
+        if usual is not None:
+            self.budget_plan["usual_recipe"] = usual
         cfg = self.cfg  # with the planned epochs
         if ckpt is not None:
             self.run_dir = path.parent
@@ -274,7 +280,7 @@ class Trainer:
         plan = {"budget_s": budget, "epochs": int(epochs), "step_s": round(step_s, 4), "validation_s": round(val_s, 3),
                 "steps_per_epoch": len(batches), "seconds_left_when_planned": round(left, 1), "share_planned": BUDGET_SHARE}
         if self.dist.is_main and not self.quiet:
-            print(f"classify-train: train.time_budget {t.time_budget}: {step_s:.3f} s per step and {val_s:.1f} s per "
+            print(f"classify-train: train.time_budget {t.time_budget} ({budget:.0f} s): {step_s:.3f} s per step and {val_s:.1f} s per "
                   f"validation measured here, so {int(epochs)} epochs of {len(batches)} steps", file=sys.stderr)
         return plan
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from torchvision.utils import make_grid
 from tqdm import tqdm
 
 from augment.batches import DeviceImages, StreamedImages, image_sets
@@ -196,6 +195,7 @@ def _log_losses(losses: dict, model: CycleGAN, writer, bar, step: int, tick: tup
 
 def _image_grid(model: CycleGAN) -> torch.Tensor:
     """``(3, H', W')`` grid: real A | fake B | rec A over real B | fake A | rec B (first image)."""
+    from torchvision.utils import make_grid
     o = model.out
     tiles = [model.real_a, o["fake_b"], o["rec_a"], model.real_b, o["fake_a"], o["rec_b"]]
     return make_grid(torch.cat([to_unit_range(x[:1].detach()) for x in tiles]).cpu(), nrow=3, padding=2)

@@ -9,8 +9,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from skimage.morphology import dilation, disk
-from skimage.segmentation import find_boundaries
 
 from augment.data import DataConfig, csv_rows, file_sha256, to_square, warn, write_csv
 from augment.imageio import IMAGE_SUFFIXES, UnreadableImage, read_xray
@@ -97,6 +95,8 @@ def checkpoint_file(checkpoint: str | Path | None, out: str | Path = "runs") -> 
 def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``uint8 (H, W, 3)``: the gray ``image (H, W)`` with the outline of ``mask`` ``bool (H, W)`` drawn over
     it, about 1/200 of the longer side thick."""
+    from skimage.morphology import dilation, disk  # here: scikit-image's import takes most of a second
+    from skimage.segmentation import find_boundaries
     edge = find_boundaries(mask, mode="inner")
     radius = max(mask.shape) // 400
     if radius:

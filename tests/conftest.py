@@ -6,6 +6,9 @@ import signal
 import sys
 from pathlib import Path
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # parallel workers (pytest -n): one thread each, inherited by the
+    os.environ["OMP_NUM_THREADS"] = "1"      # commands they start, so the workers do not stall one another
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +17,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)  # in case torch was imported before this file
 
 from augment.data import DataConfig  # noqa: E402
 from augment.phantoms import write_phantoms  # noqa: E402
@@ -148,3 +154,10 @@ def assert_self_contained_report(page: Path, markdown_file: Path, figures: list[
     assert text.count("data:image/png;base64,") == len(figures)
     assert all(f"<figcaption>{name}</figcaption>" in text for name in figures)
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)
+
+
+
+def pytest_collection_modifyitems(config, items):
+    """The suite's slow tests (each a minute or more of subprocesses) first: under ``pytest -n`` they start at once
+    beside the rest instead of ending the run alone. Other modules keep their order, and so their fixtures."""
+    items.sort(key=lambda item: not (item.path.name == "test_suite.py" and item.get_closest_marker("slow")))

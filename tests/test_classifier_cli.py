@@ -44,10 +44,12 @@ def test_cpu_preset_is_one_flag(tmp_path):
     out = tmp_path / "runs"
     r = CliRunner().invoke(cli, ["classify-train", "--preset", "cpu", "--data", str(data), "--out", str(out),
                                  "--device", "cpu", "--backbone", "shallow", "--set", "data.size=32",
-                                 "--set", "model.input_size=32", "--set", "train.epochs=1",
+                                 "--set", "model.input_size=32", "--set", "train.epochs=1", "--set", "train.time_budget=",
                                  "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "train.tensorboard=false"])
     assert r.exit_code == 0, r.output
     config = next((out / "classifier").iterdir()).joinpath("config.yaml").read_text()
     assert "cpu_bf16: true" in config and "ema: 0.99" in config  # the preset's values, not the defaults
+    r = CliRunner().invoke(cli, ["classify-train", "--preset", "cpu", "--data", str(data), "--print-config"])
+    assert r.exit_code == 0 and "time_budget: usual" in r.output  # the usual recipe's time here, by default
     r = CliRunner().invoke(cli, ["classify-train", "--preset", "cpu", "--config", str(DEMO)])
     assert r.exit_code == 2 and "give one of them" in r.output

@@ -373,3 +373,28 @@ def test_a_time_budget_plans_the_epochs_and_trains_as_that_many_epochs_would(tmp
 def test_a_time_budget_that_is_no_duration_is_a_config_error(tmp_path):
     with pytest.raises(UserError, match="train.time_budget is a duration such as 600s, 10m or 1.5h"):
         tiny_cfg(tmp_path, "train.time_budget=soon")
+
+
+def test_the_usual_budget_is_the_usual_recipes_time_here_and_plans_the_run_with_it(tmp_path, data, monkeypatch):
+    """``train.time_budget=usual`` times the usual recipe's training and validation steps on this machine (here a
+    small stand-in of it, on the ticking clock: every timed call takes 0.5 s), scales them to its epochs and
+    batches on this training set, leaves the random state alone and plans the run within that budget."""
+    import classifier.usual_budget as usual_budget
+    monkeypatch.setattr(usual_budget, "USUAL_RECIPE", {**usual_budget.USUAL_RECIPE, "input_size": 32, "batch_size": 8,
+                                                        "epochs": 3})
+    monkeypatch.setattr(usual_budget, "time", TickingClock())
+    torch.manual_seed(5)
+    figures = usual_budget.usual_recipe_seconds(40, 9, torch.device("cpu"))
+    after = torch.rand(1)
+    torch.manual_seed(5)
+    assert torch.equal(after, torch.rand(1))  # the measurement drew nothing from the global generator
+    tick = 0.5 / usual_budget.TIMED_STEPS  # the clock is read before and after the timed calls
+    assert figures["steps_per_epoch"] == 40 // 8 and figures["step_s"] == figures["val_batch_s"] == pytest.approx(tick, abs=1e-4)
+    assert figures["seconds"] == pytest.approx(3 * (5 * tick + 2 * tick), abs=0.05)  # 3 epochs, 2 validation batches
+
+    run = train(tiny_cfg(tmp_path, "train.time_budget=usual", "train.patience=100"), data, tmp_path / "u",
+                device="cpu", quiet=True)
+    plan = json.loads((run / "run.json").read_text())["budget"]
+    assert plan["budget_s"] == plan["usual_recipe"]["seconds"] > 0
+    assert plan["usual_recipe"]["recipe"]["model"] == "resnet18"
+    assert load_checkpoint(run / "last.pt")["config"]["train"]["epochs"] == plan["epochs"]

@@ -151,11 +151,10 @@ def test_saved_config_loads_back_identically(tmp_path):
 @pytest.mark.slow
 def test_print_config_prints_what_the_run_writes_as_config_yaml(tmp_path, command):
     """--print-config exits 0 with the resolved config, and a run with the same options writes the same text."""
-    import subprocess
-    import sys
+    from click.testing import CliRunner
 
     from augment.phantoms import write_phantoms
-    from conftest import ROOT
+    from cli import cli
     data = write_phantoms(tmp_path / "data", 12, 32, seed=0, masks=command == "lungseg-train")
     sets = {"gan-train": ["data.size=32", "model.ngf=4", "model.ndf=4", "model.n_blocks=1", "train.steps=1",
                           "train.tensorboard=false"],
@@ -163,13 +162,12 @@ def test_print_config_prints_what_the_run_writes_as_config_yaml(tmp_path, comman
                                "train.epochs=1", "train.tensorboard=false"],
             "lungseg-train": ["data.size=32", "model.width=4", "model.depth=2", "train.epochs=1",
                               "train.tensorboard=false", "eval.bootstrap=10"]}[command]
-    args = [sys.executable, str(ROOT / "cli.py"), command, "--data", str(data), "--out", str(tmp_path / "runs"),
-            "--device", "cpu", "--set", f"data.cache_dir={tmp_path / 'cache'}", *[x for s in sets for x in ("--set", s)]]
-    env = {"OMP_NUM_THREADS": "1", "PATH": ""}
-    printed = subprocess.run([*args, "--print-config"], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert printed.returncode == 0, printed.stderr[-1500:]
+    args = [command, "--data", str(data), "--out", str(tmp_path / "runs"), "--device", "cpu",
+            "--set", f"data.cache_dir={tmp_path / 'cache'}", *[x for s in sets for x in ("--set", s)]]
+    printed = CliRunner().invoke(cli, [*args, "--print-config"])
+    assert printed.exit_code == 0, printed.output[-1500:]
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").glob("*/*/config.yaml"))
-    done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-1500:]
+    done = CliRunner().invoke(cli, args)
+    assert done.exit_code == 0, done.output[-1500:]
     [written] = (tmp_path / "runs").glob("*/*/config.yaml")
     assert printed.stdout == written.read_text()

@@ -1,6 +1,7 @@
 """experiments/cxr3_suite.py at --scale tiny on phantoms: every stage's figures, then a rerun that keeps
 finished units, then a budget too small for the next unit."""
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -12,10 +13,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from augment.data import DataConfig, load_dataset
 from augment.phantoms import write_phantoms
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("levers", "recipe", "gan", "ablation", "audit")
+STAGES = ("recipe", "gan", "ablation", "audit")
 
 
 def run_suite(tmp_path: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -34,9 +36,6 @@ def test_tiny_suite_gives_every_stage_keeps_finished_units_and_stops_before_a_un
     s = json.loads((out / "summary.json").read_text())
     st = s["stages"]
     assert s["stopped"] is None and not s["failed"] and s["scale"] == "tiny" and s["torch"]
-    assert set(st["levers"]["candidates"]) == {"base", "mixup", "lung-crop"}
-    assert st["levers"]["winner"] in {"base", "mixup", "lung-crop"}
-    assert st["levers"]["candidates"]["mixup"]["minus_base"]["n"] == 1
     ours = st["recipe"]["backbones"]["shallow"]["ours"]
     assert 0 <= ours["accuracy"] <= 1 and set(ours["sensitivity"]) == {"covid", "normal", "pneumonia"}
     assert set(ours["per_source"]) == {"phantom"} and ours["train_s"] > 0
@@ -66,7 +65,7 @@ def test_tiny_suite_gives_every_stage_keeps_finished_units_and_stops_before_a_un
         assert unit["seconds"] > 0 and unit["commands"] and all(c.startswith("python ") for c in unit["commands"])
     assert json.loads((tmp_path / "report" / "summary.json").read_text()) == s
     md = (tmp_path / "report" / "summary.md").read_text()
-    assert all(f"## {title}" in md for title in ("levers", "recipe", "gan", "ablation f0.25", "lung segmenter and audit",
+    assert all(f"## {title}" in md for title in ("recipe", "gan", "ablation f0.25", "lung segmenter and audit",
                                                  "Commands"))
 
     results = {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*.json")}
@@ -116,16 +115,29 @@ def test_results_from_a_file_that_is_no_summary_of_this_scale_is_a_one_line_erro
 
 
 @pytest.mark.slow
-def test_levers_screens_only_the_named_levers_and_refuses_unknown_ones(tmp_path):
+def test_levers_are_planned_on_folds_of_the_training_split_only_and_unknown_ones_are_refused(tmp_path):
     sys.path.insert(0, str(ROOT / "experiments"))
     from cxr3_suite import Suite
-    data = write_phantoms(tmp_path / "data", 2, 32, seed=0)
+    data = write_phantoms(tmp_path / "data", 12, 32, seed=0)
     args = dict(scale="tiny", data=str(data), out=str(tmp_path / "out"), lungs_data=str(data), usual=None,
                 budget_s=None, commit=None, full_ablation=False)
     every = [u.name for u in Suite(argparse.Namespace(**args, levers=None)).plan(["levers"])]
-    assert every == ["lungseg", "recipe/ours-shallow-seed0", "levers/mixup-seed0", "levers/lung-crop-seed0"]
-    named = [u.name for u in Suite(argparse.Namespace(**args, levers=["mixup"])).plan(["levers"])]
-    assert named == ["recipe/ours-shallow-seed0", "levers/mixup-seed0"]
+    assert every == ["lungseg", *[f"levers/{name}-fold{k}" for k in (0, 1) for name in ("base", "mixup", "lung-crop")]]
+    suite = Suite(argparse.Namespace(**args, levers=["mixup"]))
+    assert [u.name for u in suite.plan(["levers"])] == [f"levers/{n}-fold{k}" for k in (0, 1) for n in ("base", "mixup")]
+    ds = load_dataset(data, DataConfig(cache_dir=str(tmp_path / "cache")), quiet=True)
+    training = {str((ds.root / ds.paths[i]).resolve()) for i in ds.indices("train").tolist()}
+    tested = []
+    for k in (0, 1):
+        with open(suite.screen_fold(k), newline="") as f:
+            rows = list(csv.DictReader(f))
+        parts = {part: {r["group_id"] for r in rows if r["split"] == part} for part in ("train", "val", "test")}
+        assert all(parts.values()) and not (parts["train"] & parts["val"] or parts["train"] & parts["test"]
+                                            or parts["val"] & parts["test"])
+        assert {r["path"] for r in rows} == training  # the training split, whole: no validation or test film
+        tested += [r["path"] for r in rows if r["split"] == "test"]
+    assert sorted(tested) == sorted(training)  # every training film is scored once, by the fold that holds it out
+
     r = run_suite(tmp_path, data, "--levers", "mixup", "cutmix")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "--levers cutmix: no such lever at scale tiny; choose from mixup, lung-crop" in r.stderr
@@ -135,6 +147,34 @@ def test_levers_screens_only_the_named_levers_and_refuses_unknown_ones(tmp_path)
     assert r.returncode == 2 and r.stderr.strip() == (
         "error: --levers lung-crop needs --lungs-data (lung image/mask pairs to train the segmenter on)")
     assert not (tmp_path / "o2").exists()
+
+
+def test_the_screen_pools_the_folds_and_chooses_on_them():
+    """Each lever's out-of-fold figures pool its folds by films (sensitivity by each class's films); its difference
+    from the config as it is comes fold by fold, with the sign in each; the highest pooled accuracy wins."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from cxr3_suite import SCALES, markdown, screen_summary
+
+    def unit(name, fold, accuracy, n, covid, covid_n):
+        return {"unit": f"levers/{name}-fold{fold}", "fold": fold, "n": n, "accuracy": accuracy, "train_s": 10.0,
+                "overrides": [] if name == "base" else ["train.mixup=0.2"],
+                "sensitivity": {"covid": covid, "normal": 0.9}, "support": {"covid": covid_n, "normal": n - covid_n}}
+    results = [unit("base", 0, 0.80, 100, 0.5, 20), unit("base", 1, 0.70, 50, 1.0, 10),
+               unit("mixup", 0, 0.85, 100, 0.6, 20), unit("mixup", 1, 0.68, 50, 0.9, 10)]
+    lv = screen_summary(results, SCALES["tiny"])
+    base, mixup = lv["candidates"]["base"], lv["candidates"]["mixup"]
+    assert base["accuracy"] == pytest.approx((80 + 35) / 150) and base["n"] == 150 and base["folds"] == [0, 1]
+    assert base["sensitivity"]["covid"] == pytest.approx((10 + 10) / 30)
+    assert mixup["accuracy"] == pytest.approx((85 + 34) / 150) and mixup["sensitivity"]["covid"] == pytest.approx(21 / 30)
+    assert mixup["minus_base"]["mean"] == pytest.approx((0.05 - 0.02) / 2) and mixup["minus_base"]["signs"] == "+-"
+    assert mixup["minus_base"]["low"] is None and base["minus_base"] is None  # no interval from 2 folds
+    assert lv["winner"] == "mixup" and lv["winner_sets"] == "--set train.mixup=0.2" and lv["folds"] == 2
+    summary = {"scale": "tiny", "date": "d", "gpu": None, "cpu": "c", "cores": 2, "torch": "2.14", "python": "3.11",
+               "commit": "abc", "data": "x", "command": "python experiments/cxr3_suite.py", "stopped": None,
+               "remaining": [], "skipped": {}, "failed": {}, "stages": {"levers": lv}, "units": {}}
+    md = markdown(summary)
+    assert "## levers: one change at a time on shallow, 2 folds of the training split" in md
+    assert "| mixup | train.mixup=0.2 | 2 | 150 | 79.3 | 70.0 | +1.5 (n=2) +- | 10 |" in md
 
 
 def test_usual_recipe_line_becomes_the_same_figures_as_ours():
@@ -196,3 +236,24 @@ def test_tiny_suite_stage_crossval_runs_the_cross_validated_ablation_with_its_lu
     assert "## crossval: Do the synthetic films help? 2-fold ablation" in md and cv["decisions"][0]["sentence"] in md
     r = run_suite(tmp_path, data, "--stages", "crossval")
     assert r.returncode == 0 and "crossval: done earlier, kept" in r.stdout, r.stdout + r.stderr
+
+
+def test_the_usual_recipe_is_scored_on_the_test_split_when_the_data_has_one(tmp_path):
+    """usual_accuracy.py reports its ``val`` rows: given a manifest with a test split, it gets a copy whose ``val``
+    rows are that test split (absolute paths; the validation split dropped), so both sides are scored on it."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from cxr3_suite import Suite
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [("a.png", "train"), ("b.png", "val"), ("c.png", "test"), ("d.png", "train")]
+    (data / "manifest.csv").write_text("path,label,split,source\n" + "".join(f"{p},covid,{s},x\n" for p, s in rows))
+    args = dict(scale="tiny", data=str(data), out=str(tmp_path / "out"), lungs_data=None, usual=None, budget_s=None,
+                commit=None, full_ablation=False, levers=None)
+    folder, split = Suite(argparse.Namespace(**args)).usual_data()
+    assert split == "test"
+    with open(folder / "manifest.csv", newline="") as f:
+        copied = [(r["path"], r["split"]) for r in csv.DictReader(f)]
+    assert copied == [(str(data / "a.png"), "train"), (str(data / "c.png"), "val"), (str(data / "d.png"), "train")]
+    (data / "manifest.csv").write_text("path,label,split,source\na.png,covid,train,x\nb.png,covid,val,x\n")
+    args["out"] = str(tmp_path / "out2")
+    assert Suite(argparse.Namespace(**args)).usual_data() == (data.resolve(), "val")
