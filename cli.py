@@ -105,7 +105,8 @@ def show_config(cfg, asked: bool, resume: Path | None) -> None:
 
 
 def shipped_if_missing(ctx, param, value):
-    """``--config configs/NAME.yaml`` with no such file here reads the shipped one (:func:`foundation.config.local_or_shipped`)."""
+    """``--config configs/NAME.yaml`` with no such file here reads the shipped one
+    (:func:`foundation.config.local_or_shipped`)."""
     from foundation.config import local_or_shipped
     return local_or_shipped(value)
 
@@ -569,6 +570,9 @@ def audit_command(checkpoint, lungs, data, dest, method, folds, examples, overwr
 @click.option("--scale", type=click.Choice(["cpu"]),
               help="A preset of the cross-validated experiment: cpu = 3 folds, configs/classify-train-cpu.yaml, "
                    "configs/gan-train-cpu.yaml at 1,500 steps (about 3 hours on 2 CPU cores for cxr3).")
+@click.option("--interim", is_flag=True,
+              help="With --folds: train nothing; report the folds where every arm has finished (interim.md, "
+                   "interim.json), without a decision.")
 @click.option("--gan-per-seed", is_flag=True,
               help="Train one CycleGAN and synthetic set per seed, so the interval covers the GAN's variance too.")
 @click.option("--minority", default="covid", show_default=True, help="The scarce class the CycleGAN synthesises.")
@@ -582,8 +586,8 @@ def audit_command(checkpoint, lungs, data, dest, method, folds, examples, overwr
 @click.option("--dest", type=click.Path(path_type=Path),
               help="Experiment folder (default: <out>/ablation/<backbone>[-folds<K>][-f<fraction>][-gan-per-seed]); "
                    "run again to resume.")
-def ablation(data, config, out, device, seed, set_, backbone, seeds, folds, arms, lungs_run, scale, gan_per_seed,
-             minority, minority_fraction, policy, gan_config, gan_set, dest):
+def ablation(data, config, out, device, seed, set_, backbone, seeds, folds, arms, lungs_run, scale, interim,
+             gan_per_seed, minority, minority_fraction, policy, gan_config, gan_set, dest):
     """Do CycleGAN images help? Real vs real + classic augmentation vs + balanced synthetic images, over seeds;
     with --folds (or --scale), cross-validated arms with a placebo, decided by rules fixed in advance.
 
@@ -595,8 +599,9 @@ def ablation(data, config, out, device, seed, set_, backbone, seeds, folds, arms
     from foundation.config import load_config
     from lungs import masker_for
     crossval = folds is not None or scale is not None
-    if not crossval and (arms or lungs_run):
-        raise UserError("--arms and --lungs belong to the cross-validated ablation: add --folds K (or --scale cpu)")
+    if not crossval and (arms or lungs_run or interim):
+        raise UserError("--arms and --lungs belong to the cross-validated ablation (so does --interim): add "
+                        "--folds K (or --scale cpu)")
     if crossval and (seeds is not None or gan_per_seed):
         raise UserError("--folds: every arm of a fold uses one seed (--seed) and each fold its own CycleGAN; "
                         "drop --seeds and --gan-per-seed")
@@ -636,11 +641,12 @@ def ablation(data, config, out, device, seed, set_, backbone, seeds, folds, arms
         if lungs_run is not None and not lungs_run.exists():
             raise UserError(f"--lungs {lungs_run}: no such lungseg-train run folder or checkpoint")
         summary = exit_when_interrupted(lambda: run_crossval(
-            data, dest, clf_cfg, gan_cfg, folds, parse_arms(arms), seed=seed, minority=minority,
+            data, dest, clf_cfg, gan_cfg, folds, parse_arms(arms), interim, seed=seed, minority=minority,
             minority_fraction=minority_fraction, policy=policy, lungs=lungs_run, device=device, log=log,
             settings=settings, lung_masker=lung_masker))
         click.echo(report(summary))
-        click.echo(f"wrote {dest / 'report.md'}, {dest / 'summary.json'} and {dest / 'arms'}/<arm>/predictions.csv")
+        click.echo(f"wrote {dest / 'interim.md'} and {dest / 'interim.json'}" if interim else
+                   f"wrote {dest / 'report.md'}, {dest / 'summary.json'} and {dest / 'arms'}/<arm>/predictions.csv")
         return dest
     summary = exit_when_interrupted(lambda: run_ablation(
         data, dest, ablation_stages(gan_cfg, clf_cfg, dest, device, lung_masker), clf_cfg.data,

@@ -256,12 +256,12 @@ class Crossval:
         return rows, threshold, why
 
     # ------------------------------------------------------------ the whole experiment
-    def pooled(self, arm: str) -> list[dict]:
-        """Arm ``arm``'s out-of-fold predictions in the experiment's image order, ``<dest>/arms/<arm>/predictions.csv``:
-        every image exactly once, from the fold that tests it."""
-        rows = [r for k in range(self.k) for r in read_predictions(self.fold_dir(k) / arm / "predictions.csv")]
+    def pooled(self, arm: str, folds: Sequence[int]) -> list[dict]:
+        """Arm ``arm``'s out-of-fold predictions of ``folds`` in the experiment's image order,
+        ``<dest>/arms/<arm>/predictions.csv``: every image of those folds exactly once, from the fold that tests it."""
+        rows = [r for k in folds for r in read_predictions(self.fold_dir(k) / arm / "predictions.csv")]
         seen = Counter(r["path"] for r in rows)
-        wanted = [r["path"] for r in self.images]
+        wanted = [r["path"] for r in self.images if int(r["fold"]) in folds]
         if sorted(seen.elements()) != sorted(wanted):
             extra, missing = set(seen) - set(wanted), set(wanted) - set(seen)
             raise UserError(f"arm {arm}: its folds predicted {len(rows)} images, not each of the {len(wanted)} once "
@@ -269,7 +269,8 @@ class Crossval:
                             f"{sum(v > 1 for v in seen.values())} twice); delete {self.dest / 'folds'} and run again")
         by_path = {r["path"]: r for r in rows}
         rows = [by_path[p] for p in wanted]
-        write_predictions(self.dest / "arms" / arm / "predictions.csv", rows, self.whole.classes, self.minority)
+        if len(folds) == self.k:
+            write_predictions(self.dest / "arms" / arm / "predictions.csv", rows, self.whole.classes, self.minority)
         return rows
 
     def run(self) -> dict:
@@ -277,30 +278,53 @@ class Crossval:
         for k in range(self.k):
             for arm in self.arms:
                 cells.setdefault(arm, []).append(self.cell(k, arm))
-        train = [r for k in range(self.k) for r in _read_csv(self.fold_manifest(k)) if r["split"] == "train"]
+        return self.summarise(list(range(self.k)), cells, "summary")
+
+    def interim(self) -> dict:
+        """The endpoints and differences of the folds where every arm has finished, training nothing: a look at a
+        run still going (``interim.json``, ``interim.md``). It decides nothing: the rules need every fold."""
+        folds = [k for k in range(self.k) if all((self.fold_dir(k) / arm / "cell.json").exists() for arm in self.arms)]
+        if not folds:
+            raise UserError(f"{self.dest}: no fold has finished every arm ({', '.join(self.arms)}) yet")
+        cells = {arm: [json.loads((self.fold_dir(k) / arm / "cell.json").read_text()) for k in folds]
+                 for arm in self.arms}
+        return self.summarise(folds, cells, "interim")
+
+    def summarise(self, folds: list[int], cells: dict, name: str) -> dict:
+        """Pooled endpoints of ``folds``, paired differences and (over every fold) the decisions: ``<name>.json``
+        and ``<name>.md``."""
+        train = [r for k in folds for r in _read_csv(self.fold_manifest(k)) if r["split"] == "train"]
         source, free = covid_sources([r["label"] for r in train], [r["source"] for r in train], self.minority)
-        preds = {arm: as_predictions(self.pooled(arm), self.whole.classes, self.minority) for arm in self.arms}
+        preds = {arm: as_predictions(self.pooled(arm, folds), self.whole.classes, self.minority) for arm in self.arms}
         comparison = compare_arms(preds, self.minority, source, free, self.clf_cfg.eval.bootstrap, self.seed,
                                   self.clf_cfg.eval.ci_level)
-        decisions = [decide(comparison["differences"], arm, source, free) for arm in GAN_ARMS if arm in self.arms]
-        if not decisions:
-            decisions = [decide(comparison["differences"], "gan", source, free)]
+        if len(folds) == self.k:
+            decisions = [decide(comparison["differences"], arm, source, free) for arm in GAN_ARMS if arm in self.arms]
+            if not decisions:
+                decisions = [decide(comparison["differences"], "gan", source, free)]
+        else:
+            decisions = [{"arm": None, "rule": None, "sentence": f"Interim: folds {', '.join(map(str, folds))} of "
+                          f"{self.k} finished; no rule is applied before every fold has."}]
         covid_counts = Counter(r["source"] for r in train if r["label"] == self.minority)
-        summary = {"design": "folds", "folds": self.k, "seed": self.seed, "arms": list(self.arms),
+        summary = {"design": "folds", "folds": self.k, "folds_done": folds, "seed": self.seed, "arms": list(self.arms),
                    "skipped": self.skipped, "minority": self.minority, "minority_fraction": self.minority_fraction,
                    "policy": self.policy_text,
                    "covid_source": source, "covid_free_sources": free,
                    "covid_training_films_by_source": dict(sorted(covid_counts.items())),
-                   "cells": cells, **comparison, "rules": rules_text(), "decisions": decisions}
-        write_text_atomic(self.dest / "summary.json", json.dumps(json_safe(summary), indent=2) + "\n")
-        write_text_atomic(self.dest / "report.md", report(summary) + "\n")
+                   "cells": cells, **comparison, "folds": self.k, "rules": rules_text(), "decisions": decisions}
+        md = "report.md" if name == "summary" else f"{name}.md"
+        write_text_atomic(self.dest / f"{name}.json", json.dumps(json_safe(summary), indent=2) + "\n")
+        write_text_atomic(self.dest / md, report(summary) + "\n")
         return summary
 
 
-def run_crossval(data, dest, clf_cfg, gan_cfg, folds: int = 3, arms: Sequence[str] = ARMS, **kwargs) -> dict:
+def run_crossval(data, dest, clf_cfg, gan_cfg, folds: int = 3, arms: Sequence[str] = ARMS, interim: bool = False,
+                 **kwargs) -> dict:
     """Run (or resume) the cross-validated ablation in ``dest``; returns the summary (also ``summary.json`` and
-    ``report.md``). Keyword arguments: those of :class:`Crossval`."""
-    return Crossval(data, dest, clf_cfg, gan_cfg, folds, arms, **kwargs).run()
+    ``report.md``). With ``interim``, train nothing: the summary of the folds finished so far (``interim.json``,
+    ``interim.md``). Keyword arguments: those of :class:`Crossval`."""
+    experiment = Crossval(data, dest, clf_cfg, gan_cfg, folds, arms, **kwargs)
+    return experiment.interim() if interim else experiment.run()
 
 
 # ---------------------------------------------------------------- the report
@@ -323,7 +347,9 @@ def report(s: dict) -> str:
     source = ("(no source has covid films)" if s["covid_source"] is None else s["covid_source"] or
               "(one unnamed source: the data give no source column)")
     names = [NAMES[e].format(source=source) for e in ENDPOINTS]
-    lines = [f"# Do the synthetic films help? {s['folds']}-fold ablation", "",
+    done = s.get("folds_done", list(range(s["folds"])))
+    partial = f" (interim: folds {', '.join(map(str, done))} only)" if len(done) < s["folds"] else ""
+    lines = [f"# Do the synthetic films help? {s['folds']}-fold ablation{partial}", "",
              f"{s['n']} films of {s['n_patients']} patients; folds grouped by patient and stratified by label × source, "
              f"seed {s['seed']}; arms {', '.join(s['arms'])}"
              + (f" (skipped: {'; '.join(f'{a}: {w}' for a, w in s['skipped'].items())})" if s["skipped"] else "")

@@ -78,7 +78,8 @@ class TrainConfig:
         except ValueError:
             value = None
         if value is None or not (0 < value < float("inf")):
-            raise ValueError(f"train.time_budget is a duration such as 600s, 10m or 1.5h, or usual, got {self.time_budget!r}")
+            raise ValueError("train.time_budget is a duration such as 600s, 10m or 1.5h, or usual, got "
+                             f"{self.time_budget!r}")
         return value
 
     def check(self):

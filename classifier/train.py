@@ -280,8 +280,9 @@ class Trainer:
         plan = {"budget_s": budget, "epochs": int(epochs), "step_s": round(step_s, 4), "validation_s": round(val_s, 3),
                 "steps_per_epoch": len(batches), "seconds_left_when_planned": round(left, 1), "share_planned": BUDGET_SHARE}
         if self.dist.is_main and not self.quiet:
-            print(f"classify-train: train.time_budget {t.time_budget} ({budget:.0f} s): {step_s:.3f} s per step and {val_s:.1f} s per "
-                  f"validation measured here, so {int(epochs)} epochs of {len(batches)} steps", file=sys.stderr)
+            print(f"classify-train: train.time_budget {t.time_budget} ({budget:.0f} s): {step_s:.3f} s per step and "
+                  f"{val_s:.1f} s per validation measured here, so {int(epochs)} epochs of {len(batches)} steps",
+                  file=sys.stderr)
         return plan
 
     def _make_run_dir(self, out) -> Path:

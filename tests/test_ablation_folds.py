@@ -224,6 +224,7 @@ def test_option_mistakes_are_one_line_errors(tmp_path):
     from cli import cli
     data = tmp_path / "none"
     for args, message in [(["--arms", "gan"], "--arms and --lungs belong to the cross-validated ablation"),
+                          (["--interim"], "belong to the cross-validated ablation (so does --interim)"),
                           (["--folds", "2", "--seeds", "2"], "drop --seeds and --gan-per-seed"),
                           (["--folds", "2", "--arms", "gan,magic"], "--arms magic: no such arm")]:
         r = CliRunner().invoke(cli, ["ablation", "--data", str(data), "--out", str(tmp_path), *args])
@@ -411,3 +412,25 @@ def test_the_cpu_scale_is_three_folds_of_the_cpu_presets_with_a_shorter_gan(tmp_
     assert experiment["gan_config"]["train"]["steps"] == 1500 and experiment["gan_config"]["model"]["n_blocks"] == 6
     assert experiment["gan_config"]["data"]["size"] == 32  # --gan-set after the scale's
     assert len(list((dest / "folds").iterdir())) == 3
+
+
+def test_interim_reports_the_finished_folds_only_and_decides_nothing(experiment, tmp_path):
+    """``--interim`` trains nothing: it pools the folds where every arm has finished and applies no rule."""
+    import shutil
+
+    from cli import cli
+    copy = tmp_path / "abl"
+    shutil.copytree(experiment["dest"], copy)
+    (copy / "folds" / "fold1" / "placebo" / "cell.json").unlink()  # fold 1 is not finished
+    r = CliRunner().invoke(cli, [*experiment["args"], "--dest", str(copy), "--interim"])
+    assert r.exit_code == 0, r.output
+    s = json.loads((copy / "interim.json").read_text())
+    fold0 = [row for row in rows(copy / "images.csv") if row["fold"] == "0"]
+    assert s["folds_done"] == [0] and s["n"] == len(fold0) and [c["fold"] for c in s["cells"]["gan"]] == [0]
+    assert [d["rule"] for d in s["decisions"]] == [None] and "no rule is applied" in s["decisions"][0]["sentence"]
+    assert "(interim: folds 0 only)" in (copy / "interim.md").read_text()
+    assert not (copy / "folds" / "fold1" / "placebo" / "cell.json").exists()  # nothing trained
+    assert json.loads((copy / "summary.json").read_text()) == json.loads((experiment["dest"] / "summary.json").read_text())
+    (copy / "folds" / "fold0" / "gan" / "cell.json").unlink()
+    r = CliRunner().invoke(cli, [*experiment["args"], "--dest", str(copy), "--interim"])
+    assert r.exit_code == 2 and "no fold has finished every arm" in r.output
