@@ -24,7 +24,7 @@ from augment.data import XrayDataset, load_dataset, write_csv
 from augment.lungmask import LungMasker
 from augment.runsplit import SPLIT_FILE, split_rows, write_split
 from augment.transforms import build_augment
-from foundation.checkpoints import load_checkpoint, refuse_other_layout, resumed_config, save_checkpoint
+from foundation.checkpoints import resume_state, save_checkpoint
 from foundation.config import config_to_dict
 from foundation.devices import autocast, pick_device, rng_state, seed_everything, set_rng_state
 from foundation.distributed import Dist, all_ranks, broadcast_buffers, close_distributed, init_distributed
@@ -152,11 +152,8 @@ class Trainer:
         ckpt = None
         if resume is not None:
             path = resolve_run_file(resume, out, "classifier", ("last.pt",))
-            ckpt = load_checkpoint(path)
-            if not isinstance(ckpt, dict) or "optimizer" not in ckpt or "classes" not in ckpt:
-                raise UserError(f"{path}: not a classifier training checkpoint; give a classifier run folder")
-            refuse_other_layout(path, ckpt.get("layout", 0), RESUME_LAYOUT, "classify-train")
-            cfg = resumed_config(ClassifierConfig, ckpt, path)  # not config.yaml, which a hand may have edited
+            # the config stored in the checkpoint, not config.yaml, which a hand may have edited
+            ckpt, cfg = resume_state(path, "classify-train", ("optimizer", "classes"), RESUME_LAYOUT, ClassifierConfig)
             seed = ckpt["seed"]
             lung_masker = run_lung_masker(ckpt, path, lung_masker)
         if cfg.data.uses_lungs:  # the run's config names its segmenter for commands run from other folders

@@ -65,6 +65,17 @@ def refuse_other_layout(path: Path, found: int, current: int, command: str) -> N
                         "it can still be evaluated and used, but not resumed exactly: start a new run")
 
 
+def resume_state(path: Path, command: str, keys: tuple[str, ...], layout: int, cls: type) -> tuple[dict, Any]:
+    """The training checkpoint at ``path`` that a ``command`` run resumes from, and the config it was saved with.
+    A file that is not one of ``command``'s training checkpoints (it lacks ``keys``) or holds another ``layout`` is
+    a one-line :class:`UserError`."""
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or any(key not in ckpt for key in keys):
+        raise UserError(f"{path}: not a {command} checkpoint; give a run folder of {command}")
+    refuse_other_layout(path, ckpt.get("layout", 0), layout, command)
+    return ckpt, resumed_config(cls, ckpt, path)
+
+
 def resumed_config(cls: type, ckpt: dict, path: Path):
     """The config checkpoint ``path`` was saved with (its run's ``config.yaml`` when it stores none, as
     checkpoints of earlier versions may), warning in one line when that file was edited since."""

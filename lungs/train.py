@@ -16,7 +16,7 @@ from augment.batches import epoch_batches
 from augment.data import warn, write_csv
 from augment.runsplit import SPLIT_FILE
 from augment.transforms import build_augment
-from foundation.checkpoints import load_checkpoint, refuse_other_layout, resumed_config, save_checkpoint
+from foundation.checkpoints import resume_state, save_checkpoint
 from foundation.config import config_to_dict
 from foundation.devices import autocast, pick_device, rng_state, seed_everything, set_rng_state
 from foundation.errors import UserError
@@ -80,11 +80,8 @@ def train_lungseg(cfg: LungsegConfig | None, data: str | Path | None, out: str |
     ckpt = None
     if resume is not None:
         ckpt_path = checkpoint_file(resume, out)
-        ckpt = load_checkpoint(ckpt_path)
-        if not isinstance(ckpt, dict) or "optimizer" not in ckpt or "input" not in ckpt:
-            raise UserError(f"{ckpt_path}: not a lungseg-train checkpoint; give a run folder of lungseg-train")
-        refuse_other_layout(ckpt_path, ckpt.get("layout", 0), RESUME_LAYOUT, "lungseg-train")
-        cfg, seed, run_dir = resumed_config(LungsegConfig, ckpt, ckpt_path), ckpt["seed"], ckpt_path.parent
+        ckpt, cfg = resume_state(ckpt_path, "lungseg-train", ("optimizer", "input"), RESUME_LAYOUT, LungsegConfig)
+        seed, run_dir = ckpt["seed"], ckpt_path.parent
         data = data or recorded_data(run_dir)
         if data is None:
             raise UserError(f"{run_dir}: its run.json does not say which data the run was trained on; pass --data")
