@@ -233,7 +233,7 @@ class Crossval:
         """The best epoch's probabilities on fold ``k``'s test part, and the covid threshold chosen on its validation
         part (best sensitivity at ``eval.specificity``; without one, an image is called covid when it is the most
         probable class)."""
-        from classifier.checkpoint import load_classifier, precision
+        from classifier.checkpoint import load_classifier, precision, tta_views
         from classifier.config import EvalConfig
         from classifier.inference import predict
         from classifier.predict import validation_threshold
@@ -243,7 +243,7 @@ class Crossval:
         ds = load_dataset(self.fold_manifest(k), self.clf_cfg.data, quiet=True, lung_masker=self.lung_masker)
         idx = ds.indices("test")
         prob = predict(model, ds.images[idx], meta["input_size"], dev, self.clf_cfg.eval.batch_size,
-                       **precision(meta)).numpy()
+                       **precision(meta), tta=tta_views(meta)).numpy()
         threshold, why = validation_threshold(meta, EvalConfig(positive_class=self.minority,
                                                                specificity=self.clf_cfg.eval.specificity))
         c = ds.classes.index(self.minority)
@@ -306,12 +306,13 @@ class Crossval:
             decisions = [{"arm": None, "rule": None, "sentence": f"Interim: folds {', '.join(map(str, folds))} of "
                           f"{self.k} finished; no rule is applied before every fold has."}]
         covid_counts = Counter(r["source"] for r in train if r["label"] == self.minority)
-        summary = {"design": "folds", "folds": self.k, "folds_done": folds, "seed": self.seed, "arms": list(self.arms),
+        summary = {"design": "folds", "folds_done": folds, "seed": self.seed, "arms": list(self.arms),
                    "skipped": self.skipped, "minority": self.minority, "minority_fraction": self.minority_fraction,
                    "policy": self.policy_text,
                    "covid_source": source, "covid_free_sources": free,
                    "covid_training_films_by_source": dict(sorted(covid_counts.items())),
-                   "cells": cells, **comparison, "folds": self.k, "rules": rules_text(), "decisions": decisions}
+                   "cells": cells, **comparison, "folds": self.k,  # the experiment's, not only those pooled
+                   "rules": rules_text(), "decisions": decisions}
         md = "report.md" if name == "summary" else f"{name}.md"
         write_text_atomic(self.dest / f"{name}.json", json.dumps(json_safe(summary), indent=2) + "\n")
         write_text_atomic(self.dest / md, report(summary) + "\n")

@@ -32,6 +32,12 @@ def precision(ckpt: dict) -> dict:
     return {"bf16": train.get("bf16", True), "cpu_bf16": train.get("cpu_bf16", False)}
 
 
+def tta_views(ckpt: dict) -> int:
+    """The shifted copies the run averaged over when it chose its epoch and thresholds (``eval.tta``), so it is
+    evaluated the same way."""
+    return ckpt["config"].get("eval", {}).get("tta", 0)
+
+
 def data_config(ckpt: dict) -> DataConfig:
     """The data settings (image size, classes, splits) the checkpoint was trained with."""
     saved = ckpt["config"]["data"]

@@ -30,7 +30,7 @@ from foundation.files import json_safe, write_text_atomic
 from foundation.html_report import write_html_report
 from foundation.runs import new_run_dir, resolve_run_file
 
-from .checkpoint import CHECKPOINTS, precision
+from .checkpoint import CHECKPOINTS, precision, tta_views
 from .config import ClassifierConfig, EvalConfig
 from .evaluate import load_evaluation
 from .inference import predict
@@ -149,7 +149,8 @@ def compare(runs: Sequence[str | Path], data: str | Path, out: str | Path = "run
     for path in paths:
         model, ckpt, ds, chosen = load_evaluation(data, path, dev, quiet=quiet, lung_masker=lung_masker)
         idx = chosen.indices
-        prob = predict(model, ds.images[idx], ckpt["input_size"], dev, cfg.batch_size, **precision(ckpt)).numpy()
+        prob = predict(model, ds.images[idx], ckpt["input_size"], dev, cfg.batch_size, **precision(ckpt),
+                       tta=tta_views(ckpt)).numpy()
         loaded.append((ckpt, ds, idx.tolist(), prob))
     classes = tuple(loaded[0][0]["classes"])
     for path, (ckpt, *_) in zip(paths, loaded):

@@ -97,6 +97,9 @@ class TrainConfig:
         self.budget_seconds()
 
 
+MAX_TTA = 8  # the shifts classifier.inference.shifted_views knows
+
+
 @dataclass
 class EvalConfig:
     batch_size: int = 64
@@ -105,6 +108,12 @@ class EvalConfig:
     positive_class: str = "covid"     # binary view: this class against the rest
     specificity: float = 0.9          # threshold chosen on validation for this specificity (Minaee et al.)
     cam_method: Literal["cam", "gradcam", "gradcampp"] = "gradcampp"
+    tta: int = 0                      # test-time augmentation: the mean probabilities of the film and this many
+                                      # copies shifted by about 3 % of the side (0 to 8), in validation and evaluation
+
+    def check(self):
+        if not 0 <= self.tta <= MAX_TTA:
+            raise ValueError(f"eval.tta: the number of shifted copies, 0 to {MAX_TTA}; got {self.tta}")
 
 
 @dataclass

@@ -18,7 +18,7 @@ from foundation.files import json_safe, write_text_atomic
 from foundation.html_report import write_html_report
 from foundation.runs import resolve_run_file
 
-from .checkpoint import CHECKPOINTS, data_config, load_classifier, precision, run_lung_masker
+from .checkpoint import CHECKPOINTS, data_config, load_classifier, precision, run_lung_masker, tta_views
 from .config import EvalConfig
 from .inference import predict
 from .metrics import classification_metrics, pr_curve, roc_band, roc_curve, transferred_threshold, weighted_auc
@@ -164,7 +164,7 @@ def evaluate(data: str | Path, checkpoint: str | Path | None = None, out: str | 
     evaluated = split_rows(ds, idx, split)
     claim_report(out_dir, evaluated, overwrite)
     y = ds.labels[idx].numpy()
-    prob = predict(model, ds.images[idx], size, dev, cfg.batch_size, **precision(ckpt)).numpy()
+    prob = predict(model, ds.images[idx], size, dev, cfg.batch_size, **precision(ckpt), tta=tta_views(ckpt)).numpy()
 
     groups = [ds.groups[i] for i in idx.tolist()]
     metrics = classification_metrics(y, prob, classes, cfg.bootstrap, cfg.ci_level, seed, groups)

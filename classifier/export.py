@@ -14,8 +14,9 @@ from foundation.errors import UserError
 from foundation.files import json_safe, write_text_atomic
 from foundation.runs import resolve_run_file
 
-from .checkpoint import CHECKPOINTS, data_config, load_classifier
+from .checkpoint import CHECKPOINTS, data_config, load_classifier, tta_views
 from .config import EvalConfig
+from .inference import shifted_views
 from .predict import validation_threshold
 
 Format = Literal["torchscript", "onnx"]
@@ -24,16 +25,20 @@ Format = Literal["torchscript", "onnx"]
 class Deployable(nn.Module):
     """Films ``uint8 (N, 1, S, S)`` (decoded, gray, made square at the run's ``data.size`` as the toolkit does) →
     class probabilities ``float32 (N, K)``: scaled to [0, 1], resized to the model's input as ``predict`` does
-    (bilinear, antialiased), the model (its intensity normalisation is inside it), softmax."""
+    (bilinear, antialiased), the model (its intensity normalisation is inside it), softmax, averaged over the
+    run's ``eval.tta`` shifted copies as ``predict`` does."""
 
-    def __init__(self, model: nn.Module, size: int):
+    def __init__(self, model: nn.Module, size: int, tta: int = 0):
         super().__init__()
-        self.model, self.size = model.eval(), size
+        self.model, self.size, self.tta = model.eval(), size, tta
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 255
         x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
-        return self.model(x).float().softmax(1)
+        prob = self.model(x).float().softmax(1)
+        for view in shifted_views(x, self.tta):
+            prob = prob + self.model(view).float().softmax(1)
+        return prob / (self.tta + 1)
 
 
 def export_model(checkpoint: str | Path | None = None, out: str | Path = "runs", fmt: Format = "torchscript",
@@ -51,7 +56,7 @@ def export_model(checkpoint: str | Path | None = None, out: str | Path = "runs",
     if target.exists() and not overwrite:
         raise UserError(f"{target}: an export is already there; pass --overwrite or choose another --dest")
     dest.mkdir(parents=True, exist_ok=True)
-    deployable = Deployable(model.float(), ckpt["input_size"]).eval()
+    deployable = Deployable(model.float(), ckpt["input_size"], tta_views(ckpt)).eval()
     example = torch.zeros(2, 1, data.size, data.size, dtype=torch.uint8)
     tmp = target.with_name(f".{target.name}.tmp")
     try:

@@ -17,18 +17,36 @@ def to_input(images_u8: torch.Tensor, size: int, device: torch.device) -> torch.
     return x
 
 
+SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1))  # right, left, down, up, diagonals
+
+
+def shifted_views(x: torch.Tensor, views: int) -> list[torch.Tensor]:
+    """``views`` copies of ``x (B, C, H, W)`` shifted by about 3 % of the side (:data:`SHIFTS` in order), the edge
+    pixels repeated into the gap: test-time augmentation that keeps the whole film in view."""
+    if views == 0:
+        return []
+    h, w = int(x.shape[-2]), int(x.shape[-1])  # constants when traced for export: the input size is fixed there
+    s = max(1, round(0.03 * w))
+    padded = F.pad(x, (s, s, s, s), mode="replicate")
+    return [padded[..., s - dy * s:s - dy * s + h, s - dx * s:s - dx * s + w] for dx, dy in SHIFTS[:views]]
+
+
 @torch.no_grad()
 def predict(model: nn.Module, images_u8: torch.Tensor, size: int, device: torch.device,
-            batch_size: int = 64, bf16: bool = True, cpu_bf16: bool = False) -> torch.Tensor:
+            batch_size: int = 64, bf16: bool = True, cpu_bf16: bool = False, tta: int = 0) -> torch.Tensor:
     """Class probabilities ``(N, K)`` (float32, CPU) of uint8 images ``(N, 1, S, S)``; bf16 autocast as
-    :func:`foundation.devices.autocast` decides."""
+    :func:`foundation.devices.autocast` decides; with ``tta``, the mean over the film and ``tta`` shifted copies
+    (:func:`shifted_views`)."""
     was = model.training
     model.eval()
     out = []
     for start in range(0, len(images_u8), batch_size):
         x = to_input(images_u8[start:start + batch_size], size, device)
         with autocast(device, bf16, cpu_bf16):
-            out.append(model(x).float().softmax(1).cpu())
+            prob = model(x).float().softmax(1)
+            for view in shifted_views(x, tta):
+                prob += model(view).float().softmax(1)
+        out.append((prob / (tta + 1)).cpu())
     model.train(was)
     return torch.cat(out) if out else torch.zeros(0, 0)
 

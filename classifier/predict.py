@@ -27,7 +27,7 @@ from foundation.errors import UserError, cli_command
 from foundation.outputs import safe_name
 from foundation.runs import resolve_run_file
 
-from .checkpoint import CHECKPOINTS, data_config, load_classifier, precision, run_lung_masker
+from .checkpoint import CHECKPOINTS, data_config, load_classifier, precision, run_lung_masker, tta_views
 from .config import EvalConfig
 from .evaluate import validation_predictions
 from .inference import predict
@@ -160,7 +160,8 @@ def predict_files(inputs: Sequence[str | Path], checkpoint: str | Path | None = 
                 images, faint = lung_view(torch.from_numpy(np.stack([batch[i] for i in ok])).unsqueeze(1), data,
                                           lung_masker)
                 no_lungs += [rows[start + i]["path"] for i, f in zip(ok, faint.tolist()) if f]
-                prob = predict(model, images, size, dev, len(ok), **precision(ckpt)).numpy()
+                prob = predict(model, images, size, dev, len(ok), **precision(ckpt),
+                               tta=tta_views(ckpt)).numpy()
                 for i, p, c in zip(ok, prob, decide(prob, positive, threshold)):
                     rows[start + i] |= {"predicted": classes[c], "threshold": ARGMAX if threshold is None else f"{threshold:.6g}",
                                         **{f"prob_{k}": f"{q:.6f}" for k, q in zip(classes, p)}}

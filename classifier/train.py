@@ -401,7 +401,7 @@ class Trainer:
             broadcast_buffers(self.ema.module, self.dist)
         model = self.ema.module if self.ema else self.model
         prob = predict(model, self.val_images, self.size, self.device, self.cfg.eval.batch_size, self.cfg.train.bf16,
-                       self.cfg.train.cpu_bf16).numpy()
+                       self.cfg.train.cpu_bf16, self.cfg.eval.tta).numpy()
         return (classification_metrics(self.val_labels, prob, self.classes, rounds=0)
                 | {"loss": cross_entropy(prob, self.val_labels), "prob": prob})
 

@@ -13,7 +13,7 @@ from augment.data import decode_to_square
 from augment.phantoms import write_phantoms
 from classifier.checkpoint import data_config, load_classifier
 from classifier.config import ClassifierConfig
-from classifier.inference import predict
+from classifier.inference import predict, shifted_views
 from classifier.metrics import sensitivity_at_specificity
 from classifier.predict import predict_files
 from classifier.train import train
@@ -186,3 +186,46 @@ def test_the_exported_model_gives_the_probabilities_of_predict_without_the_toolk
     assert "covid, normal, pneumonia" in card and "uint8" in card
     again = CliRunner().invoke(cli, ["export", "--checkpoint", str(run), "--dest", str(tmp_path / "x")])
     assert again.exit_code != 0 and "pass --overwrite" in again.output
+
+
+def test_shifted_views_move_the_film_by_about_3_percent_and_repeat_its_edge():
+    x = torch.arange(64 * 64, dtype=torch.float32).view(1, 1, 64, 64)
+    right, left, down, up, diagonal = shifted_views(x, 5)
+    s = 2  # 3 % of 64, rounded
+    assert all(v.shape == x.shape for v in (right, left, down, up, diagonal)) and len(shifted_views(x, 8)) == 8
+    assert torch.equal(right[..., s:], x[..., :-s]) and torch.equal(right[..., :s], x[..., :1].expand(-1, -1, -1, s))
+    assert torch.equal(left[..., :-s], x[..., s:]) and torch.equal(down[..., s:, :], x[..., :-s, :])
+    assert torch.equal(up[..., :-s, :], x[..., s:, :]) and torch.equal(diagonal[..., s:, s:], x[..., :-s, :-s])
+    assert shifted_views(x, 0) == []
+    with pytest.raises(UserError, match="eval.tta: the number of shifted copies, 0 to 8; got 9"):
+        load_config(ClassifierConfig, None, ["eval.tta=9"])
+
+
+def test_a_run_with_test_time_augmentation_predicts_and_exports_the_mean_over_its_shifted_copies(run, films, tmp_path):
+    """``eval.tta`` of a run: predict gives the mean probabilities over the film and its shifted copies, and the
+    exported model computes the same, so a deployment sees what evaluation saw."""
+    root, readable, _ = films
+    tta = shutil.copytree(run, tmp_path / "tta")
+    state = load_checkpoint(tta / "best.pt")
+    state["config"]["eval"]["tta"] = 3
+    torch.save(state, tta / "best.pt")
+    predict_files([root], tta, dest=tmp_path / "p", device="cpu", quiet=True)
+    _, rows = read_rows(tmp_path / "p" / "predictions.csv")
+    by_path = {Path(r["path"]): r for r in rows}
+    got = np.array([[float(by_path[p][f"prob_{c}"]) for c in CLASSES] for p in readable])
+    model, ckpt = load_classifier(tta / "best.pt", torch.device("cpu"))
+    data = data_config(ckpt)
+    films_u8 = torch.from_numpy(np.stack([decode_to_square(p, data.size, data.resize) for p in readable])).unsqueeze(1)
+    with torch.no_grad():
+        x = torch.nn.functional.interpolate(films_u8.float() / 255, size=(ckpt["input_size"],) * 2, mode="bilinear",
+                                            align_corners=False, antialias=True)
+        views = [x, *shifted_views(x, 3)]
+        wanted = torch.stack([model(v).float().softmax(1) for v in views]).mean(0).numpy()
+    assert np.allclose(got, wanted, atol=1e-5)
+    assert not np.allclose(got, predict(model, films_u8, ckpt["input_size"], torch.device("cpu"), bf16=False).numpy(),
+                           atol=1e-4)  # the copies changed the probabilities
+    r = CliRunner().invoke(cli, ["export", "--checkpoint", str(tta), "--dest", str(tmp_path / "x")])
+    assert r.exit_code == 0, r.output
+    with torch.no_grad():
+        exported = torch.jit.load(str(tmp_path / "x" / "model.pt"))(films_u8).numpy()
+    assert np.allclose(exported, wanted, atol=1e-5)
