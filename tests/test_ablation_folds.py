@@ -434,3 +434,13 @@ def test_interim_reports_the_finished_folds_only_and_decides_nothing(experiment,
     (copy / "folds" / "fold0" / "gan" / "cell.json").unlink()
     r = CliRunner().invoke(cli, [*experiment["args"], "--dest", str(copy), "--interim"])
     assert r.exit_code == 2 and "no fold has finished every arm" in r.output
+
+
+def test_a_time_budget_is_dropped_so_every_arm_trains_the_same_epochs(tmp_path):
+    from cli import cli
+    data = two_hospitals(tmp_path / "data")
+    r = CliRunner().invoke(cli, [*tiny_args(tmp_path, data), "--set", "train.time_budget=10m", "--interim"])
+    assert "train.time_budget 10m dropped: every arm trains train.epochs=1" in r.output
+    assert r.exit_code == 2 and "no fold has finished every arm" in r.output  # nothing was trained
+    recorded = json.loads((tmp_path / "abl" / "experiment.json").read_text())
+    assert recorded["classifier_config"]["train"]["time_budget"] == ""
