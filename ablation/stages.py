@@ -20,8 +20,8 @@ def stopped_message(dest: Path) -> str:
 
 
 def experiment_config(cfg) -> dict:
-    """A config as an ablation records it: everything but where the image cache lives, and the lung settings
-    only when used (experiments recorded before they existed still resume)."""
+    """A config as an ablation records it: everything but where the image cache lives, and the lung settings and
+    test-time augmentation only when used (experiments recorded before they existed still resume)."""
     from augment.imageio import MAX_PIXELS
     values = config_to_dict(cfg)
     values["data"].pop("cache_dir")
@@ -30,6 +30,8 @@ def experiment_config(cfg) -> dict:
     if not cfg.data.uses_lungs:
         for key in ("lung_crop", "lung_crop_margin", "lung_mask", "lungseg_run"):
             values["data"].pop(key)
+    if values.get("eval", {}).get("tta") == 0:  # experiments recorded before test-time augmentation still resume
+        values["eval"].pop("tta")
     return values
 
 
