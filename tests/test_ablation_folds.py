@@ -444,3 +444,12 @@ def test_a_time_budget_is_dropped_so_every_arm_trains_the_same_epochs(tmp_path):
     assert r.exit_code == 2 and "no fold has finished every arm" in r.output  # nothing was trained
     recorded = json.loads((tmp_path / "abl" / "experiment.json").read_text())
     assert recorded["classifier_config"]["train"]["time_budget"] == ""
+
+
+def test_an_experiment_records_test_time_augmentation_only_when_used():
+    """Experiments recorded before ``eval.tta`` existed resume: its default is left out of the record."""
+    from ablation.stages import experiment_config
+    from classifier.config import ClassifierConfig
+    from foundation.config import load_config
+    assert "tta" not in experiment_config(load_config(ClassifierConfig, None, []))["eval"]
+    assert experiment_config(load_config(ClassifierConfig, None, ["eval.tta=2"]))["eval"]["tta"] == 2
