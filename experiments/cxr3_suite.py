@@ -986,7 +986,7 @@ def markdown(s: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="The module docstring gives the "
                                  "command sequence on a GPU machine.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--data", required=True, help="cxr3 folder (manifest.csv with train/val splits)")
@@ -1006,7 +1006,7 @@ def main() -> int:
     ap.add_argument("--results-from", action="append", default=[], metavar="SUMMARY_JSON",
                     help="an earlier call's summary.json (from --report, on another machine, say): its finished units "
                          "count as done, except runs another unit needs that are not here (repeatable)")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     for flag, path in (("--data", a.data), ("--usual", a.usual), ("--lungs-data", a.lungs_data),
                        *(("--results-from", p) for p in a.results_from)):
         if path and not Path(path).exists():
@@ -1034,8 +1034,7 @@ def main() -> int:
         if suite.stop_requested:
             raise KeyboardInterrupt
         suite.stop_requested = True
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         for summary in a.results_from:
             suite.take_results(Path(summary))
@@ -1043,6 +1042,9 @@ def main() -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        for sig, handler in handlers.items():  # as they were, for a caller that runs main() in its own process
+            signal.signal(sig, handler)
     print(f"wrote {suite.out / 'summary.md'} and summary.json" + (f", copied to {a.report}" if a.report else ""))
     if suite.stopped:
         return INTERRUPTED if suite.stop_requested else BUDGET_SPENT

@@ -1,7 +1,9 @@
 """experiments/cxr3_suite.py at --scale tiny on phantoms: every stage's figures, then a rerun that keeps
 finished units, then a budget too small for the next unit."""
 import argparse
+import contextlib
 import csv
+import io
 import json
 import os
 import subprocess
@@ -20,11 +22,20 @@ ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("recipe", "gan", "ablation", "audit")
 
 
-def run_suite(tmp_path: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "experiments/cxr3_suite.py", "--data", str(data), "--out",
-                           str(tmp_path / "out"), "--lungs-data", str(data), "--report", str(tmp_path / "report"),
-                           "--scale", "tiny", "--device", "cpu", "--stages", *STAGES, *extra],
-                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+def run_suite(tmp_path: Path, data: Path, *extra: str, in_process: bool = False) -> subprocess.CompletedProcess:
+    """The suite at scale tiny, as a command; ``in_process`` for calls that start no command (they stop, refuse or
+    keep finished units), which then skip the interpreter's start-up."""
+    args = ["--data", str(data), "--out", str(tmp_path / "out"), "--lungs-data", str(data), "--report",
+            str(tmp_path / "report"), "--scale", "tiny", "--device", "cpu", "--stages", *STAGES, *extra]
+    if not in_process:
+        return subprocess.run([sys.executable, "experiments/cxr3_suite.py", *args], cwd=ROOT, capture_output=True,
+                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from cxr3_suite import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(args)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 @pytest.mark.slow
@@ -70,7 +81,7 @@ def test_tiny_suite_gives_every_stage_keeps_finished_units_and_stops_before_a_un
 
     results = {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*.json")}
     folders = sorted(p for p in (out / "runs").rglob("*") if p.is_dir())
-    r = run_suite(tmp_path, data)
+    r = run_suite(tmp_path, data, in_process=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("done earlier, kept") == len(results) == len(s["units"])
     assert {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*.json")} == results
@@ -78,14 +89,14 @@ def test_tiny_suite_gives_every_stage_keeps_finished_units_and_stops_before_a_un
 
     took = json.loads((out / "results" / "gan" / "eval.json").read_text())["seconds"]
     (out / "results" / "gan" / "eval.json").unlink()
-    r = run_suite(tmp_path, data, "--budget-s", str(took / 4))
+    r = run_suite(tmp_path, data, "--budget-s", str(took / 4), in_process=True)
     assert r.returncode == 3, r.stdout + r.stderr
     assert "remaining: gan/eval" in r.stdout and not (out / "results" / "gan" / "eval.json").exists()
     s = json.loads((out / "summary.json").read_text())
     assert s["remaining"] == ["gan/eval"] and "budget" in s["stopped"] and "eval" not in s["stages"].get("gan", {})
     assert sorted(p for p in (out / "runs").rglob("*") if p.is_dir()) == folders
 
-    r = run_suite(tmp_path, data, "--scale", "cpu")
+    r = run_suite(tmp_path, data, "--scale", "cpu", in_process=True)
     assert r.returncode == 2 and "other settings" in r.stderr and not (out / "runs" / "recipe" / "ours-resnet18-seed0").exists()
 
     # another machine: the report's results count, but the runs gan/eval reads stayed behind, so they train again
@@ -109,7 +120,7 @@ def test_results_from_a_file_that_is_no_summary_of_this_scale_is_a_one_line_erro
         path.unlink(missing_ok=True)
         if summary is not None:
             path.write_text(json.dumps(summary))
-        r = run_suite(tmp_path, data, "--results-from", str(path))
+        r = run_suite(tmp_path, data, "--results-from", str(path), in_process=True)
         assert r.returncode == 2 and r.stderr.startswith("error: ") and message in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out" / "results").exists()
 
@@ -138,7 +149,7 @@ def test_levers_are_planned_on_folds_of_the_training_split_only_and_unknown_ones
         tested += [r["path"] for r in rows if r["split"] == "test"]
     assert sorted(tested) == sorted(training)  # every training film is scored once, by the fold that holds it out
 
-    r = run_suite(tmp_path, data, "--levers", "mixup", "cutmix")
+    r = run_suite(tmp_path, data, "--levers", "mixup", "cutmix", in_process=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "--levers cutmix: no such lever at scale tiny; choose from mixup, lung-crop" in r.stderr
     r = subprocess.run([sys.executable, "experiments/cxr3_suite.py", "--data", str(data), "--out", str(tmp_path / "o2"),
