@@ -16,7 +16,7 @@ from foundation.runs import resolve_run_file
 
 from .checkpoint import CHECKPOINTS, data_config, load_classifier, tta_views
 from .config import EvalConfig
-from .inference import shifted_views
+from .inference import mean_probabilities
 from .predict import validation_threshold
 
 Format = Literal["torchscript", "onnx"]
@@ -35,10 +35,7 @@ class Deployable(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 255
         x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
-        prob = self.model(x).float().softmax(1)
-        for view in shifted_views(x, self.tta):
-            prob = prob + self.model(view).float().softmax(1)
-        return prob / (self.tta + 1)
+        return mean_probabilities(self.model, x, self.tta)
 
 
 def export_model(checkpoint: str | Path | None = None, out: str | Path = "runs", fmt: Format = "torchscript",

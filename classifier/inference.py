@@ -31,6 +31,15 @@ def shifted_views(x: torch.Tensor, views: int) -> list[torch.Tensor]:
     return [padded[..., s - dy * s:s - dy * s + h, s - dx * s:s - dx * s + w] for dx, dy in SHIFTS[:views]]
 
 
+def mean_probabilities(model: nn.Module, x: torch.Tensor, tta: int = 0) -> torch.Tensor:
+    """Softmax probabilities ``float32 (B, K)`` of ``x (B, 1, H, W)``, averaged over ``x`` and its ``tta`` shifted
+    copies (:func:`shifted_views`)."""
+    prob = model(x).float().softmax(1)
+    for view in shifted_views(x, tta):
+        prob = prob + model(view).float().softmax(1)
+    return prob / (tta + 1)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, images_u8: torch.Tensor, size: int, device: torch.device,
             batch_size: int = 64, bf16: bool = True, cpu_bf16: bool = False, tta: int = 0) -> torch.Tensor:
@@ -43,10 +52,7 @@ def predict(model: nn.Module, images_u8: torch.Tensor, size: int, device: torch.
     for start in range(0, len(images_u8), batch_size):
         x = to_input(images_u8[start:start + batch_size], size, device)
         with autocast(device, bf16, cpu_bf16):
-            prob = model(x).float().softmax(1)
-            for view in shifted_views(x, tta):
-                prob += model(view).float().softmax(1)
-        out.append((prob / (tta + 1)).cpu())
+            out.append(mean_probabilities(model, x, tta).cpu())
     model.train(was)
     return torch.cat(out) if out else torch.zeros(0, 0)
 
