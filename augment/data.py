@@ -400,13 +400,20 @@ def warn_lungs_not_found(paths: Sequence[str], total: int, cfg: DataConfig) -> N
              + f" ({shown}); look at the masks with `{cli_command()} lungseg --checkpoint {cfg.lungseg_run} IMAGES`")
 
 
-def _cache_key(root: Path, records: list[Record], cfg: DataConfig, lung_masker: LungMasker | None = None) -> str:
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{cfg.size}|{cfg.resize}".encode())
+def _settings_key(cfg: DataConfig, lung_masker: LungMasker | None = None) -> str:
+    """What, besides the files, decides the decoded images: cache layout, size, resize, pixel limit, lungs."""
+    key = f"v{CACHE_VERSION}|{cfg.size}|{cfg.resize}"
     if cfg.max_pixels != MAX_PIXELS:  # another limit reads other images (the default keeps earlier caches)
-        h.update(f"|max_pixels{cfg.max_pixels}".encode())
+        key += f"|max_pixels{cfg.max_pixels}"
     if cfg.uses_lungs:  # another segmenter (its identity) or setting gives other images
-        h.update(f"|lungs|{cfg.lung_crop}|{cfg.lung_crop_margin}|{cfg.lung_mask}|{lung_masker.identity}"
-                 f"|{LUNG_CROP_DETAIL}|{MIN_LUNG_FRACTION}".encode())
+        key += (f"|lungs|{cfg.lung_crop}|{cfg.lung_crop_margin}|{cfg.lung_mask}|{lung_masker.identity}"
+                f"|{LUNG_CROP_DETAIL}|{MIN_LUNG_FRACTION}")
+    return key
+
+
+def _cache_key(root: Path, records: list[Record], cfg: DataConfig, lung_masker: LungMasker | None = None) -> str:
+    """The cache's name: the settings and each file's path, size and time (cheap to check; a copy decodes anew)."""
+    h = hashlib.sha256(_settings_key(cfg, lung_masker).encode())
     for r in records:
         p = root / r.path
         try:
@@ -520,7 +527,9 @@ def load_dataset(data: str | Path, cfg: DataConfig, split: str | None = None,
         for i, s in zip(rest, auto):
             splits[i] = s
     labels = torch.tensor([cfg.classes.index(r.label) for r in records], dtype=torch.int64)
-    fingerprint = hashlib.sha256((key + json.dumps([[r.label, s] for r, s in zip(records, splits)])).encode())
+    # by content, not by path or file time, so a copied or re-mounted data set still resumes its runs
+    fingerprint = hashlib.sha256((_settings_key(cfg, lung_masker) + json.dumps(
+        [[h, r.label, s] for h, r, s in zip(info["hashes"], records, splits)])).encode())
     return XrayDataset(root, tuple(cfg.classes), images, labels, [r.path for r in records],
                        [r.group for r in records], splits, [r.source for r in records],
                        fingerprint.hexdigest()[:16], info["hashes"], grouping, skipped, no_lungs)

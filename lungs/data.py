@@ -199,13 +199,20 @@ def load_pairs(data: str | Path, cfg: LungDataConfig, quiet: bool = False) -> Lu
                          cfg.split_seed)
     for i, s in zip(rest, auto):
         splits[i] = s
-    fingerprint = hashlib.sha256((key + json.dumps(splits)).encode()).hexdigest()[:16]
+    # by content (image files, decoded masks, splits), not by path or file time, so a copied data set still resumes
+    fingerprint = hashlib.sha256(_settings_key(cfg).encode() + json.dumps(list(zip(hashes, splits))).encode()
+                                 + masks.tobytes()).hexdigest()[:16]
     return LungData(root, torch.from_numpy(images).unsqueeze(1), torch.from_numpy(masks).unsqueeze(1), pairs,
                     splits, hashes, fingerprint, skipped)
 
 
+def _settings_key(cfg: LungDataConfig) -> str:
+    return f"lungs v{CACHE_VERSION}|{cfg.size}|{cfg.resize}"
+
+
 def _cache_key(root: Path, pairs: list[Pair], cfg: LungDataConfig) -> str:
-    h = hashlib.sha256(f"lungs v{CACHE_VERSION}|{cfg.size}|{cfg.resize}".encode())
+    """The cache's name: the settings and each file's path, size and time (cheap to check; a copy decodes anew)."""
+    h = hashlib.sha256(_settings_key(cfg).encode())
     for p in (root / name for pair in pairs for name in (pair.image, pair.mask)):
         st = p.stat()
         h.update(os.fsencode(f"|{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"))

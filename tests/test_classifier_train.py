@@ -51,7 +51,8 @@ def test_resume_after_a_stop_signal_is_exact(tmp_path, data, monkeypatch, straig
     monkeypatch.setattr(Trainer, "train_step", step)
     partial = load_checkpoint(stopped / "last.pt")
     assert (partial["epoch"], partial["batch"]) == (1, 1)
-    resumed = train(cfg, data, tmp_path / "ignored", resume=stopped, device="cpu", quiet=True)
+    moved = shutil.copytree(data, tmp_path / "moved", copy_function=shutil.copy)  # another path, new file times
+    resumed = train(cfg, moved, tmp_path / "ignored", resume=stopped, device="cpu", quiet=True)
     assert resumed == stopped
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
     assert a["step"] == b["step"] and a["epoch"] == b["epoch"] == 2

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -65,6 +66,14 @@ def test_cache_is_reused_without_decoding(folder_data, cfg, monkeypatch):
     monkeypatch.setattr(data_mod, "decode_to_square", fail)
     second = load_dataset(folder_data, cfg, quiet=True)
     assert torch.equal(first.images, second.images) and first.fingerprint == second.fingerprint
+
+
+def test_the_fingerprint_follows_the_images_not_their_paths_or_file_times(folder_data, cfg, tmp_path):
+    first = load_dataset(folder_data, cfg, quiet=True)
+    copy = Path(shutil.copytree(folder_data, tmp_path / "copy", copy_function=shutil.copy))  # new path, new times
+    assert load_dataset(copy, cfg, quiet=True).fingerprint == first.fingerprint
+    save_gray(copy / "normal" / "normal2.png", 61)  # one gray level brighter
+    assert load_dataset(copy, cfg, quiet=True).fingerprint != first.fingerprint
 
 
 def _count_decodes(monkeypatch) -> list:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,6 +129,16 @@ def test_phantoms_with_masks_keep_the_images_and_give_a_lung_manifest(tmp_path, 
     assert dark  # lungs are the dark fields of the film
     assert {g for g, s in zip([p.group for p in ds.pairs], ds.splits) if s == "test"}.isdisjoint(
         {p.group for p, s in zip(ds.pairs, ds.splits) if s == "train"})
+
+
+def test_the_pairs_fingerprint_follows_images_and_masks_not_their_paths_or_file_times(tmp_path, lung_data):
+    cfg = LungDataConfig(size=32, cache_dir=str(tmp_path / "cache"))
+    first = load_pairs(lung_data, cfg, quiet=True).fingerprint
+    copy = Path(shutil.copytree(lung_data, tmp_path / "copy", copy_function=shutil.copy))  # new path, new times
+    assert load_pairs(copy, cfg, quiet=True).fingerprint == first
+    mask = copy / next(csv.DictReader(open(copy / "manifest.csv")))["mask"]
+    Image.fromarray(np.zeros_like(np.asarray(Image.open(mask)))).save(mask)  # one mask emptied
+    assert load_pairs(copy, cfg, quiet=True).fingerprint != first
 
 
 def test_training_on_phantom_masks_beats_the_trivial_masks(lung_run, lung_data, tmp_path):
