@@ -208,7 +208,6 @@ class Trainer:
         self.epoch = self.batch = self.step = 0
         self.best_f1, self.best_epoch, self.bad_epochs = -1.0, -1, 0
         self.schedule_state = None
-        self.saved_step = None  # step of the last last.pt, kept when a loss diverges
         self.epoch_loss = torch.zeros((), device=self.device)  # sum of this epoch's step losses, on the device
         self.epoch_seconds = 0.0  # time this epoch took before a resume
 
@@ -309,16 +308,16 @@ class Trainer:
             self.ema.load_state_dict(ckpt["ema"])
         for key in ("epoch", "batch", "step", "best_f1", "best_epoch", "bad_epochs"):
             setattr(self, key, ckpt[key])
-        self.schedule_state, self.saved_step = ckpt["schedule"], ckpt["step"]
+        self.schedule_state = ckpt["schedule"]
         self.epoch_loss.fill_(ckpt.get("epoch_loss", 0.0))  # absent from checkpoints of earlier versions
         self.epoch_seconds = ckpt.get("epoch_seconds", 0.0)
         set_rng_state(ckpt["rng"][self.dist.rank % len(ckpt["rng"])])
 
-    def save(self, name: str) -> None:
+    def save_last(self, step: int) -> None:
+        """``last.pt``: everything a resume needs, after ``step`` steps."""
         state = self._state()  # every rank joins the RNG gather
         if self.dist.is_main:
-            save_checkpoint(state, self.run_dir / name)
-        self.saved_step = self.step
+            save_checkpoint(state, self.run_dir / "last.pt")
 
     def save_best(self, m: dict) -> None:
         """``best.pt``: the weights and, so evaluation can choose thresholds on validation data, the
@@ -450,8 +449,8 @@ class Trainer:
                   f"({self.n_synthetic} of them from --synthetic), {len(self.val_labels)} validation, {self.size}² input, "
                   f"warmup {warmup_epochs(self.cfg, self.model):g} epochs, "
                   f"device {self.device}, run folder {self.run_dir}", file=sys.stderr)
-        loop = TrainingLoop("classify-train", self.run_dir / "last.pt", lambda step: self.save("last.pt"), ("loss",),
-                            self.device, self.dist, self.cfg.train.log_every, self.saved_step, self.quiet)
+        loop = TrainingLoop("classify-train", self.run_dir / "last.pt", self.save_last, ("loss",),
+                            self.device, self.dist, self.cfg.train.log_every, self.step or None, self.quiet)
         try:
             with loop:
                 self.stopped = self._train_phases(loop)
@@ -479,7 +478,7 @@ class Trainer:
             while self.epoch < phase.end and self.bad_epochs < self.cfg.train.patience:
                 if self._train_epoch(net, phase, loop):
                     return True
-                self._end_epoch()
+                self._end_epoch(loop)
         return False
 
     def _train_epoch(self, net: nn.Module, phase: Phase, loop: TrainingLoop) -> bool:
@@ -503,11 +502,10 @@ class Trainer:
             self.writer.add_scalar("train/lr", self.optimizer.param_groups[1]["lr"], step)
             bar.set_postfix(loss=f"{means['loss']:.3f}")
 
-        loop.saved_step = self.saved_step
         return loop.run(step_fn, self.batch, len(batches), first_step=self.step - self.batch, save_at_end=False,
                         on_log=on_log, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}", leave=False)
 
-    def _end_epoch(self) -> None:
+    def _end_epoch(self, loop: TrainingLoop) -> None:
         m = self.validate()
         f1 = m["macro"]["f1"]
         self.schedule.epoch_end(f1)
@@ -523,7 +521,7 @@ class Trainer:
                   + (" (best)" if self.best_epoch == self.epoch else ""), file=sys.stderr)
         self.epoch, self.batch = self.epoch + 1, 0
         self.epoch_loss.zero_()
-        self.save("last.pt")
+        loop.save_now()
 
 
 def train(cfg: ClassifierConfig, data: str | Path, out: str | Path = "runs", synthetic: str | Path | None = None,

@@ -89,12 +89,16 @@ class TrainingLoop:
                 due = after_step(self.step) if after_step is not None else False
                 if due or (save_every and self.step % save_every == 0) or (save_at_end and last) or stopped:
                     meter.check_finite(self.checkpoint, self.saved_step)
-                    self.save(self.step)
-                    self.saved_step = self.step
+                    self.save_now()
                 if stopped:
                     break
         meter.check_finite(self.checkpoint, self.saved_step)  # before the caller writes anything of this model
         return stopped
+
+    def save_now(self) -> None:
+        """Save the run's state at the current step, e.g. after work outside :meth:`run` (a validation)."""
+        self.save(self.step)
+        self.saved_step = self.step
 
     def say_stopped(self, resume: str | Path, where: str | None = None, extra: str = "") -> None:
         """On rank 0, where the run stopped, what it saved and the command that resumes it (``--resume
