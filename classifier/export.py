@@ -73,12 +73,15 @@ def export_model(checkpoint: str | Path | None = None, out: str | Path = "runs",
 
 
 def _export_onnx(deployable: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """ONNX through ``torch.export`` (the TorchScript exporter has no antialiased resize), any batch size."""
     try:
-        import onnx  # noqa: F401  (torch.onnx needs it to write the file)
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
     except ImportError as e:
-        raise UserError("--format onnx needs the onnx package: pip install onnx (or export --format torchscript)") from e
+        raise UserError("--format onnx needs the onnx and onnxscript packages: pip install 'cxrgan[onnx]' "
+                        "(or export --format torchscript)") from e
     torch.onnx.export(deployable, (example,), str(path), input_names=["films"], output_names=["probabilities"],
-                      dynamic_axes={"films": {0: "batch"}, "probabilities": {0: "batch"}}, dynamo=False)
+                      dynamic_shapes={"images": {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False)
 
 
 def model_card(path: Path, ckpt: dict, size: int, file: str) -> dict:

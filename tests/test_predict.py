@@ -188,6 +188,23 @@ def test_the_exported_model_gives_the_probabilities_of_predict_without_the_toolk
     assert again.exit_code != 0 and "pass --overwrite" in again.output
 
 
+def test_the_onnx_export_gives_the_torchscript_probabilities_at_any_batch_size(run, tmp_path):
+    """``export --format onnx``, run by onnxruntime alone, equals the TorchScript export (to 1e-5) for batches of
+    other sizes than the one it was traced with."""
+    ort = pytest.importorskip("onnxruntime")
+    for fmt in ("onnx", "torchscript"):
+        r = CliRunner().invoke(cli, ["export", "--checkpoint", str(run), "--format", fmt, "--dest", str(tmp_path / fmt)])
+        assert r.exit_code == 0, r.output
+    session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"))
+    size = data_config(load_checkpoint(run / "best.pt")).size
+    for n in (1, 5):
+        films_u8 = torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(n))
+        got = session.run(None, {"films": films_u8.numpy()})[0]
+        with torch.no_grad():
+            wanted = torch.jit.load(str(tmp_path / "torchscript" / "model.pt"))(films_u8).numpy()
+        assert got.shape == (n, len(CLASSES)) and np.allclose(got, wanted, atol=1e-5)
+
+
 def test_shifted_views_move_the_film_by_about_3_percent_and_repeat_its_edge():
     x = torch.arange(64 * 64, dtype=torch.float32).view(1, 1, 64, 64)
     right, left, down, up, diagonal = shifted_views(x, 5)
