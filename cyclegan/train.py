@@ -94,9 +94,6 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile, lung_masker) -> Gan
     if t.cuda_graph and dist.world_size > 1:
         raise UserError("train.cuda_graph captures one process's step; under torchrun (DistributedDataParallel) "
                         "set train.cuda_graph=false")
-    if checkpoint is None:
-        run_dir = new_run_dir(out, "gan") if dist.is_main else None
-        ckpt_path = run_dir / CHECKPOINT_NAME if run_dir else None
     dataset = load_dataset(data, cfg.data, required=(t.domain_a, t.domain_b), quiet=not dist.is_main)
     if checkpoint is not None and checkpoint["data_fingerprint"] != dataset.fingerprint:
         raise UserError(f"{data}: not the data {ckpt_path} was trained on; resume with the same --data and data config")
@@ -107,6 +104,9 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile, lung_masker) -> Gan
     masks = lung_masks(dataset, cfg, masker, quiet=not dist.is_main)
     if checkpoint is not None:
         check_masker(checkpoint.get("lung_masker"), masker, ckpt_path)
+    else:  # made once the data is known to be good: a refused run leaves no folder
+        run_dir = new_run_dir(out, "gan") if dist.is_main else None
+        ckpt_path = run_dir / CHECKPOINT_NAME if run_dir else None
     images = dataset.images if masks is None else torch.cat([dataset.images, masks.to(torch.uint8) * 255], 1)
     images_a, images_b = image_sets(images, dataset.labels, dev, t.device_cache_share, *rows)
     steps_per_epoch = max(1, max(len(images_a), len(images_b)) // (t.batch_size * dist.world_size))
@@ -128,7 +128,7 @@ def _train(cfg, data, out, dev, dist, seed, resume, compile, lung_masker) -> Gan
     elif dist.rank:
         seed_everything(seed + 7919 * dist.rank)  # each rank its own augmentation and pool draws
     if run_dir is not None and checkpoint is None:
-        write_run_info(run_dir, cfg, seed, dataset.fingerprint, data=str(data), total_steps=total,
+        write_run_info(run_dir, cfg, seed, dataset.fingerprint, data=str(Path(data).resolve()), total_steps=total,
                        world_size=dist.world_size, lung_masker=masker and masker.identity,
                        train_images={domain_name(cfg, "a"): len(images_a), domain_name(cfg, "b"): len(images_b)})
         write_split(run_dir / SPLIT_FILE, split_rows(dataset))

@@ -171,7 +171,8 @@ def test_domains_are_chosen_by_source(tmp_path, data, monkeypatch):
     assert set(rows_a) == set(ds.indices("train", "normal", ["adults"]).tolist())
     with pytest.raises(UserError, match=r"no train-split image of normal \(hospital\).*come from: adults, children"):
         train_gan(tiny_config(tmp_path, "train.steps=1", "train.domain_a_sources=[hospital]"), data,
-                  tmp_path / "runs", device="cpu")
+                  tmp_path / "refused", device="cpu")
+    assert not (tmp_path / "refused" / "gan").exists()  # a refused run leaves no run folder
 
 
 @pytest.mark.slow
