@@ -48,7 +48,9 @@ what remains.
 Levers and recipe: the levers stage trains the config as it is and each one change to it on ``screen_folds``
 folds of the data's training split (grouped by patient, stratified by label × source) and pools their
 out-of-fold figures; the data's validation and test splits take no part, so the recipe stage, which scores our
-runs and the usual recipe on the test split, reports the chosen config on films no choice saw.
+runs and the usual recipe on the test split, reports the chosen config on films no choice saw. With --usual,
+the screen also runs the usual recipe on each fold (lever ``usual``), so the config as it is meets it on patients
+no earlier choice of the config saw, paired fold by fold.
 
 Scales: ``gpu`` is the full-size recipe (configs/classify-train.yaml, 224² input, 2 seeds; CycleGAN 5,000
 steps at 256², Zebin et al.); ``cpu`` mirrors the CPU preset (configs/classify-train-cpu.yaml against the
@@ -438,10 +440,11 @@ class Suite:
         return classifier_figures(run) | {"backbone": backbone, "seed": seed, "overrides": list(extra),
                                           "train_s": self.progress["timers"][unit.name]["train"]}
 
-    def usual(self, unit: Unit, backbone: str, seed: int) -> dict:
-        """usual_accuracy.py for one backbone and seed, as a process of its own."""
+    def usual(self, unit: Unit, backbone: str, seed: int, data_split: tuple[Path, str] | None = None) -> dict:
+        """usual_accuracy.py for one backbone and seed, as a process of its own, on ``data_split`` (a folder and
+        the split it reports on; by default :meth:`usual_data`)."""
         device = "cuda" if self.a.device != "cpu" and torch.cuda.is_available() else "cpu"
-        data, split = self.usual_data()
+        data, split = data_split or self.usual_data()
         self.call(unit, [sys.executable, "-c", SEEDED_USUAL, str(seed), self.arg(self.usual_script), "--data",
                          self.arg(data), "--models", backbone, "--device", device, *self.scale.usual_args], "train")
         lines = (self.out / "logs" / f"{unit.name}.log").read_text().splitlines()
@@ -460,13 +463,18 @@ class Suite:
                 rows = csv_rows(f)
         if not any(r.get("split") == "test" for r in rows):
             return self.data, "val"
-        folder = self.out / "usual-data"
-        if not (folder / "manifest.csv").exists():
-            renamed = {"train": "train", "test": "val"}
-            write_csv(folder / "manifest.csv", [{**r, "path": str((self.data / r["path"]).resolve()),
-                                                 "split": renamed[r["split"]]} for r in rows if r["split"] in renamed],
-                      list(rows[0]))
-        return folder, "test"
+        return tested_as_val(rows, self.data, self.out / "usual-data"), "test"
+
+    def usual_on_fold(self, unit: Unit, k: int) -> dict:
+        """The usual recipe on fold ``k`` of the lever screen: it trains on the fold's training part and reports
+        (choosing its epoch there too, an advantage the config's runs do not have) on the fold's test part."""
+        with open(self.screen_fold(k), newline="", encoding="utf-8") as f:
+            rows = csv_rows(f)
+        tested = [r["label"] for r in rows if r["split"] == "test"]
+        data = tested_as_val(rows, self.data, self.out / "screen" / f"usual-fold{k}")
+        figures = self.usual(unit, self.scale.backbones[0], self.scale.seeds[0], (data, f"fold {k}"))
+        return figures | {"fold": k, "n": len(tested), "support": {c: tested.count(c) for c in figures["sensitivity"]},
+                          "overrides": [], "train_s": figures["wall_s"]}
 
     def gan_train(self, unit: Unit) -> dict:
         config = ["--config", ROOT / self.scale.gan_config] if self.scale.gan_config else []
@@ -638,6 +646,9 @@ class Suite:
                                           u, self.screen_fold(k), s.backbones[0], s.seeds[0],
                                           self.lung_crop_sets() if sets is None else sets) | {"fold": k},
                                       needs=("lungseg",) if sets is None else ()))
+                if self.usual_script and wanted("usual"):  # the config against the usual recipe on the same folds
+                    units.append(Unit(f"levers/usual-fold{k}", f"usual:{s.backbones[0]}", False,
+                                      lambda u, k=k: self.usual_on_fold(u, k)))
         if "recipe" in stages:
             for seed in s.seeds:
                 for bb in s.backbones:
@@ -699,6 +710,16 @@ class Suite:
             os.replace(report / ".logs.tar.gz.tmp", report / "logs.tar.gz")
         for figure in sorted((self.out / "figures").glob("*")):
             shutil.copy2(figure, report / figure.name)
+
+
+def tested_as_val(rows: list[dict], root: Path, folder: Path) -> Path:
+    """``folder`` holding a copy of a manifest's ``rows`` for usual_accuracy.py, which reports on its ``val`` rows:
+    the training rows, and the test rows as ``val`` (paths made absolute; other rows dropped). Written once."""
+    if not (folder / "manifest.csv").exists():
+        renamed = {"train": "train", "test": "val"}
+        write_csv(folder / "manifest.csv", [{**r, "path": str((root / r["path"]).resolve()), "split": renamed[r["split"]]}
+                                            for r in rows if r["split"] in renamed], list(rows[0]))
+    return folder
 
 
 # ---------------------------------------------------------------- reading the toolkit's outputs
@@ -806,9 +827,15 @@ def screen_summary(results: list[dict], scale: Scale) -> dict:
             m, lo, hi = mean_interval(d)
             row["minus_base"] = {"mean": m, "low": lo, "high": hi, "n": len(d), "signs": "".join("+-"[x < 0] for x in d)}
         rows[name] = row
-    winner = max(rows, key=lambda k: (rows[k]["accuracy"], rows[k]["sensitivity"].get(MINORITY) or 0))
+    levers = [k for k in rows if k != "usual"]  # the usual recipe is the yardstick, not a lever
+    winner = max(levers, key=lambda k: (rows[k]["accuracy"], rows[k]["sensitivity"].get(MINORITY) or 0), default=None)
+    against = rows.get("usual", {}).get("minus_base")
     return {"backbone": scale.backbones[0], "folds": scale.screen_folds, "candidates": rows, "winner": winner,
-            "winner_sets": " ".join(f"--set {o}" for o in rows[winner]["overrides"])}
+            "winner_sets": " ".join(f"--set {o}" for o in rows[winner]["overrides"]) if winner else None,
+            "base_minus_usual": against and {"mean": -against["mean"], "n": against["n"],
+                                             "low": None if against["high"] is None else -against["high"],
+                                             "high": None if against["low"] is None else -against["low"],
+                                             "signs": against["signs"].translate(str.maketrans("+-", "-+"))}}
 
 
 def stage_summaries(results: dict, scale: Scale) -> dict:
@@ -900,10 +927,14 @@ def markdown(s: dict) -> str:
             lines.append(f"| {name} | {', '.join(r['overrides']) or '(the config)'} | {len(r['folds'])} | {r['n']} | "
                          f"{pct(r['accuracy'])} | {pct(r['sensitivity'].get(MINORITY))} | {diff(r['minus_base'])}"
                          f"{signs} | {r['train_s']:.0f} |")
-        lines += ["", f"Highest pooled out-of-fold accuracy: **{lv['winner']}**: "
+        lines += [] if lv["winner"] is None else ["", f"Highest pooled out-of-fold accuracy: **{lv['winner']}**: "
                   + (f"`{lv['winner_sets']}`" if lv["winner_sets"] else "the config as it is")
                   + ". Chosen on the training split's folds only: the data's validation and test splits took no part, "
                   "so the recipe stage's test-split figures of the chosen config are evidence the choice never saw."]
+        if lv["base_minus_usual"]:
+            lines += ["", f"The config as it is against the usual recipe on the same folds (row `usual`: it chooses its "
+                      f"epoch on the fold it is scored on): **{diff(lv['base_minus_usual'])}** "
+                      f"({lv['base_minus_usual']['signs']}) points of accuracy."]
     if "recipe" in st:
         rows, t = st["recipe"]["backbones"], st["recipe"]["targets"]
         split = next((r["ours"]["split"] for r in rows.values() if r["ours"]), "val")
@@ -1012,7 +1043,7 @@ def main(argv: list[str] | None = None) -> int:
         if path and not Path(path).exists():
             print(f"error: {flag} {path}: no such file or folder", file=sys.stderr)
             return 2
-    known = [name for name, _ in SCALES[a.scale].levers] + ["lung-crop"]
+    known = [name for name, _ in SCALES[a.scale].levers] + ["lung-crop", "usual"]
     unknown = sorted(set(a.levers or ()) - set(known))
     if unknown:
         print(f"error: --levers {' '.join(unknown)}: no such lever at scale {a.scale}; choose from {', '.join(known)}",
@@ -1021,6 +1052,9 @@ def main(argv: list[str] | None = None) -> int:
     if "lung-crop" in (a.levers or ()) and not a.lungs_data:
         print("error: --levers lung-crop needs --lungs-data (lung image/mask pairs to train the segmenter on)",
               file=sys.stderr)
+        return 2
+    if "usual" in (a.levers or ()) and not a.usual:
+        print("error: --levers usual needs --usual (the usual recipe's script, usual_accuracy.py)", file=sys.stderr)
         return 2
     suite = Suite(a)
     settings = {"scale": a.scale, "data": str(suite.data)}

@@ -160,6 +160,50 @@ def test_levers_are_planned_on_folds_of_the_training_split_only_and_unknown_ones
     assert not (tmp_path / "o2").exists()
 
 
+FAKE_USUAL = """import argparse, csv, json, pathlib
+ap = argparse.ArgumentParser()
+for flag in ("--data", "--models", "--device", "--size", "--epochs", "--workers"):
+    ap.add_argument(flag)
+a = ap.parse_args()
+rows = list(csv.DictReader(open(pathlib.Path(a.data) / "manifest.csv")))
+val = [r for r in rows if r["split"] == "val"]
+assert all(pathlib.Path(r["path"]).is_file() for r in rows)
+print(json.dumps({"accuracy": len(val) / 1000, "acc_ci95": [0, 1], "epochs": 1, "train_s": 1.0,
+                  **{f"{c}_{m}": 0.5 for c in ("covid", "normal", "pneumonia") for m in ("sens", "spec")},
+                  "acc_phantom": f"0.5 (n={len(val)})", "n_train": sum(r["split"] == "train" for r in rows)}))
+"""
+
+
+@pytest.mark.slow
+def test_the_usual_recipe_runs_on_each_screen_fold_trained_on_its_training_part_and_scored_on_its_test_part(tmp_path):
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from cxr3_suite import Suite
+    data = write_phantoms(tmp_path / "data", 12, 32, seed=0)
+    usual = tmp_path / "usual_accuracy.py"
+    usual.write_text(FAKE_USUAL)
+    args = dict(scale="tiny", data=str(data), out=str(tmp_path / "out"), lungs_data=None, usual=str(usual),
+                budget_s=None, commit=None, full_ablation=False, device="cpu", report=None)
+    units = Suite(argparse.Namespace(**args, levers=None)).plan(["levers"])
+    assert [u.name for u in units] == [f"levers/{n}-fold{k}" for k in (0, 1) for n in ("base", "mixup", "usual")]
+    suite = Suite(argparse.Namespace(**args, levers=["usual"]))
+    with contextlib.redirect_stdout(io.StringIO()):
+        suite.run([u for u in suite.plan(["levers"]) if u.name.startswith("levers/usual-")])
+    assert not suite.failed, suite.failed
+    for k in (0, 1):
+        figures = suite.result(f"levers/usual-fold{k}")
+        with open(suite.screen_fold(k), newline="") as f:
+            fold = list(csv.DictReader(f))
+        tested = [r for r in fold if r["split"] == "test"]
+        with open(tmp_path / "out" / "screen" / f"usual-fold{k}" / "manifest.csv", newline="") as f:
+            given = [(r["path"], r["split"]) for r in csv.DictReader(f)]
+        assert given == [(r["path"], {"train": "train", "test": "val"}[r["split"]]) for r in fold
+                         if r["split"] != "val"]  # the fold's validation part takes no part
+        assert figures["fold"] == k and figures["n"] == len(tested) and figures["accuracy"] == len(tested) / 1000
+        assert sum(figures["support"].values()) == len(tested) and figures["split"] == f"fold {k}"
+    assert run_suite(tmp_path, data, "--levers", "usual", in_process=True).stderr.strip() == (
+        "error: --levers usual needs --usual (the usual recipe's script, usual_accuracy.py)")
+
+
 def test_the_screen_pools_the_folds_and_chooses_on_them():
     """Each lever's out-of-fold figures pool its folds by films (sensitivity by each class's films); its difference
     from the config as it is comes fold by fold, with the sign in each; the highest pooled accuracy wins."""
@@ -171,7 +215,8 @@ def test_the_screen_pools_the_folds_and_chooses_on_them():
                 "overrides": [] if name == "base" else ["train.mixup=0.2"],
                 "sensitivity": {"covid": covid, "normal": 0.9}, "support": {"covid": covid_n, "normal": n - covid_n}}
     results = [unit("base", 0, 0.80, 100, 0.5, 20), unit("base", 1, 0.70, 50, 1.0, 10),
-               unit("mixup", 0, 0.85, 100, 0.6, 20), unit("mixup", 1, 0.68, 50, 0.9, 10)]
+               unit("mixup", 0, 0.85, 100, 0.6, 20), unit("mixup", 1, 0.68, 50, 0.9, 10),
+               unit("usual", 0, 0.90, 100, 0.5, 20), unit("usual", 1, 0.66, 50, 0.5, 10)]
     lv = screen_summary(results, SCALES["tiny"])
     base, mixup = lv["candidates"]["base"], lv["candidates"]["mixup"]
     assert base["accuracy"] == pytest.approx((80 + 35) / 150) and base["n"] == 150 and base["folds"] == [0, 1]
@@ -180,12 +225,16 @@ def test_the_screen_pools_the_folds_and_chooses_on_them():
     assert mixup["minus_base"]["mean"] == pytest.approx((0.05 - 0.02) / 2) and mixup["minus_base"]["signs"] == "+-"
     assert mixup["minus_base"]["low"] is None and base["minus_base"] is None  # no interval from 2 folds
     assert lv["winner"] == "mixup" and lv["winner_sets"] == "--set train.mixup=0.2" and lv["folds"] == 2
+    # the usual recipe is the yardstick, never the winner, however high its accuracy: the config minus it, by fold
+    assert lv["candidates"]["usual"]["accuracy"] > mixup["accuracy"]
+    assert lv["base_minus_usual"]["mean"] == pytest.approx((-0.10 + 0.04) / 2) and lv["base_minus_usual"]["signs"] == "-+"
     summary = {"scale": "tiny", "date": "d", "gpu": None, "cpu": "c", "cores": 2, "torch": "2.14", "python": "3.11",
                "commit": "abc", "data": "x", "command": "python experiments/cxr3_suite.py", "stopped": None,
                "remaining": [], "skipped": {}, "failed": {}, "stages": {"levers": lv}, "units": {}}
     md = markdown(summary)
     assert "## levers: one change at a time on shallow, 2 folds of the training split" in md
     assert "| mixup | train.mixup=0.2 | 2 | 150 | 79.3 | 70.0 | +1.5 (n=2) +- | 10 |" in md
+    assert "against the usual recipe on the same folds" in md and "**-3.0 (n=2)** (-+)" in md
 
 
 def test_usual_recipe_line_becomes_the_same_figures_as_ours():
