@@ -171,7 +171,9 @@ SCALES = {
                 ("crop90", ("augment.crop_scale=[0.9,1.0]",)), ("no-smoothing", ("train.label_smoothing=0",)),
                 # more pixels, so fewer epochs inside the preset's budget (train.time_budget: usual plans them)
                 ("res160", ("data.size=176", "model.input_size=160")),
-                ("no-class-weights", ("train.balance=none",)), ("tta4", ("eval.tta=4",))),
+                ("no-class-weights", ("train.balance=none",)), ("tta4", ("eval.tta=4",)),
+                # as on a CPU without native bf16: float32 steps, so the budget plans fewer epochs
+                ("float32", ("train.cpu_bf16=false",))),
         gan_config=None, gan_sets=("data.size=128", "model.ngf=32", "model.ndf=32", "model.n_blocks=6",
                                    "train.steps=2000", "train.checkpoint_every=200"),
         ablation_seeds=3, lungseg_config="configs/lungseg-train.yaml",
