@@ -48,7 +48,10 @@ what remains.
 Levers and recipe: the levers stage trains the config as it is and each one change to it on ``screen_folds``
 folds of the data's training split (grouped by patient, stratified by label × source) and pools their
 out-of-fold figures; the data's validation and test splits take no part, so the recipe stage, which scores our
-runs and the usual recipe on the test split, reports the chosen config on films no choice saw. With --usual,
+runs and the usual recipe on the test split, reports the chosen config on films no choice saw. On each fold the
+config's run comes first; a lever of training settings then trains within that run's time budget (the config
+measures the usual recipe's time afresh each run, which varies by ±10 % between runs on 2 shared cores), and a
+lever of evaluation settings only (``eval.*``) evaluates a copy of that run. With --usual,
 the screen also runs the usual recipe on each fold (lever ``usual``), so the config as it is meets it on patients
 no earlier choice of the config saw, paired fold by fold.
 
@@ -430,17 +433,43 @@ class Suite:
         self.call(unit, self.cli(command, *start, "--out", folder), "train")
         return latest_run(folder, kind, marker=marker)
 
-    def train_and_evaluate(self, unit: Unit, data: Path, backbone: str, seed: int, extra=()) -> dict:
-        """classify-train in the unit's folder (resuming the run there), then evaluate: its figures."""
+    def train_and_evaluate(self, unit: Unit, data: Path, backbone: str, seed: int, extra=(),
+                           budget_s: float | None = None) -> dict:
+        """classify-train in the unit's folder (resuming the run there), then evaluate: its figures. ``budget_s``
+        replaces the config's ``train.time_budget``."""
         folder, config = self.folder(unit), ROOT / self.scale.classifier_config
-        sets = self.flags("--set", self.classifier_sets(*extra))
+        budget = [f"train.time_budget={budget_s}s"] if budget_s else []
+        sets = self.flags("--set", self.classifier_sets(*extra, *budget))
         run = self.train_or_resume(unit, "classify-train", "classifier", "last.pt",
                                    ["--data", data, "--config", config, "--backbone", backbone, "--seed", seed, *sets],
                                    ["--data", data])
         self.call(unit, self.cli("evaluate", "--data", data, "--config", config, "--checkpoint", run, "--out", folder,
                                  *sets), "evaluate")
         return classifier_figures(run) | {"backbone": backbone, "seed": seed, "overrides": list(extra),
-                                          "train_s": self.progress["timers"][unit.name]["train"]}
+                                          "train_s": self.progress["timers"][unit.name]["train"],
+                                          "budget_s": (read_json(run / "run.json").get("budget") or {}).get("budget_s")}
+
+    def lever(self, unit: Unit, k: int, sets: tuple[str, ...] | None) -> dict:
+        """One lever of the screen on fold ``k`` (``sets`` None: lung-cropped training), against the fold's base
+        run: a lever of evaluation settings only evaluates a copy of the base run; one of training settings trains
+        within the base run's time budget, so the budget, which the config measures each run (the usual recipe's
+        time on this machine), is the same for every lever of the fold."""
+        base = self.result(f"levers/base-fold{k}")
+        budget_s = (read_json(ROOT / base["run"] / "run.json").get("budget") or {}).get("budget_s")
+        if sets and all(o.startswith("eval.") for o in sets):
+            run, copy = ROOT / base["run"], self.folder(unit) / "classifier" / Path(base["run"]).name
+            if not copy.exists():
+                shutil.copytree(run, copy.with_name(copy.name + ".tmp"), ignore=shutil.ignore_patterns("eval"))
+                os.replace(copy.with_name(copy.name + ".tmp"), copy)
+            data, config = self.screen_fold(k), ROOT / self.scale.classifier_config
+            self.call(unit, self.cli("evaluate", "--data", data, "--config", config, "--checkpoint", copy, "--out",
+                                     self.folder(unit), *self.flags("--set", self.classifier_sets(*sets))), "evaluate")
+            return classifier_figures(copy) | {"backbone": base["backbone"], "seed": base["seed"],
+                                               "overrides": list(sets), "train_s": base["train_s"],
+                                               "budget_s": budget_s, "fold": k}
+        extra = self.lung_crop_sets() if sets is None else sets
+        return self.train_and_evaluate(unit, self.screen_fold(k), base["backbone"], base["seed"], extra,
+                                       budget_s) | {"fold": k}
 
     def usual(self, unit: Unit, backbone: str, seed: int, data_split: tuple[Path, str] | None = None) -> dict:
         """usual_accuracy.py for one backbone and seed, as a process of its own, on ``data_split`` (a folder and
@@ -637,17 +666,17 @@ class Suite:
             def wanted(name: str) -> bool:
                 return self.a.levers is None or name in self.a.levers
 
-            levers = [("base", ())] + [lever for lever in s.levers if wanted(lever[0])]
+            levers = [lever for lever in s.levers if wanted(lever[0])]
             if not no_lungs and wanted("lung-crop"):
                 units.append(Unit("lungseg", "lungseg", True, self.lungseg))  # lung-cropped training needs it
                 levers.append(("lung-crop", None))
             for k in range(s.screen_folds):
+                units.append(Unit(f"levers/base-fold{k}", "lever:base", True, lambda u, k=k: self.train_and_evaluate(
+                    u, self.screen_fold(k), s.backbones[0], s.seeds[0]) | {"fold": k}))
                 for name, sets in levers:
                     units.append(Unit(f"levers/{name}-fold{k}", f"lever:{name}", True,
-                                      lambda u, k=k, sets=sets: self.train_and_evaluate(
-                                          u, self.screen_fold(k), s.backbones[0], s.seeds[0],
-                                          self.lung_crop_sets() if sets is None else sets) | {"fold": k},
-                                      needs=("lungseg",) if sets is None else ()))
+                                      lambda u, k=k, sets=sets: self.lever(u, k, sets),
+                                      needs=(*(("lungseg",) if sets is None else ()), f"levers/base-fold{k}")))
                 if self.usual_script and wanted("usual"):  # the config against the usual recipe on the same folds
                     units.append(Unit(f"levers/usual-fold{k}", f"usual:{s.backbones[0]}", False,
                                       lambda u, k=k: self.usual_on_fold(u, k)))
