@@ -14,6 +14,7 @@ from augment.lungmask import LungMasker
 from augment.runsplit import EVALUATED_FILE, EvalSet, claim_report, evaluation_set, split_rows, write_split
 from foundation.bootstrap import bootstrap_weights, interval
 from foundation.devices import pick_device
+from foundation.errors import UserError
 from foundation.files import json_safe, write_text_atomic
 from foundation.html_report import write_html_report
 from foundation.runs import resolve_run_file
@@ -143,7 +144,7 @@ def load_evaluation(data: str | Path, path: Path, device, split_from_data: bool 
 def evaluate(data: str | Path, checkpoint: str | Path | None = None, out: str | Path = "runs",
              cfg: EvalConfig | None = None, device: str = "auto", cam: int = 0, seed: int = 0,
              quiet: bool = False, split_from_data: bool = False, overwrite: bool = False,
-             lung_masker: LungMasker | None = None) -> dict:
+             lung_masker: LungMasker | None = None, tta: int | None = None) -> dict:
     """Evaluate a classifier on its run's test split (the validation split when there is none), or on
     another test set; :func:`augment.runsplit.evaluation_set` says which images and refuses leaks.
 
@@ -152,12 +153,16 @@ def evaluate(data: str | Path, checkpoint: str | Path | None = None, out: str | 
     (the images evaluated) and, with ``cam`` > 0, overlays for ``cam`` images per class under
     ``<run>/eval`` (another test set: ``<run>/eval/<name>-<split>``); prints the key table. A folder
     holding a report on other images is refused unless ``overwrite``. ``lung_masker``: as for
-    :func:`load_evaluation`.
+    :func:`load_evaluation`. ``tta``: the test-time augmentation asked for, refused unless it is the run's own
+    (the run chose its epoch and thresholds with it).
     """
     cfg = cfg or EvalConfig()
     dev = pick_device(device)
     path = resolve_run_file(checkpoint, out, "classifier", CHECKPOINTS)
     model, ckpt, ds, chosen = load_evaluation(data, path, dev, split_from_data, quiet, lung_masker, required=())
+    if tta is not None and tta != tta_views(ckpt):
+        raise UserError(f"{path}: eval.tta={tta} asked, but this run chose its epoch and thresholds with "
+                        f"eval.tta={tta_views(ckpt)} and is evaluated so; to measure eval.tta={tta}, train with it")
     classes, size = tuple(ckpt["classes"]), ckpt["input_size"]
     split, idx = chosen.split, chosen.indices
     out_dir = path.parent / "eval" / chosen.folder

@@ -49,9 +49,8 @@ Levers and recipe: the levers stage trains the config as it is and each one chan
 folds of the data's training split (grouped by patient, stratified by label × source) and pools their
 out-of-fold figures; the data's validation and test splits take no part, so the recipe stage, which scores our
 runs and the usual recipe on the test split, reports the chosen config on films no choice saw. On each fold the
-config's run comes first; a lever of training settings then trains within that run's time budget (the config
-measures the usual recipe's time afresh each run, which varies by ±10 % between runs on 2 shared cores), and a
-lever of evaluation settings only (``eval.*``) evaluates a copy of that run. With --usual,
+config's run comes first; every lever then trains within that run's time budget (the config measures the usual
+recipe's time afresh each run, which varies by ±10 % between runs on 2 shared cores). With --usual,
 the screen also runs the usual recipe on each fold (lever ``usual``), so the config as it is meets it on patients
 no earlier choice of the config saw, paired fold by fold.
 
@@ -450,23 +449,12 @@ class Suite:
                                           "budget_s": (read_json(run / "run.json").get("budget") or {}).get("budget_s")}
 
     def lever(self, unit: Unit, k: int, sets: tuple[str, ...] | None) -> dict:
-        """One lever of the screen on fold ``k`` (``sets`` None: lung-cropped training), against the fold's base
-        run: a lever of evaluation settings only evaluates a copy of the base run; one of training settings trains
-        within the base run's time budget, so the budget, which the config measures each run (the usual recipe's
-        time on this machine), is the same for every lever of the fold."""
+        """One lever of the screen on fold ``k`` (``sets`` None: lung-cropped training), trained within the time
+        budget of the fold's base run: the config measures its budget (the usual recipe's time on this machine)
+        afresh in each run, so every lever of a fold gets the same one. Test-time augmentation is trained too:
+        the run chooses its epoch with it, and its validation's cost comes out of the budget."""
         base = self.result(f"levers/base-fold{k}")
         budget_s = (read_json(ROOT / base["run"] / "run.json").get("budget") or {}).get("budget_s")
-        if sets and all(o.startswith("eval.") for o in sets):
-            run, copy = ROOT / base["run"], self.folder(unit) / "classifier" / Path(base["run"]).name
-            if not copy.exists():
-                shutil.copytree(run, copy.with_name(copy.name + ".tmp"), ignore=shutil.ignore_patterns("eval"))
-                os.replace(copy.with_name(copy.name + ".tmp"), copy)
-            data, config = self.screen_fold(k), ROOT / self.scale.classifier_config
-            self.call(unit, self.cli("evaluate", "--data", data, "--config", config, "--checkpoint", copy, "--out",
-                                     self.folder(unit), *self.flags("--set", self.classifier_sets(*sets))), "evaluate")
-            return classifier_figures(copy) | {"backbone": base["backbone"], "seed": base["seed"],
-                                               "overrides": list(sets), "train_s": base["train_s"],
-                                               "budget_s": budget_s, "fold": k}
         extra = self.lung_crop_sets() if sets is None else sets
         return self.train_and_evaluate(unit, self.screen_fold(k), base["backbone"], base["seed"], extra,
                                        budget_s) | {"fold": k}

@@ -246,3 +246,13 @@ def test_a_run_with_test_time_augmentation_predicts_and_exports_the_mean_over_it
     with torch.no_grad():
         exported = torch.jit.load(str(tmp_path / "x" / "model.pt"))(films_u8).numpy()
     assert np.allclose(exported, wanted, atol=1e-5)
+
+
+def test_evaluate_refuses_a_test_time_augmentation_the_run_did_not_choose_its_epoch_with(run, tmp_path):
+    """``eval.tta`` is the run's: asking ``evaluate`` for another is refused in one line, not silently ignored."""
+    copy = shutil.copytree(run, tmp_path / "run")
+    r = CliRunner().invoke(cli, ["evaluate", "--data", str(run.parents[2] / "data"), "--checkpoint", str(copy),
+                                 "--set", "eval.tta=2"])
+    assert r.exit_code != 0 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "eval.tta=2 asked, but this run chose its epoch and thresholds with eval.tta=0" in r.output
+    assert not (copy / "eval").exists()
