@@ -404,7 +404,7 @@ def evaluate(data, config, out, device, seed, set_, checkpoint, cam_n, split_fro
     from foundation.config import load_config
     data, config, _ = resolve_inputs("classify-train", data, config, out)
     cfg = load_config(ClassifierConfig, config, set_)
-    asked = any(s.partition("=")[0].strip() == "eval.tta" for s in set_)
+    asked = any(s.partition("=")[0] == "eval.tta" for s in set_)  # the key as load_config reads it
     run_evaluate(data, checkpoint, out, cfg.eval, device, cam_n, seed, split_from_data=split_from_data,
                  overwrite=overwrite, lung_masker=lung_masker_of_runs([checkpoint], out, device),
                  tta=cfg.eval.tta if asked else None)

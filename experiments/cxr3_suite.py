@@ -446,7 +446,7 @@ class Suite:
                                  *sets), "evaluate")
         return classifier_figures(run) | {"backbone": backbone, "seed": seed, "overrides": list(extra),
                                           "train_s": self.progress["timers"][unit.name]["train"],
-                                          "budget_s": (read_json(run / "run.json").get("budget") or {}).get("budget_s")}
+                                          "budget_s": budget_seconds(run)}
 
     def lever(self, unit: Unit, k: int, sets: tuple[str, ...] | None) -> dict:
         """One lever of the screen on fold ``k`` (``sets`` None: lung-cropped training), trained within the time
@@ -454,10 +454,9 @@ class Suite:
         afresh in each run, so every lever of a fold gets the same one. Test-time augmentation is trained too:
         the run chooses its epoch with it, and its validation's cost comes out of the budget."""
         base = self.result(f"levers/base-fold{k}")
-        budget_s = (read_json(ROOT / base["run"] / "run.json").get("budget") or {}).get("budget_s")
         extra = self.lung_crop_sets() if sets is None else sets
         return self.train_and_evaluate(unit, self.screen_fold(k), base["backbone"], base["seed"], extra,
-                                       budget_s) | {"fold": k}
+                                       budget_seconds(ROOT / base["run"])) | {"fold": k}
 
     def usual(self, unit: Unit, backbone: str, seed: int, data_split: tuple[Path, str] | None = None) -> dict:
         """usual_accuracy.py for one backbone and seed, as a process of its own, on ``data_split`` (a folder and
@@ -493,7 +492,7 @@ class Suite:
         data = tested_as_val(rows, self.data, self.out / "screen" / f"usual-fold{k}")
         figures = self.usual(unit, self.scale.backbones[0], self.scale.seeds[0], (data, f"fold {k}"))
         return figures | {"fold": k, "n": len(tested), "support": {c: tested.count(c) for c in figures["sensitivity"]},
-                          "overrides": [], "train_s": figures["wall_s"]}
+                          "overrides": []}
 
     def gan_train(self, unit: Unit) -> dict:
         config = ["--config", ROOT / self.scale.gan_config] if self.scale.gan_config else []
@@ -742,6 +741,11 @@ def tested_as_val(rows: list[dict], root: Path, folder: Path) -> Path:
 
 
 # ---------------------------------------------------------------- reading the toolkit's outputs
+def budget_seconds(run: Path) -> float | None:
+    """The time budget a classifier run planned its epochs for (``run.json``), None without one."""
+    return (read_json(run / "run.json").get("budget") or {}).get("budget_s")
+
+
 def classifier_figures(run: Path) -> dict:
     """Figures of a classifier run from ``eval/metrics.json`` (evaluate) and ``best_metrics.json``."""
     m = read_json(run / "eval" / "metrics.json")  # the run's own split
@@ -826,7 +830,17 @@ def pooled(results: list[dict]) -> dict:
             "accuracy": sum(r["accuracy"] * r["n"] for r in results) / n,
             "sensitivity": {c: (sum((r["sensitivity"][c] or 0) * r["support"][c] for r in results) / support[c]
                                 if support[c] else None) for c in classes},
-            "train_s": mean(r["train_s"] for r in results)}
+            "train_s": mean(r.get("wall_s", r["train_s"]) for r in results)}
+
+
+def by_fold_difference(a: dict[int, dict], b: dict[int, dict]) -> dict | None:
+    """Accuracy of ``a`` minus ``b`` (figures by fold) on the folds both ran: the mean, its 95 % t interval over
+    the folds (from 3), and the sign in each fold."""
+    d = [a[k]["accuracy"] - b[k]["accuracy"] for k in sorted(a) if k in b]
+    if not d:
+        return None
+    m, lo, hi = mean_interval(d)
+    return {"mean": m, "low": lo, "high": hi, "n": len(d), "signs": "".join("+-"[x < 0] for x in d)}
 
 
 def screen_summary(results: list[dict], scale: Scale) -> dict:
@@ -839,22 +853,13 @@ def screen_summary(results: list[dict], scale: Scale) -> dict:
     rows = {}
     for name, folds in by.items():
         rs = [folds[k] for k in sorted(folds)]
-        row = {"overrides": rs[0]["overrides"], **pooled(rs), "units": [r["unit"] for r in rs], "minus_base": None}
-        shared = [k for k in sorted(folds) if k in base]
-        if name != "base" and shared:
-            d = [folds[k]["accuracy"] - base[k]["accuracy"] for k in shared]
-            m, lo, hi = mean_interval(d)
-            row["minus_base"] = {"mean": m, "low": lo, "high": hi, "n": len(d), "signs": "".join("+-"[x < 0] for x in d)}
-        rows[name] = row
+        rows[name] = {"overrides": rs[0]["overrides"], **pooled(rs), "units": [r["unit"] for r in rs],
+                      "minus_base": None if name == "base" else by_fold_difference(folds, base)}
     levers = [k for k in rows if k != "usual"]  # the usual recipe is the yardstick, not a lever
     winner = max(levers, key=lambda k: (rows[k]["accuracy"], rows[k]["sensitivity"].get(MINORITY) or 0), default=None)
-    against = rows.get("usual", {}).get("minus_base")
     return {"backbone": scale.backbones[0], "folds": scale.screen_folds, "candidates": rows, "winner": winner,
             "winner_sets": " ".join(f"--set {o}" for o in rows[winner]["overrides"]) if winner else None,
-            "base_minus_usual": against and {"mean": -against["mean"], "n": against["n"],
-                                             "low": None if against["high"] is None else -against["high"],
-                                             "high": None if against["low"] is None else -against["low"],
-                                             "signs": against["signs"].translate(str.maketrans("+-", "-+"))}}
+            "base_minus_usual": by_fold_difference(base, by.get("usual", {}))}
 
 
 def stage_summaries(results: dict, scale: Scale) -> dict:
