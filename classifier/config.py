@@ -49,6 +49,8 @@ class TrainConfig:
     plateau_factor: float = 0.1
     label_smoothing: float = 0.1
     balance: Literal["loss", "sampler", "none"] = "loss"  # class-weighted loss or class-balanced batches
+    class_weight_power: float = 1.0   # balance loss: class c weighs (n / (classes * n_c)) ** this; 0.5 tempers
+                                      # the weights (square root), 1 fully balances the classes
     ema: float = 0.0                  # decay of an exponential moving average of weights (0: off)
     mixup: float = 0.0                # Beta(alpha, alpha) of mixup (0: off)
     cutmix: float = 0.0               # Beta(alpha, alpha) of cutmix (0: off); with both, one per batch at random
@@ -91,9 +93,9 @@ class TrainConfig:
             raise ValueError("train.device_cache_share is a share of the GPU's memory in [0, 1], "
                              f"got {self.device_cache_share}")
         if min(self.lr, self.finetune_lr_factor, self.mixup, self.cutmix, self.warmup_epochs,
-               self.warmup_epochs_unnormalised) < 0:
-            raise ValueError("train.lr, finetune_lr_factor, mixup, cutmix, warmup_epochs and "
-                             "warmup_epochs_unnormalised must be >= 0")
+               self.warmup_epochs_unnormalised, self.class_weight_power) < 0:
+            raise ValueError("train.lr, finetune_lr_factor, mixup, cutmix, warmup_epochs, "
+                             "warmup_epochs_unnormalised and class_weight_power must be >= 0")
         self.budget_seconds()
 
 

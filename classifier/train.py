@@ -202,7 +202,8 @@ class Trainer:
             [{"params": self.model.backbone.parameters()}, {"params": self.model.head.parameters()}],
             lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=self.device.type == "cuda")
         counts = torch.bincount(self.train_data.labels.cpu(), minlength=len(self.classes)).double().clamp(min=1)
-        self.class_weights = ((counts.sum() / (len(counts) * counts)).float().to(self.device)
+        self.class_weights = ((counts.sum() / (len(counts) * counts)).pow(cfg.train.class_weight_power)
+                              .float().to(self.device)
                               if cfg.train.balance == "loss" else None)
         self.phases = phases(cfg)
         self.epoch = self.batch = self.step = 0

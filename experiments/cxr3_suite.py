@@ -173,7 +173,11 @@ SCALES = {
                 ("crop90", ("augment.crop_scale=[0.9,1.0]",)), ("no-smoothing", ("train.label_smoothing=0",)),
                 # more pixels, so fewer epochs inside the preset's budget (train.time_budget: usual plans them)
                 ("res160", ("data.size=176", "model.input_size=160")),
-                ("no-class-weights", ("train.balance=none",)), ("tta4", ("eval.tta=4",)),
+                ("no-class-weights", ("train.balance=none",)),
+                ("sqrt-class-weights", ("train.class_weight_power=0.5",)),  # between the two above
+                ("tta4", ("eval.tta=4",)),
+                # the usual recipe's pixels, so more epochs inside the budget (where float32 steps are slow)
+                ("res112", ("data.size=128", "model.input_size=112")),
                 # as on a CPU without native bf16: float32 steps, so the budget plans fewer epochs
                 ("float32", ("train.cpu_bf16=false",))),
         gan_config=None, gan_sets=("data.size=128", "model.ngf=32", "model.ndf=32", "model.n_blocks=6",

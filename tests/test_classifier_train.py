@@ -209,6 +209,18 @@ def test_synthetic_images_join_the_training_split_only(tmp_path, data):
     assert len(trainer.val_labels) == len([s for s in trainer_splits(data, cfg) if s == "val"])
 
 
+@pytest.mark.parametrize("power", [1.0, 0.5])
+def test_class_weights_balance_the_classes_and_a_power_tempers_them(tmp_path, power):
+    data = write_phantoms(tmp_path / "imbalanced", {"covid": 4, "normal": 16, "pneumonia": 8}, size=32, seed=3)
+    cfg = tiny_cfg(tmp_path, "train.balance=loss", f"train.class_weight_power={power}")
+    trainer = Trainer(cfg, data, tmp_path / "run", device="cpu", quiet=True)
+    counts = torch.bincount(trainer.train_data.labels, minlength=3).double()
+    # power 1: every class carries the same total weight; power 0.5: the squared weights do
+    totals = trainer.class_weights.double() ** (1 / power) * counts
+    assert torch.allclose(totals, totals.mean().expand(3)) and totals.sum().item() == pytest.approx(counts.sum().item())
+    assert (trainer.class_weights[counts.argmin()] > trainer.class_weights[counts.argmax()]).item()
+
+
 def trainer_splits(data, cfg):
     from augment.data import load_dataset
     return load_dataset(data, cfg.data, quiet=True).splits
