@@ -233,8 +233,9 @@ def test_the_screen_pools_the_folds_and_chooses_on_them():
     from cxr3_suite import SCALES, markdown, screen_summary
 
     def unit(name, fold, accuracy, n, covid, covid_n):
+        at = None if name == "usual" else {"sensitivity": covid / 2, "n_positive": covid_n}  # the usual: no val split
         return {"unit": f"levers/{name}-fold{fold}", "fold": fold, "n": n, "accuracy": accuracy, "train_s": 10.0,
-                "overrides": [] if name == "base" else ["train.mixup=0.2"],
+                "overrides": [] if name == "base" else ["train.mixup=0.2"], "at_threshold": at,
                 "sensitivity": {"covid": covid, "normal": 0.9}, "support": {"covid": covid_n, "normal": n - covid_n}}
     results = [unit("base", 0, 0.80, 100, 0.5, 20), unit("base", 1, 0.70, 50, 1.0, 10),
                unit("mixup", 0, 0.85, 100, 0.6, 20), unit("mixup", 1, 0.68, 50, 0.9, 10),
@@ -243,6 +244,8 @@ def test_the_screen_pools_the_folds_and_chooses_on_them():
     base, mixup = lv["candidates"]["base"], lv["candidates"]["mixup"]
     assert base["accuracy"] == pytest.approx((80 + 35) / 150) and base["n"] == 150 and base["folds"] == [0, 1]
     assert base["sensitivity"]["covid"] == pytest.approx((10 + 10) / 30)
+    # covid sensitivity at each fold's validation-chosen threshold, pooled over the folds' covid films
+    assert base["at_threshold"] == pytest.approx((5 + 5) / 30) and lv["candidates"]["usual"]["at_threshold"] is None
     assert mixup["accuracy"] == pytest.approx((85 + 34) / 150) and mixup["sensitivity"]["covid"] == pytest.approx(21 / 30)
     assert mixup["minus_base"]["mean"] == pytest.approx((0.05 - 0.02) / 2) and mixup["minus_base"]["signs"] == "+-"
     assert mixup["minus_base"]["low"] is None and base["minus_base"] is None  # no interval from 2 folds
@@ -255,7 +258,7 @@ def test_the_screen_pools_the_folds_and_chooses_on_them():
                "remaining": [], "skipped": {}, "failed": {}, "stages": {"levers": lv}, "units": {}}
     md = markdown(summary)
     assert "## levers: one change at a time on shallow, 2 folds of the training split" in md
-    assert "| mixup | train.mixup=0.2 | 2 | 150 | 79.3 | 70.0 | +1.5 (n=2) +- | 10 |" in md
+    assert "| mixup | train.mixup=0.2 | 2 | 150 | 79.3 | 70.0 | 35.0 | +1.5 (n=2) +- | 10 |" in md
     assert "against the usual recipe on the same folds" in md and "**-3.0 (n=2)** (-+)" in md
 
 
