@@ -206,7 +206,8 @@ def test_the_usual_recipe_runs_on_each_screen_fold_trained_on_its_training_part_
     args = dict(scale="tiny", data=str(data), out=str(tmp_path / "out"), lungs_data=None, usual=str(usual),
                 budget_s=None, commit=None, full_ablation=False, device="cpu", report=None)
     units = Suite(argparse.Namespace(**args, levers=None)).plan(["levers"])
-    assert [u.name for u in units] == [f"levers/{n}-fold{k}" for k in (0, 1) for n in ("base", "mixup", "usual")]
+    assert [u.name for u in units] == [f"levers/{n}-fold{k}" for k in (0, 1)
+                                       for n in ("base", "mixup", "usual", "usual-time")]
     suite = Suite(argparse.Namespace(**args, levers=["usual"]))
     with contextlib.redirect_stdout(io.StringIO()):
         suite.run([u for u in suite.plan(["levers"]) if u.name.startswith("levers/usual-")])
@@ -222,8 +223,18 @@ def test_the_usual_recipe_runs_on_each_screen_fold_trained_on_its_training_part_
                          if r["split"] != "val"]  # the fold's validation part takes no part
         assert figures["fold"] == k and figures["n"] == len(tested) and figures["accuracy"] == len(tested) / 1000
         assert sum(figures["support"].values()) == len(tested) and figures["split"] == f"fold {k}"
-    assert run_suite(tmp_path, data, "--levers", "usual", in_process=True).stderr.strip() == (
-        "error: --levers usual needs --usual (the usual recipe's script, usual_accuracy.py)")
+    # the config at the usual recipe's time: its budget is the usual recipe's measured wall time on that fold
+    suite = Suite(argparse.Namespace(**args, levers=["usual-time"]))
+    at_time = next(u for u in suite.plan(["levers"]) if u.name == "levers/usual-time-fold0")
+    assert at_time.needs == ("levers/usual-fold0",)
+    with contextlib.redirect_stdout(io.StringIO()):
+        suite.run([at_time])
+    assert not suite.failed, suite.failed
+    seconds = round(suite.result("levers/usual-fold0")["wall_s"])
+    assert f"train.time_budget={seconds}s" in suite.result("levers/usual-time-fold0")["commands"][0]
+    for name in ("usual", "usual-time"):
+        assert run_suite(tmp_path, data, "--levers", name, in_process=True).stderr.strip() == (
+            f"error: --levers {name} needs --usual (the usual recipe's script, usual_accuracy.py)")
 
 
 def test_the_screen_pools_the_folds_and_chooses_on_them():
@@ -239,7 +250,8 @@ def test_the_screen_pools_the_folds_and_chooses_on_them():
                 "sensitivity": {"covid": covid, "normal": 0.9}, "support": {"covid": covid_n, "normal": n - covid_n}}
     results = [unit("base", 0, 0.80, 100, 0.5, 20), unit("base", 1, 0.70, 50, 1.0, 10),
                unit("mixup", 0, 0.85, 100, 0.6, 20), unit("mixup", 1, 0.68, 50, 0.9, 10),
-               unit("usual", 0, 0.90, 100, 0.5, 20), unit("usual", 1, 0.66, 50, 0.5, 10)]
+               unit("usual", 0, 0.90, 100, 0.5, 20), unit("usual", 1, 0.66, 50, 0.5, 10),
+               unit("usual-time", 0, 0.95, 100, 0.5, 20), unit("usual-time", 1, 0.70, 50, 0.5, 10)]
     lv = screen_summary(results, SCALES["tiny"])
     base, mixup = lv["candidates"]["base"], lv["candidates"]["mixup"]
     assert base["accuracy"] == pytest.approx((80 + 35) / 150) and base["n"] == 150 and base["folds"] == [0, 1]
@@ -250,9 +262,11 @@ def test_the_screen_pools_the_folds_and_chooses_on_them():
     assert mixup["minus_base"]["mean"] == pytest.approx((0.05 - 0.02) / 2) and mixup["minus_base"]["signs"] == "+-"
     assert mixup["minus_base"]["low"] is None and base["minus_base"] is None  # no interval from 2 folds
     assert lv["winner"] == "mixup" and lv["winner_sets"] == "--set train.mixup=0.2" and lv["folds"] == 2
-    # the usual recipe is the yardstick, never the winner, however high its accuracy: the config minus it, by fold
-    assert lv["candidates"]["usual"]["accuracy"] > mixup["accuracy"]
+    # the usual recipe and the config at its time are yardsticks, never the winner, however high their accuracy:
+    # the config minus the recipe, and the config at the recipe's time minus the recipe, by fold
+    assert min(lv["candidates"][n]["accuracy"] for n in ("usual", "usual-time")) > mixup["accuracy"]
     assert lv["base_minus_usual"]["mean"] == pytest.approx((-0.10 + 0.04) / 2) and lv["base_minus_usual"]["signs"] == "-+"
+    assert lv["usual_time_minus_usual"]["mean"] == pytest.approx((0.05 + 0.04) / 2)
     summary = {"scale": "tiny", "date": "d", "gpu": None, "cpu": "c", "cores": 2, "torch": "2.14", "python": "3.11",
                "commit": "abc", "data": "x", "command": "python experiments/cxr3_suite.py", "stopped": None,
                "remaining": [], "skipped": {}, "failed": {}, "stages": {"levers": lv}, "units": {}}
@@ -260,6 +274,7 @@ def test_the_screen_pools_the_folds_and_chooses_on_them():
     assert "## levers: one change at a time on shallow, 2 folds of the training split" in md
     assert "| mixup | train.mixup=0.2 | 2 | 150 | 79.3 | 70.0 | 35.0 | +1.5 (n=2) +- | 10 |" in md
     assert "against the usual recipe on the same folds" in md and "**-3.0 (n=2)** (-+)" in md
+    assert "(row `usual-time`) against the usual recipe: **+4.5 (n=2)** (++)" in md
 
 
 def test_usual_recipe_line_becomes_the_same_figures_as_ours():
