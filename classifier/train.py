@@ -8,6 +8,7 @@ import copy
 import csv
 import dataclasses
 import json
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -240,9 +241,10 @@ class Trainer:
 
     def _plan_budget(self, budget: float) -> dict:
         """Set ``train.epochs`` (and so the schedule's length) to what fits ``budget`` seconds from the start: the
-        speed of :data:`PLAN_STEPS` training steps of the last phase (the whole network) and of one validation is
-        measured, then the weights, optimiser state, EMA and RNG are put back, so the run trains as an unmeasured
-        run of that many epochs would. Returns the plan and the figures it came from."""
+        speed of :data:`PLAN_STEPS` training steps of the last phase (the whole network; their median, so a step
+        that another process stalled does not shorten the run) and of one validation is measured, then the
+        weights, optimiser state, EMA and RNG are put back, so the run trains as an unmeasured run of that many
+        epochs would. Returns the plan and the figures it came from."""
         saved = copy.deepcopy((self.model.state_dict(), self.optimizer.state_dict(),
                                self.ema.state_dict() if self.ema else None))
         rng = rng_state()
@@ -251,12 +253,12 @@ class Trainer:
         batches = self.train_data.batches(self._batches(0))
         n = min(PLAN_STEPS, len(batches))
         float(self.train_step(net, batches[0], 0))  # warm-up: allocations, kernel choice
-        start = time.monotonic()
+        step_times = []
         for i in range(1, n):
-            loss = self.train_step(net, batches[i], i)
-        if n > 1:
-            float(loss)  # waits for the device
-        step_s = (time.monotonic() - start) / max(n - 1, 1)
+            start = time.monotonic()
+            float(self.train_step(net, batches[i], i))  # waits for the device
+            step_times.append(time.monotonic() - start)
+        step_s = statistics.median(step_times) if step_times else 0.0  # a step stalled by another process: ignored
         start = time.monotonic()
         self.validate()
         val_s = time.monotonic() - start
@@ -274,7 +276,8 @@ class Trainer:
         train = dataclasses.replace(t, epochs=int(epochs), head_epochs=min(t.head_epochs, int(epochs)))
         self.cfg = dataclasses.replace(self.cfg, train=train)
         self.phases = phases(self.cfg)
-        plan = {"budget_s": budget, "epochs": int(epochs), "step_s": round(step_s, 4), "validation_s": round(val_s, 3),
+        plan = {"budget_s": budget, "epochs": int(epochs), "step_s": round(step_s, 4),
+                "step_times_s": [round(t, 4) for t in step_times], "validation_s": round(val_s, 3),
                 "steps_per_epoch": len(batches), "seconds_left_when_planned": round(left, 1), "share_planned": BUDGET_SHARE}
         if self.dist.is_main and not self.quiet:
             print(f"classify-train: train.time_budget {t.time_budget} ({budget:.0f} s): {step_s:.3f} s per step and "

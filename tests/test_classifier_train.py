@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -363,7 +364,7 @@ def test_a_time_budget_plans_the_epochs_and_trains_as_that_many_epochs_would(tmp
     run given that many epochs, and its schedule ends at its last step."""
     monkeypatch.setattr(sys.modules["classifier.train"], "time", TickingClock())
     step = sigint_at_call(monkeypatch, Trainer, "train_step", 3 + 4)  # the 3 timed steps, then mid second epoch
-    budgeted = train(tiny_cfg(tmp_path, "train.time_budget=10s", "train.patience=100"), data, tmp_path / "b",
+    budgeted = train(tiny_cfg(tmp_path, "train.time_budget=14s", "train.patience=100"), data, tmp_path / "b",
                      device="cpu", quiet=True)
     monkeypatch.setattr(Trainer, "train_step", step)
     plan = json.loads((budgeted / "run.json").read_text())["budget"]
@@ -381,6 +382,22 @@ def test_a_time_budget_plans_the_epochs_and_trains_as_that_many_epochs_would(tmp
     with open(budgeted / "history.csv", newline="") as f:
         lr = [float(row["lr"]) for row in csv.DictReader(f)]
     assert len(lr) == plan["epochs"] and lr[-1] < 0.03 * max(lr)  # the cosine ran its whole length (floor 0.01)
+
+
+def test_a_step_stalled_by_another_process_does_not_shorten_the_planned_run(tmp_path, data, monkeypatch):
+    """The plan takes the median of the timed steps: one step held up (here for a second) leaves it unchanged."""
+    calls, step = [0], Trainer.train_step
+
+    def stalled_once(self, *a, **k):
+        calls[0] += 1
+        if calls[0] == 2:  # the first timed step, after the warm-up
+            time.sleep(1.0)
+        return step(self, *a, **k)
+    monkeypatch.setattr(Trainer, "train_step", stalled_once)
+    cfg = tiny_cfg(tmp_path, "train.time_budget=1h", "train.batch_size=2")  # enough batches for 6 planning steps
+    plan = Trainer(cfg, data, tmp_path, device="cpu", quiet=True).budget_plan
+    assert len(plan["step_times_s"]) == 5  # after one warm-up step
+    assert max(plan["step_times_s"]) >= 1.0 and plan["step_s"] < 0.5
 
 
 def test_a_time_budget_that_is_no_duration_is_a_config_error(tmp_path):
