@@ -40,40 +40,52 @@ def patient_labels(groups: Sequence[str], values: Sequence[str]) -> dict[str, st
 
 
 def validation_patients(groups: Sequence[str], labels: Sequence[str], sources: Sequence[str], fraction: float,
-                        seed: int) -> set[str]:
+                        seed: int, proportional: bool = False) -> set[str]:
     """About ``fraction`` of the patients (by images), drawn label by label: within a label, patients are taken in
-    a seeded order that alternates between its sources until the label's share is reached; a label with at least
-    two patients gives at least one and keeps at least one for training."""
+    a seeded order that alternates between its sources until the label's share is reached (every source has a
+    voice, however rare), or, ``proportional``, each source's own share of them (the part is then composed as the
+    data is, which a threshold chosen on it needs); a label with at least two patients gives at least one and
+    keeps at least one for training."""
     label_of, stratum_of = patient_labels(groups, labels), patient_labels(groups, strata(labels, sources))
     size = Counter(groups)
     rng = np.random.default_rng(seed)
     chosen: set[str] = set()
+
+    def take(order: list[str], at_least_one: bool = True) -> set[str]:
+        """Patients from the front of ``order`` up to about ``fraction`` of its images (at least one, or only while
+        a patient brings the count nearer); its last patient always trains."""
+        want, taken, out = fraction * sum(size[g] for g in order), 0, set()
+        for g in order[:-1]:
+            if taken >= want or ((taken or not at_least_one) and taken + size[g] / 2 > want):
+                break
+            out.add(g)
+            taken += size[g]
+        return out
+
     for label in sorted(set(label_of.values())):
         by_source: dict[str, list[str]] = defaultdict(list)
         for g in sorted(p for p, lab in label_of.items() if lab == label):
             by_source[stratum_of[g]].append(g)
         queues = [list(rng.permutation(by_source[s])) for s in sorted(by_source)]
         queues = [queues[i] for i in rng.permutation(len(queues))]
-        order = [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]  # round-robin
-        want = fraction * sum(size[g] for g in order)
-        taken = 0
-        for g in order[:-1]:  # the last patient of a label always trains
-            if taken >= want or (taken and taken + size[g] / 2 > want):
-                break
-            chosen.add(g)
-            taken += size[g]
+        if proportional:
+            drawn = set().union(*(take(q, at_least_one=False) for q in queues))
+            chosen |= drawn or take([g for q in queues for g in q])  # a label of single-patient sources: one
+        else:
+            chosen |= take([q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)])  # round-robin
     return chosen
 
 
 def fold_parts(groups: Sequence[str], labels: Sequence[str], sources: Sequence[str], folds: np.ndarray, fold: int,
                seed: int, minority: str, minority_fraction: float | None = None,
-               val_fraction: float = VAL_FRACTION) -> list[str]:
-    """The part of each image in fold ``fold``: ``test`` (the fold), ``val``, ``train`` or ``""`` (a minority
-    training patient left out by ``minority_fraction``, which keeps that seeded share of them, at least one)."""
+               val_fraction: float = VAL_FRACTION, proportional_val: bool = False) -> list[str]:
+    """The part of each image in fold ``fold``: ``test`` (the fold), ``val`` (:func:`validation_patients`,
+    ``proportional_val`` its ``proportional``), ``train`` or ``""`` (a minority training patient left out by
+    ``minority_fraction``, which keeps that seeded share of them, at least one)."""
     parts = np.where(folds == fold, "test", "train").astype(object)
     rest = np.flatnonzero(folds != fold)
     val = validation_patients([groups[i] for i in rest], [labels[i] for i in rest], [sources[i] for i in rest],
-                              val_fraction, seed * 1009 + fold)
+                              val_fraction, seed * 1009 + fold, proportional_val)
     for i in rest:
         if groups[i] in val:
             parts[i] = "val"

@@ -626,8 +626,9 @@ class Suite:
     def screen_fold(self, k: int) -> Path:
         """The manifest of fold ``k`` of the lever screen. Only the data's training split takes part, in
         ``screen_folds`` folds grouped by patient and stratified by label × source (the ablation's folds,
-        :mod:`ablation.folds`): the fold tests, about a tenth of the other patients chooses the epoch, the rest
-        trains. The data's validation and test splits are never seen, so the recipe stage can report the chosen
+        :mod:`ablation.folds`): the fold tests, about a tenth of the other patients, drawn in proportion to
+        each label's sources so that it is composed as the fold is, chooses the epoch and the covid threshold, the
+        rest trains (the screens of 2026-12-07 drew them round-robin over the sources, as the ablation does). The data's validation and test splits are never seen, so the recipe stage can report the chosen
         config on its test split."""
         folder = self.out / "screen"
         path = folder / f"fold{k}.csv"
@@ -647,7 +648,7 @@ class Suite:
             rows = csv_rows(f)
         col = {c: [r[c] for r in rows] for c in ("path", "label", "group_id", "source")}
         parts = fold_parts(col["group_id"], col["label"], col["source"], np.array([int(r["fold"]) for r in rows]), k,
-                           seed=0, minority=MINORITY)
+                           seed=0, minority=MINORITY, proportional_val=True)
         write_csv(path, [{"path": r["path"], "label": r["label"], "split": part, "group_id": r["group_id"],
                           "source": r["source"], "origin": "real"} for r, part in zip(rows, parts)], COLUMNS)
         return path

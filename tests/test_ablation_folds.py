@@ -250,6 +250,13 @@ def test_folds_and_validation_parts_are_grouped_stratified_and_keep_a_share_of_t
     assert all(p == "test" for p, f in zip(parts, folds) if f == 0)
     two = validation_patients(["a", "b", "c"], ["x", "x", "y"], ["s", "s", "s"], 0.1, 0)
     assert len(two) == 1 and two <= {"a", "b"}  # one of the two x patients; y's only patient trains
+    # by default every source of a label has a voice in validation; proportional: each its share of the patients
+    groups, sources = [f"p{i}" for i in range(100)], ["a"] * 90 + ["b"] * 6 + ["c"] * 4
+    for proportional, expected in ((False, {"a": 3, "b": 3, "c": 4}), (True, {"a": 9, "b": 1})):
+        val = validation_patients(groups, ["covid"] * 100, sources, 0.1, 0, proportional)
+        assert Counter(sources[groups.index(g)] for g in val) == expected
+    one = validation_patients(["a", "b", "c"], ["x", "x", "y"], ["s", "t", "u"], 0.1, 0, proportional=True)
+    assert len(one) == 1 and one <= {"a", "b"}  # sources too small for a share: still one x patient
     with pytest.raises(UserError, match="as many patients as folds"):
         assign_folds(["a", "a", "b"], ["x"] * 3, ["s"] * 3, 3, 0)
 
