@@ -628,8 +628,9 @@ class Suite:
         ``screen_folds`` folds grouped by patient and stratified by label × source (the ablation's folds,
         :mod:`ablation.folds`): the fold tests, about a tenth of the other patients, drawn in proportion to
         each label's sources so that it is composed as the fold is, chooses the epoch and the covid threshold, the
-        rest trains (the screens of 2026-12-07 drew them round-robin over the sources, as the ablation does). The data's validation and test splits are never seen, so the recipe stage can report the chosen
-        config on its test split."""
+        rest trains (the screens of 2026-12-07 drew them round-robin over the sources, as the ablation does). The
+        data's validation and test splits are never seen, so the recipe stage can report the chosen config on its
+        test split."""
         folder = self.out / "screen"
         path = folder / f"fold{k}.csv"
         if path.exists():
