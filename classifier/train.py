@@ -251,14 +251,13 @@ class Trainer:
         net = self._enter_phase(self.phases[-1])
         net.train()
         batches = self.train_data.batches(self._batches(0))
-        n = min(PLAN_STEPS, len(batches))
         float(self.train_step(net, batches[0], 0))  # warm-up: allocations, kernel choice
         step_times = []
-        for i in range(1, n):
+        for i in range(1, max(2, min(PLAN_STEPS, len(batches)))):  # an epoch of one batch: that batch timed again
             start = time.monotonic()
-            float(self.train_step(net, batches[i], i))  # waits for the device
+            float(self.train_step(net, batches[i % len(batches)], i))  # waits for the device
             step_times.append(time.monotonic() - start)
-        step_s = statistics.median(step_times) if step_times else 0.0  # a step stalled by another process: ignored
+        step_s = statistics.median(step_times)  # a step stalled by another process: ignored
         start = time.monotonic()
         self.validate()
         val_s = time.monotonic() - start

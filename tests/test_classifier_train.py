@@ -400,6 +400,16 @@ def test_a_step_stalled_by_another_process_does_not_shorten_the_planned_run(tmp_
     assert max(plan["step_times_s"]) >= 1.0 and plan["step_s"] < 0.5
 
 
+def test_an_epoch_of_one_batch_is_still_timed_for_the_plan(tmp_path, data, monkeypatch):
+    """With a single batch per epoch that batch is timed again after its warm-up: the plan counts its steps'
+    time (0.5 s on the ticking clock), not validation alone."""
+    monkeypatch.setattr(sys.modules["classifier.train"], "time", TickingClock())
+    cfg = tiny_cfg(tmp_path, "train.time_budget=1h", "train.batch_size=64")
+    plan = Trainer(cfg, data, tmp_path, device="cpu", quiet=True).budget_plan
+    assert plan["steps_per_epoch"] == 1
+    assert plan["step_times_s"] == [0.5] and plan["step_s"] == 0.5
+
+
 def test_a_time_budget_that_is_no_duration_is_a_config_error(tmp_path):
     with pytest.raises(UserError, match="train.time_budget is a duration such as 600s, 10m or 1.5h"):
         tiny_cfg(tmp_path, "train.time_budget=soon")
