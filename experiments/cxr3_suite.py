@@ -54,7 +54,8 @@ recipe's time afresh each run: 238 to 303 s for one fold on 2 shared cores). Wit
 the screen also runs the usual recipe on each fold (lever ``usual``), so the config as it is meets it on patients
 no earlier choice of the config saw, paired fold by fold, and then the config once more with the usual recipe's
 measured time on the fold as its budget (lever ``usual-time``: the same wall time, where the config's own estimate
-leaves out the usual recipe's JPEG decoding and validation passes). Neither is ever chosen.
+leaves out the usual recipe's JPEG decoding and validation passes). Neither is ever chosen. With --screen-seeds N
+every candidate runs each fold with the scale's first N seeds, and differences are paired by seed within the fold.
 
 Scales: ``gpu`` is the full-size recipe (configs/classify-train.yaml, 224² input, 2 seeds; CycleGAN 5,000
 steps at 256², Zebin et al.); ``cpu`` mirrors the CPU preset (configs/classify-train-cpu.yaml against the
@@ -457,12 +458,13 @@ class Suite:
                                           "train_s": self.progress["timers"][unit.name]["train"],
                                           "budget_s": budget_seconds(run)}
 
-    def lever(self, unit: Unit, k: int, sets: tuple[str, ...] | None) -> dict:
-        """One lever of the screen on fold ``k`` (``sets`` None: lung-cropped training), trained within the time
-        budget of the fold's base run: the config measures its budget (the usual recipe's time on this machine)
-        afresh in each run, so every lever of a fold gets the same one. Test-time augmentation is trained too:
-        the run chooses its epoch with it, and its validation's cost comes out of the budget."""
-        base = self.result(f"levers/base-fold{k}")
+    def lever(self, unit: Unit, base_unit: str, k: int, sets: tuple[str, ...] | None) -> dict:
+        """One lever of the screen on fold ``k`` (``sets`` None: lung-cropped training), with the seed and within
+        the time budget of the fold's base run ``base_unit``: the config measures its budget (the usual recipe's
+        time on this machine) afresh in each run, so every lever of a fold gets the same one. Test-time
+        augmentation is trained too: the run chooses its epoch with it, and its validation's cost comes out of the
+        budget."""
+        base = self.result(base_unit)
         extra = self.lung_crop_sets() if sets is None else sets
         return self.train_and_evaluate(unit, self.screen_fold(k), base["backbone"], base["seed"], extra,
                                        budget_seconds(ROOT / base["run"])) | {"fold": k}
@@ -492,23 +494,23 @@ class Suite:
             return self.data, "val"
         return tested_as_val(rows, self.data, self.out / "usual-data"), "test"
 
-    def usual_on_fold(self, unit: Unit, k: int) -> dict:
+    def usual_on_fold(self, unit: Unit, k: int, seed: int) -> dict:
         """The usual recipe on fold ``k`` of the lever screen: it trains on the fold's training part and reports
         (choosing its epoch there too, an advantage the config's runs do not have) on the fold's test part."""
         with open(self.screen_fold(k), newline="", encoding="utf-8") as f:
             rows = csv_rows(f)
         tested = [r["label"] for r in rows if r["split"] == "test"]
         data = tested_as_val(rows, self.data, self.out / "screen" / f"usual-fold{k}")
-        figures = self.usual(unit, self.scale.backbones[0], self.scale.seeds[0], (data, f"fold {k}"))
+        figures = self.usual(unit, self.scale.backbones[0], seed, (data, f"fold {k}"))
         return figures | {"fold": k, "n": len(tested), "support": {c: tested.count(c) for c in figures["sensitivity"]},
                           "overrides": []}
 
-    def at_usual_time(self, unit: Unit, k: int) -> dict:
-        """The config on fold ``k`` with the usual recipe's measured time there (its whole process) as its budget:
-        the same wall time, where the config's own estimate (``train.time_budget: usual``) leaves out the usual
-        recipe's JPEG decoding and validation passes, and the plan's margin leaves part of that unused."""
-        seconds = max(1, round(self.result(f"levers/usual-fold{k}")["wall_s"]))
-        return self.train_and_evaluate(unit, self.screen_fold(k), self.scale.backbones[0], self.scale.seeds[0],
+    def at_usual_time(self, unit: Unit, usual_unit: str, k: int, seed: int) -> dict:
+        """The config on fold ``k`` with the usual recipe's measured time there (``usual_unit``'s whole process) as
+        its budget: the same wall time, where the config's own estimate (``train.time_budget: usual``) leaves out
+        the usual recipe's JPEG decoding and validation passes, and the plan's margin leaves part of that unused."""
+        seconds = max(1, round(self.result(usual_unit)["wall_s"]))
+        return self.train_and_evaluate(unit, self.screen_fold(k), self.scale.backbones[0], seed,
                                        (), seconds) | {"fold": k, "overrides": ["train.time_budget=<usual's s>"]}
 
     def gan_train(self, unit: Unit) -> dict:
@@ -676,19 +678,23 @@ class Suite:
             if not no_lungs and wanted("lung-crop"):
                 units.append(Unit("lungseg", "lungseg", True, self.lungseg))  # lung-cropped training needs it
                 levers.append(("lung-crop", None))
-            for k in range(s.screen_folds):
-                units.append(Unit(f"levers/base-fold{k}", "lever:base", True, lambda u, k=k: self.train_and_evaluate(
-                    u, self.screen_fold(k), s.backbones[0], s.seeds[0]) | {"fold": k}))
-                for name, sets in levers:
-                    units.append(Unit(f"levers/{name}-fold{k}", f"lever:{name}", True,
-                                      lambda u, k=k, sets=sets: self.lever(u, k, sets),
-                                      needs=(*(("lungseg",) if sets is None else ()), f"levers/base-fold{k}")))
-                if self.usual_script and wanted("usual"):  # the config against the usual recipe on the same folds
-                    units.append(Unit(f"levers/usual-fold{k}", f"usual:{s.backbones[0]}", False,
-                                      lambda u, k=k: self.usual_on_fold(u, k)))
-                if self.usual_script and wanted("usual-time"):
-                    units.append(Unit(f"levers/usual-time-fold{k}", "lever:usual-time", True,
-                                      lambda u, k=k: self.at_usual_time(u, k), needs=(f"levers/usual-fold{k}",)))
+            for seed in s.seeds[:self.a.screen_seeds]:
+                for k in range(s.screen_folds):
+                    at = screen_unit("base", k, seed, s.seeds[0])
+                    units.append(Unit(at, "lever:base", True, lambda u, k=k, seed=seed: self.train_and_evaluate(
+                        u, self.screen_fold(k), s.backbones[0], seed) | {"fold": k}))
+                    for name, sets in levers:
+                        units.append(Unit(screen_unit(name, k, seed, s.seeds[0]), f"lever:{name}", True,
+                                          lambda u, at=at, k=k, sets=sets: self.lever(u, at, k, sets),
+                                          needs=(*(("lungseg",) if sets is None else ()), at)))
+                    usual = screen_unit("usual", k, seed, s.seeds[0])
+                    if self.usual_script and wanted("usual"):  # the config against the usual recipe on the same folds
+                        units.append(Unit(usual, f"usual:{s.backbones[0]}", False,
+                                          lambda u, k=k, seed=seed: self.usual_on_fold(u, k, seed)))
+                    if self.usual_script and wanted("usual-time"):
+                        units.append(Unit(screen_unit("usual-time", k, seed, s.seeds[0]), "lever:usual-time", True,
+                                          lambda u, usual=usual, k=k, seed=seed: self.at_usual_time(u, usual, k, seed),
+                                          needs=(usual,)))
         if "recipe" in stages:
             for seed in s.seeds:
                 for bb in s.backbones:
@@ -852,12 +858,13 @@ def paired(ours: list[dict], theirs: list[dict]) -> dict | None:
 
 
 def pooled(results: list[dict]) -> dict:
-    """Figures of one lever over the folds of the screen, pooled: accuracy weighted by each fold's films,
-    sensitivities by each class's films in it."""
+    """Figures of one lever over the folds (and seeds) of the screen, pooled: accuracy weighted by each run's
+    films, sensitivities by each class's films in it; ``n`` counts the folds' films once."""
     classes = results[0]["sensitivity"]
     n = sum(r["n"] for r in results)
     support = {c: sum(r["support"][c] for r in results) for c in classes}
-    return {"folds": [r["fold"] for r in results], "n": n,
+    return {"folds": sorted({r["fold"] for r in results}), "seeds": sorted({r["seed"] for r in results}),
+            "n": sum({r["fold"]: r["n"] for r in results}.values()),
             "accuracy": sum(r["accuracy"] * r["n"] for r in results) / n,
             "sensitivity": {c: (sum((r["sensitivity"][c] or 0) * r["support"][c] for r in results) / support[c]
                                 if support[c] else None) for c in classes},
@@ -873,10 +880,21 @@ def pooled_at_threshold(points: list[dict | None]) -> float | None:
     return sum(p["sensitivity"] * p["n_positive"] for p in points) / sum(p["n_positive"] for p in points)
 
 
-def by_fold_difference(a: dict[int, dict], b: dict[int, dict]) -> dict | None:
-    """Accuracy of ``a`` minus ``b`` (figures by fold) on the folds both ran: the mean, its 95 % t interval over
-    the folds (from 3), and the sign in each fold."""
-    d = [a[k]["accuracy"] - b[k]["accuracy"] for k in sorted(a) if k in b]
+def screen_unit(name: str, fold: int, seed: int, first_seed: int) -> str:
+    """The unit of candidate ``name`` on ``fold`` with ``seed``; the first seed's units carry no seed in their
+    names (those of the screens before ``--screen-seeds``)."""
+    return f"levers/{name}-fold{fold}" + ("" if seed == first_seed else f"-seed{seed}")
+
+
+def by_fold_difference(a: dict[int, list[dict]], b: dict[int, list[dict]]) -> dict | None:
+    """Accuracy of ``a`` minus ``b`` (each fold's runs) on the folds both ran, paired by seed and averaged over the
+    seeds both ran there: the mean over folds, its 95 % t interval (from 3 folds), and the sign in each fold."""
+    d = []
+    for k in sorted(a):
+        theirs = {r["seed"]: r["accuracy"] for r in b.get(k, ())}
+        paired = [r["accuracy"] - theirs[r["seed"]] for r in a[k] if r["seed"] in theirs]
+        if paired:
+            d.append(mean(paired))
     if not d:
         return None
     m, lo, hi = mean_interval(d)
@@ -884,15 +902,16 @@ def by_fold_difference(a: dict[int, dict], b: dict[int, dict]) -> dict | None:
 
 
 def screen_summary(results: list[dict], scale: Scale) -> dict:
-    """The lever screen: each lever's pooled out-of-fold figures, its accuracy minus the config's fold by fold
-    (mean, 95 % t interval over the folds, the sign in each), and the lever with the highest pooled accuracy."""
-    by: dict[str, dict[int, dict]] = {}
+    """The lever screen: each lever's out-of-fold figures pooled over folds and seeds, its accuracy minus the
+    config's fold by fold (mean over seeds; mean, 95 % t interval over the folds, the sign in each), and the lever
+    with the highest pooled accuracy."""
+    by: dict[str, dict[int, list[dict]]] = {}
     for r in results:
-        by.setdefault(r["unit"].split("/")[1].rsplit("-fold", 1)[0], {})[r["fold"]] = r
+        by.setdefault(r["unit"].split("/")[1].rsplit("-fold", 1)[0], {}).setdefault(r["fold"], []).append(r)
     base = by.get("base", {})
     rows = {}
     for name, folds in by.items():
-        rs = [folds[k] for k in sorted(folds)]
+        rs = [r for k in sorted(folds) for r in folds[k]]
         rows[name] = {"overrides": rs[0]["overrides"], **pooled(rs), "units": [r["unit"] for r in rs],
                       "minus_base": None if name == "base" else by_fold_difference(folds, base)}
     levers = [k for k in rows if k not in YARDSTICKS]
@@ -985,11 +1004,13 @@ def markdown(s: dict) -> str:
     if "levers" in st:
         lv = st["levers"]
         lines += ["", f"## levers: one change at a time on {lv['backbone']}, {lv['folds']} folds of the training split",
-                  "", "| candidate | overrides | folds | films | accuracy (pooled) | covid sens. | covid sens. at the "
-                  "val. threshold | − base, by fold (signs) | train s |", "|---|---|---|---|---|---|---|---|---|"]
+                  "", "| candidate | overrides | folds | seeds | films | accuracy (pooled) | covid sens. | "
+                  "covid sens. at the val. threshold | − base, by fold (signs) | train s |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for name, r in lv["candidates"].items():
             signs = f" {r['minus_base']['signs']}" if r["minus_base"] else ""
-            lines.append(f"| {name} | {', '.join(r['overrides']) or '(the config)'} | {len(r['folds'])} | {r['n']} | "
+            lines.append(f"| {name} | {', '.join(r['overrides']) or '(the config)'} | {len(r['folds'])} | "
+                         f"{len(r['seeds'])} | {r['n']} | "
                          f"{pct(r['accuracy'])} | {pct(r['sensitivity'].get(MINORITY))} | {pct(r.get('at_threshold'))} | "
                          f"{diff(r['minus_base'])}"
                          f"{signs} | {r['train_s']:.0f} |")
@@ -1097,6 +1118,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stages", nargs="+", choices=STAGES, default=["recipe", "gan", "ablation", "audit"])
     ap.add_argument("--levers", nargs="+", metavar="NAME",
                     help="screen only these levers (stage levers; default: all of the scale's, lung-crop with --lungs-data)")
+    ap.add_argument("--screen-seeds", type=int, default=1, metavar="N",
+                    help="stage levers: every candidate with the scale's first N seeds on each fold (paired by seed)")
     ap.add_argument("--budget-s", type=float, help="stop before the work would run past this many seconds")
     ap.add_argument("--scale", choices=sorted(SCALES), default="gpu")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -1122,6 +1145,11 @@ def main(argv: list[str] | None = None) -> int:
     if "lung-crop" in (a.levers or ()) and not a.lungs_data:
         print("error: --levers lung-crop needs --lungs-data (lung image/mask pairs to train the segmenter on)",
               file=sys.stderr)
+        return 2
+    seeds = SCALES[a.scale].seeds
+    if not 1 <= a.screen_seeds <= len(seeds):
+        print(f"error: --screen-seeds {a.screen_seeds}: scale {a.scale} has {len(seeds)} seed(s); "
+              f"give 1 to {len(seeds)}", file=sys.stderr)
         return 2
     for name in YARDSTICKS:
         if name in (a.levers or ()) and not a.usual:

@@ -131,7 +131,7 @@ def test_levers_are_planned_on_folds_of_the_training_split_only_and_unknown_ones
     from cxr3_suite import Suite
     data = write_phantoms(tmp_path / "data", 12, 32, seed=0)
     args = dict(scale="tiny", data=str(data), out=str(tmp_path / "out"), lungs_data=str(data), usual=None,
-                budget_s=None, commit=None, full_ablation=False)
+                screen_seeds=1, budget_s=None, commit=None, full_ablation=False)
     every = [u.name for u in Suite(argparse.Namespace(**args, levers=None)).plan(["levers"])]
     assert every == ["lungseg", *[f"levers/{name}-fold{k}" for k in (0, 1) for name in ("base", "mixup", "lung-crop")]]
     suite = Suite(argparse.Namespace(**args, levers=["mixup"]))
@@ -167,7 +167,7 @@ def test_a_lever_trains_within_the_time_budget_of_its_folds_base_run(tmp_path):
     from cxr3_suite import SCALES, Suite
     data = write_phantoms(tmp_path / "data", 12, 32, seed=0)
     args = dict(scale="tiny", data=str(data), out=str(tmp_path / "out"), lungs_data=None, usual=None, levers=None,
-                budget_s=None, commit=None, full_ablation=False, device="cpu", report=None)
+                screen_seeds=1, budget_s=None, commit=None, full_ablation=False, device="cpu", report=None)
     suite = Suite(argparse.Namespace(**args))
     tiny = SCALES["tiny"]
     suite.scale = dataclasses.replace(tiny, classifier_sets=(*tiny.classifier_sets, "train.time_budget=1m"))
@@ -204,7 +204,7 @@ def test_the_usual_recipe_runs_on_each_screen_fold_trained_on_its_training_part_
     usual = tmp_path / "usual_accuracy.py"
     usual.write_text(FAKE_USUAL)
     args = dict(scale="tiny", data=str(data), out=str(tmp_path / "out"), lungs_data=None, usual=str(usual),
-                budget_s=None, commit=None, full_ablation=False, device="cpu", report=None)
+                screen_seeds=1, budget_s=None, commit=None, full_ablation=False, device="cpu", report=None)
     units = Suite(argparse.Namespace(**args, levers=None)).plan(["levers"])
     assert [u.name for u in units] == [f"levers/{n}-fold{k}" for k in (0, 1)
                                        for n in ("base", "mixup", "usual", "usual-time")]
@@ -245,8 +245,8 @@ def test_the_screen_pools_the_folds_and_chooses_on_them():
 
     def unit(name, fold, accuracy, n, covid, covid_n):
         at = None if name == "usual" else {"sensitivity": covid / 2, "n_positive": covid_n}  # the usual: no val split
-        return {"unit": f"levers/{name}-fold{fold}", "fold": fold, "n": n, "accuracy": accuracy, "train_s": 10.0,
-                "overrides": [] if name == "base" else ["train.mixup=0.2"], "at_threshold": at,
+        return {"unit": f"levers/{name}-fold{fold}", "fold": fold, "seed": 0, "n": n, "accuracy": accuracy,
+                "train_s": 10.0, "overrides": [] if name == "base" else ["train.mixup=0.2"], "at_threshold": at,
                 "sensitivity": {"covid": covid, "normal": 0.9}, "support": {"covid": covid_n, "normal": n - covid_n}}
     results = [unit("base", 0, 0.80, 100, 0.5, 20), unit("base", 1, 0.70, 50, 1.0, 10),
                unit("mixup", 0, 0.85, 100, 0.6, 20), unit("mixup", 1, 0.68, 50, 0.9, 10),
@@ -272,9 +272,42 @@ def test_the_screen_pools_the_folds_and_chooses_on_them():
                "remaining": [], "skipped": {}, "failed": {}, "stages": {"levers": lv}, "units": {}}
     md = markdown(summary)
     assert "## levers: one change at a time on shallow, 2 folds of the training split" in md
-    assert "| mixup | train.mixup=0.2 | 2 | 150 | 79.3 | 70.0 | 35.0 | +1.5 (n=2) +- | 10 |" in md
+    assert "| mixup | train.mixup=0.2 | 2 | 1 | 150 | 79.3 | 70.0 | 35.0 | +1.5 (n=2) +- | 10 |" in md
     assert "against the usual recipe on the same folds" in md and "**-3.0 (n=2)** (-+)" in md
     assert "(row `usual-time`) against the usual recipe: **+4.5 (n=2)** (++)" in md
+
+
+def test_with_several_seeds_the_screen_pairs_each_fold_by_seed_and_counts_its_films_once(tmp_path):
+    """``--screen-seeds 2``: every candidate runs each fold with each seed (the first seed's units keep their names,
+    so an earlier screen's runs count); a difference is paired by seed within the fold, then averaged; pooled
+    accuracy is the mean over seeds, and a fold's films are counted once."""
+    import dataclasses
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import cxr3_suite
+    from cxr3_suite import SCALES, Suite, screen_summary
+    args = dict(scale="tiny", data=str(write_phantoms(tmp_path / "data", 12, 32, seed=0)), out=str(tmp_path / "out"),
+                lungs_data=None, usual=str(tmp_path), budget_s=None, commit=None, full_ablation=False,
+                levers=["mixup", "usual"], screen_seeds=2)
+    suite = Suite(argparse.Namespace(**args))
+    suite.scale = dataclasses.replace(SCALES["tiny"], seeds=(0, 1))
+    units = {u.name: u for u in suite.plan(["levers"])}
+    assert list(units) == [f"levers/{n}-fold{k}{s}" for s in ("", "-seed1") for k in (0, 1)
+                           for n in ("base", "mixup", "usual")]
+    assert units["levers/mixup-fold1-seed1"].needs == ("levers/base-fold1-seed1",)
+    assert cxr3_suite.main(["--data", args["data"], "--out", str(tmp_path / "o2"), "--scale", "tiny",
+                            "--screen-seeds", "2"]) == 2  # the tiny scale has one seed
+
+    def unit(name, fold, seed, accuracy):
+        return {"unit": f"levers/{name}-fold{fold}" + (f"-seed{seed}" if seed else ""), "fold": fold, "seed": seed,
+                "n": 100, "accuracy": accuracy, "train_s": 10.0, "overrides": [], "at_threshold": None,
+                "sensitivity": {"covid": 0.5}, "support": {"covid": 20}}
+    results = [unit("base", 0, 0, 0.80), unit("base", 0, 1, 0.70), unit("usual", 0, 0, 0.75), unit("usual", 0, 1, 0.77),
+               unit("base", 1, 0, 0.60), unit("base", 1, 1, 0.62), unit("usual", 1, 0, 0.50)]  # fold 1: seed 0 only
+    lv = screen_summary(results, SCALES["tiny"])
+    base = lv["candidates"]["base"]
+    assert base["n"] == 200 and base["seeds"] == [0, 1] and base["accuracy"] == pytest.approx(0.68)
+    assert lv["base_minus_usual"]["mean"] == pytest.approx(((0.05 - 0.07) / 2 + 0.10) / 2)
+    assert lv["base_minus_usual"]["signs"] == "-+"
 
 
 def test_usual_recipe_line_becomes_the_same_figures_as_ours():
@@ -348,7 +381,7 @@ def test_the_usual_recipe_is_scored_on_the_test_split_when_the_data_has_one(tmp_
     rows = [("a.png", "train"), ("b.png", "val"), ("c.png", "test"), ("d.png", "train")]
     (data / "manifest.csv").write_text("path,label,split,source\n" + "".join(f"{p},covid,{s},x\n" for p, s in rows))
     args = dict(scale="tiny", data=str(data), out=str(tmp_path / "out"), lungs_data=None, usual=None, budget_s=None,
-                commit=None, full_ablation=False, levers=None)
+                screen_seeds=1, commit=None, full_ablation=False, levers=None)
     folder, split = Suite(argparse.Namespace(**args)).usual_data()
     assert split == "test"
     with open(folder / "manifest.csv", newline="") as f:
