@@ -351,6 +351,7 @@ class Suite:
                 print(f"{unit.name}: failed: {self.failed[unit.name]}", flush=True)
             finally:
                 self.write_summary(units)
+        self.write_summary(units)  # also when every unit was done earlier
 
     def estimate(self, unit: Unit) -> float:
         """Seconds ``unit`` still needs: the mean of finished units of its kind, else the scale's guess,

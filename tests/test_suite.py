@@ -81,9 +81,11 @@ def test_tiny_suite_gives_every_stage_keeps_finished_units_and_stops_before_a_un
 
     results = {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*.json")}
     folders = sorted(p for p in (out / "runs").rglob("*") if p.is_dir())
+    (out / "summary.json").unlink()
     r = run_suite(tmp_path, data, in_process=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("done earlier, kept") == len(results) == len(s["units"])
+    assert json.loads((out / "summary.json").read_text())["units"] == s["units"]  # written when nothing ran too
     assert {p: p.stat().st_mtime_ns for p in (out / "results").rglob("*.json")} == results
     assert sorted(p for p in (out / "runs").rglob("*") if p.is_dir()) == folders
 
