@@ -681,13 +681,13 @@ class Suite:
                 levers.append(("lung-crop", None))
             for seed in s.seeds[:self.a.screen_seeds]:
                 for k in range(s.screen_folds):
-                    at = screen_unit("base", k, seed, s.seeds[0])
-                    units.append(Unit(at, "lever:base", True, lambda u, k=k, seed=seed: self.train_and_evaluate(
+                    base = screen_unit("base", k, seed, s.seeds[0])
+                    units.append(Unit(base, "lever:base", True, lambda u, k=k, seed=seed: self.train_and_evaluate(
                         u, self.screen_fold(k), s.backbones[0], seed) | {"fold": k}))
                     for name, sets in levers:
                         units.append(Unit(screen_unit(name, k, seed, s.seeds[0]), f"lever:{name}", True,
-                                          lambda u, at=at, k=k, sets=sets: self.lever(u, at, k, sets),
-                                          needs=(*(("lungseg",) if sets is None else ()), at)))
+                                          lambda u, base=base, k=k, sets=sets: self.lever(u, base, k, sets),
+                                          needs=(*(("lungseg",) if sets is None else ()), base)))
                     usual = screen_unit("usual", k, seed, s.seeds[0])
                     if self.usual_script and wanted("usual"):  # the config against the usual recipe on the same folds
                         units.append(Unit(usual, f"usual:{s.backbones[0]}", False,
@@ -862,11 +862,11 @@ def pooled(results: list[dict]) -> dict:
     """Figures of one lever over the folds (and seeds) of the screen, pooled: accuracy weighted by each run's
     films, sensitivities by each class's films in it; ``n`` counts the folds' films once."""
     classes = results[0]["sensitivity"]
-    n = sum(r["n"] for r in results)
+    scored = sum(r["n"] for r in results)  # a fold's films once per seed
     support = {c: sum(r["support"][c] for r in results) for c in classes}
     return {"folds": sorted({r["fold"] for r in results}), "seeds": sorted({r["seed"] for r in results}),
             "n": sum({r["fold"]: r["n"] for r in results}.values()),
-            "accuracy": sum(r["accuracy"] * r["n"] for r in results) / n,
+            "accuracy": sum(r["accuracy"] * r["n"] for r in results) / scored,
             "sensitivity": {c: (sum((r["sensitivity"][c] or 0) * r["support"][c] for r in results) / support[c]
                                 if support[c] else None) for c in classes},
             "at_threshold": pooled_at_threshold([r.get("at_threshold") for r in results]),
@@ -893,9 +893,9 @@ def by_fold_difference(a: dict[int, list[dict]], b: dict[int, list[dict]]) -> di
     d = []
     for k in sorted(a):
         theirs = {r["seed"]: r["accuracy"] for r in b.get(k, ())}
-        paired = [r["accuracy"] - theirs[r["seed"]] for r in a[k] if r["seed"] in theirs]
-        if paired:
-            d.append(mean(paired))
+        by_seed = [r["accuracy"] - theirs[r["seed"]] for r in a[k] if r["seed"] in theirs]
+        if by_seed:
+            d.append(mean(by_seed))
     if not d:
         return None
     m, lo, hi = mean_interval(d)
